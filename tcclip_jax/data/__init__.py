@@ -1,0 +1,1 @@
+"""Video data: annotation lists, decoding, sampling, augmentation and datasets."""
