@@ -1,0 +1,193 @@
+"""CLIP's vision tower, per frame (CLIP, ViFi-CLIP) or with Temporal Contextualization (TC-CLIP).
+
+A TC block (paper Sec. 2.3, released code) does, for frame tokens x [B, T, N, W] and the
+context tokens s [B, k, W] summarised by the previous block:
+
+1. attention per frame, the frame's own N keys plus the k context keys shared by all frames,
+   with a learnable per-head bias on local vs. global keys;
+2. seed selection: the n_s patches with the highest head-averaged CLS attention per frame;
+3. context summarisation: those `seed_tokens` of all frames merged into k `context_tokens` by
+   bipartite soft matching (`tcclip_jax.ops.token_merging`);
+4. the block's FFN on frame and context tokens alike.
+
+Context tokens are never repeated per frame: their keys and values enter the attention through
+separate einsums ("BTQNH,BCNH->BTNQC"), which equals the published concatenation exactly.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax
+from tcclip_jax.ops.token_merging import merge_to_k
+
+
+class TCBlock(nn.Module):
+    """One vision block. With `use_context=False, summarize=False` it is CLIP's block per frame."""
+
+    width: int
+    heads: int
+    use_context: bool = False  # attention reads context tokens from the previous block.
+    summarize: bool = False  # this block selects seeds and produces context tokens.
+    local_global_bias: bool = True  # learnable [heads, 1, 2] bias (needs use_context).
+    num_seeds: int = 58  # n_s seed tokens per frame.
+    num_context: int = 96  # k context tokens.
+    merge_r: int = 100  # r merges per bipartite matching step.
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array | None, dict]:
+        """x: [B, T, N, W] frame tokens; context: [B, k, W] or None.
+
+        Returns (x, new context tokens [B, k, W] or None, intermediates).
+        """
+        _, _, n, _ = x.shape
+        with_bias = self.use_context and self.local_global_bias
+        attn = Projections(self.width, self.heads, self.dtype, with_bias, name="attn")
+        ln_1 = layer_norm(self.dtype, "ln_1")
+        q, k, v = attn.qkv(ln_1(x))  # [B, T, N, heads, head_dim]
+        logits = jnp.einsum("BTQNH,BTKNH->BTNQK", q, k)  # [B, T, heads, N, N]
+        if self.use_context:
+            k_ctx, v_ctx = attn.kv(ln_1(context))  # [B, k, heads, head_dim]
+            logits_ctx = jnp.einsum("BTQNH,BCNH->BTNQC", q, k_ctx)  # [B, T, heads, N, k]
+            if with_bias:
+                table = attn.local_global_bias_table.astype(logits.dtype)
+                logits = logits + table[:, 0, 0, None, None]
+                logits_ctx = logits_ctx + table[:, 0, 1, None, None]
+            logits = jnp.concatenate([logits, logits_ctx], axis=-1)
+        probs = softmax(logits, self.dtype)  # [B, T, heads, N, N (+ k)]
+        p = probs.astype(self.dtype)
+        out = jnp.einsum("BTNQK,BTKNH->BTQNH", p[..., :n], v)
+        if self.use_context:
+            out = out + jnp.einsum("BTNQC,BCNH->BTQNH", p[..., n:], v_ctx)
+        x = x + attn.out(out)
+
+        aux = {"cls_attention": probs[:, :, :, 0, 1:n].mean(axis=2)}  # [B, T, P]
+        new_context = None
+        if self.summarize:
+            seed_index, new_context, assignment = self.summarize_context(x, aux["cls_attention"])
+            aux.update(seed_index=seed_index, assignment=assignment)
+
+        ln_2, mlp = layer_norm(self.dtype, "ln_2"), MLP(self.width, self.dtype, name="mlp")
+        x = x + mlp(ln_2(x))
+        if new_context is not None:
+            new_context = new_context + mlp(ln_2(new_context))
+        return x, new_context, aux
+
+    def summarize_context(self, x: jax.Array, cls_attention: jax.Array):
+        """Seed selection + bipartite merging of all frames' seeds into k context tokens.
+
+        x: [B, T, N, W] post-attention stream; cls_attention: [B, T, P].
+        Returns seed_index [B, T, n_s] (patch indices, descending score), context [B, k, W] and
+        assignment [B, T, n_s] (which context token each seed went into).
+        """
+        b, t, _, w = x.shape
+        _, seed_index = jax.lax.top_k(cls_attention, self.num_seeds)  # [B, T, n_s]
+        patches = x[:, :, 1:]  # [B, T, P, W]
+        seed_tokens = jnp.take_along_axis(patches, seed_index[..., None], axis=2)
+        seed_tokens = seed_tokens.reshape(b, t * self.num_seeds, w)  # frame-major.
+        context_tokens, _, assignment = merge_to_k(seed_tokens, self.num_context, self.merge_r)
+        return seed_index, context_tokens, assignment.reshape(b, t, self.num_seeds)
+
+
+class TCTransformer(nn.Module):
+    """The stack of vision blocks (`resblocks_{i}`), threading context tokens between them."""
+
+    config: ModelConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None, list[dict]]:
+        """x: [B, T, N, W] -> (x, context tokens of the VP block or None, per-block intermediates)."""
+        cfg = self.config
+        block_cls = nn.remat(TCBlock) if self.remat else TCBlock
+        context, vp_context, auxes = None, None, []
+        for i in range(1, cfg.vision_layers + 1):
+            x, context, aux = block_cls(
+                cfg.vision_width,
+                cfg.vision_heads,
+                use_context=i in cfg.context_layers,
+                summarize=i in cfg.summary_layers,
+                local_global_bias=cfg.local_global_bias,
+                num_seeds=cfg.seeds_per_frame,
+                num_context=cfg.context_tokens,
+                merge_r=cfg.merge_r,
+                dtype=self.dtype,
+                name=f"resblocks_{i - 1}",
+            )(x, context if i in cfg.context_layers else None)
+            if i == cfg.vp_layer and cfg.is_temporal:
+                vp_context = context
+            auxes.append(aux)
+        return x, vp_context, auxes
+
+
+class VisionTransformer(nn.Module):
+    """CLIP ViT over video frames, with TC blocks where the config asks for them.
+
+    `__call__` takes clips [B, T, H, W, 3] (CLIP-normalised) and returns a dict:
+      frame_embeddings [B, T, E]: projected CLS token of every frame (last block);
+      context_embeddings [B, k, E]: projected context tokens of the VP block (TC-CLIP only);
+      seed_index [B, n_blocks, T, n_s], assignment [B, n_blocks, T, n_s] for the summarising
+      blocks (TC-CLIP only); cls_attention [B, L, T, P] when `return_attention`.
+    """
+
+    config: ModelConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False  # rematerialise each block in the backward pass.
+
+    @nn.compact
+    def __call__(self, clips: jax.Array, return_attention: bool = False) -> dict:
+        cfg = self.config
+        b, t, h, w, _ = clips.shape
+        if (h, w) != (cfg.image_resolution, cfg.image_resolution):
+            raise ValueError(
+                f"clips are {h}x{w}, the model expects {cfg.image_resolution}x"
+                f"{cfg.image_resolution}"
+            )
+        width = cfg.vision_width
+        x = nn.Conv(
+            width,
+            (cfg.vision_patch_size,) * 2,
+            strides=(cfg.vision_patch_size,) * 2,
+            padding="VALID",
+            use_bias=False,
+            dtype=self.dtype,
+            name="conv1",
+        )(clips.reshape(b * t, h, w, 3).astype(self.dtype))
+        x = x.reshape(b, t, cfg.num_patches, width)  # [B, T, P, W]
+        scale = width**-0.5
+        cls = self.param("class_embedding", nn.initializers.normal(scale), (width,), jnp.float32)
+        cls = jnp.broadcast_to(cls.astype(self.dtype), (b, t, 1, width))
+        x = jnp.concatenate([cls, x], axis=2)  # [B, T, N, W]
+        pos_shape = (cfg.num_patches + 1, width)
+        if cfg.positional_embedding == "joint":
+            pos_shape = (cfg.num_frames, *pos_shape)
+            if t != cfg.num_frames:
+                raise ValueError(
+                    f"joint positional embedding was built for {cfg.num_frames} frames, got {t}"
+                )
+        pos = self.param("positional_embedding", nn.initializers.normal(scale), pos_shape)
+        x = x + pos.astype(self.dtype)
+        x = layer_norm(self.dtype, "ln_pre")(x)
+
+        x, vp_context, auxes = TCTransformer(cfg, self.dtype, self.remat, name="transformer")(x)
+
+        ln_post = layer_norm(self.dtype, "ln_post")
+        proj = self.param(
+            "proj", nn.initializers.normal(scale), (width, cfg.embed_dim), jnp.float32
+        ).astype(self.dtype)
+        out = {"frame_embeddings": ln_post(x[:, :, 0]) @ proj}
+        if vp_context is not None:
+            out["context_embeddings"] = ln_post(vp_context) @ proj
+            summaries = [a for a in auxes if "seed_index" in a]
+            out["seed_index"] = jnp.stack([a["seed_index"] for a in summaries], axis=1)
+            out["assignment"] = jnp.stack([a["assignment"] for a in summaries], axis=1)
+        if return_attention:
+            out["cls_attention"] = jnp.stack([a["cls_attention"] for a in auxes], axis=1)
+        return out

@@ -1,0 +1,1 @@
+"""Functional ops usable by any JAX code (token merging)."""
