@@ -58,7 +58,8 @@ class ModelConfig:
             raise ValueError(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
         if self.positional_embedding not in ("space", "joint"):
             raise ValueError(
-                f"positional_embedding must be 'space' or 'joint', got {self.positional_embedding!r}"
+                "positional_embedding must be 'space' or 'joint', got "
+                f"{self.positional_embedding!r}"
             )
         if self.image_resolution % self.vision_patch_size:
             raise ValueError(

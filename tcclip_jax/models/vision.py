@@ -104,7 +104,7 @@ class TCTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None, list[dict]]:
-        """x: [B, T, N, W] -> (x, context tokens of the VP block or None, per-block intermediates)."""
+        """x: [B, T, N, W] -> (x, VP block context tokens or None, per-block intermediates)."""
         cfg = self.config
         block_cls = nn.remat(TCBlock) if self.remat else TCBlock
         context, vp_context, auxes = None, None, []
