@@ -1,0 +1,73 @@
+"""Self-describing model checkpoint directories: `model_config.json` + orbax `params/`.
+
+Written by `tools/convert_torch_weights.py` and by training (best / final weights); read by
+training (initial weights), evaluation, inference and WiSE-FT. Parameters keep their stored
+dtype (float32, or float64 from a float64 source) and come back as NumPy arrays, so a float64
+checkpoint stays float64 whether or not JAX runs with x64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tcclip_jax.models.config import ModelConfig
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+INFO_FILE = "info.json"
+
+
+class CheckpointError(ValueError):
+    """A path that is not a usable model checkpoint directory."""
+
+
+def save_model(
+    directory: str, config: ModelConfig, params: Any, info: dict | None = None
+) -> None:
+    """Write `config`, `params` (any pytree of arrays) and optional provenance `info`."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(os.path.join(directory, PARAMS_DIR)):
+        raise CheckpointError(f"{directory} already holds a checkpoint; choose a new directory")
+    os.makedirs(directory, exist_ok=True)
+    params = jax.tree.map(np.asarray, jax.device_get(params))
+    ocp.PyTreeCheckpointer().save(os.path.join(directory, PARAMS_DIR), params)
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    if info is not None:
+        with open(os.path.join(directory, INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+
+
+def load_config(directory: str) -> ModelConfig:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{directory} is not a tcclip_jax checkpoint (no {CONFIG_FILE}); convert PyTorch "
+            "weights with tools/convert_torch_weights.py"
+        )
+    try:
+        with open(path) as f:
+            return ModelConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config: {e}") from e
+
+
+def load_model(directory: str) -> tuple[ModelConfig, dict]:
+    """Read a checkpoint directory: (ModelConfig, params as a nested dict of NumPy arrays)."""
+    config = load_config(directory)
+    path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{directory} has a model config but no {PARAMS_DIR}/ directory")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    params = checkpointer.restore(path, restore_args=restore_args)
+    return config, params
