@@ -98,6 +98,11 @@ class ModelConfig:
                 )
             if self.seeds_per_frame < 1:
                 raise ValueError(f"seed_ratio {self.seed_ratio} selects no seed token per frame")
+            if self.num_frames * self.seeds_per_frame < self.context_tokens:
+                raise ValueError(
+                    f"{self.num_frames} frames x {self.seeds_per_frame} seeds cannot be merged "
+                    f"into {self.context_tokens} context tokens; lower context_tokens"
+                )
         if self.model == "tc_clip" and self.context_length < self.prompt_length + 3:
             raise ValueError("context_length too short for SOT, prompt vectors, a name and EOT")
 
