@@ -1,0 +1,421 @@
+"""grain pipelines: training batches, evaluation batches with views, and one video's views.
+
+Training: the annotation list is shuffled afresh every epoch (one permutation shared by all
+processes, seeded by `seed`), then process p takes positions p, p + P, p + 2P, ... of the endless
+shuffled stream, so processes read disjoint parts of every epoch and together cover it. Each clip's
+frame sampling and augmentation draw from an rng seeded by (seed, epoch, video index), so a clip
+does not depend on the number of processes, workers or threads. Worker processes
+(`num_workers`) each decode every num_workers-th clip and assemble whole batches; unreadable videos
+are skipped there and reported with the batch, counted and logged here, and past `max_bad_videos`
+the run stops with an error listing them. The iterator's state (grain's positions plus the skipped
+videos) is JSON, so `get_state`/`set_state` and orbax's `grain.checkpoint.CheckpointSave/Restore`
+resume exactly: the restored iterator yields the batches the uninterrupted one would have.
+
+Evaluation: every process gets videos p, p + P, ... padded with `valid=False` entries to the same
+number of full batches, so shapes are static for jit and no video is dropped; an unreadable
+evaluation video is an error naming it (never skipped: it would change the denominator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Sequence
+
+import grain
+import ml_collections
+import numpy as np
+from absl import flags, logging
+
+from tcclip_jax.data import sampling, transforms
+from tcclip_jax.data.classes import AnnotationError, load_class_names
+from tcclip_jax.data.config import FORMATS
+from tcclip_jax.data.readers import (
+    Entry,
+    FrameFolderReader,
+    TfdsReader,
+    VideoFileReader,
+    entries_from_list,
+    entries_from_pairs,
+)
+from tcclip_jax.data.video_decode import VideoReadError
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """The config fields that shape a clip, as plain values (pickled into worker processes)."""
+
+    num_frames: int
+    image_size: int
+    resize_size: int
+    crop_scales: tuple[float, ...]
+    max_wh_scale_gap: int
+    hflip: bool
+    color_jitter_p: float
+    color_jitter: tuple[float, ...]
+    color_jitter_per_frame: bool
+    grayscale_p: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    uint8_output: bool
+    test_clips: int
+    test_crops: int
+    test_clip_sampling: str
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> ClipSpec:
+        spec = cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+        spec = dataclasses.replace(
+            spec,
+            crop_scales=tuple(spec.crop_scales),
+            color_jitter=tuple(spec.color_jitter),
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+        )
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        problems = []
+        if self.num_frames < 1:
+            problems.append(f"num_frames must be positive, got {self.num_frames}")
+        if self.image_size > self.resize_size:
+            problems.append(f"image_size {self.image_size} exceeds resize_size {self.resize_size}")
+        if self.test_crops not in (1, 3):
+            problems.append(f"test_crops must be 1 or 3, got {self.test_crops}")
+        if self.test_clips < 1:
+            problems.append(f"test_clips must be positive, got {self.test_clips}")
+        if self.test_clip_sampling not in ("uniform", "tsn_random"):
+            problems.append(
+                "test_clip_sampling must be 'uniform' or 'tsn_random', "
+                f"got {self.test_clip_sampling!r}"
+            )
+        if len(self.color_jitter) != 4 or len(self.mean) != 3 or len(self.std) != 3:
+            problems.append("color_jitter needs 4 strengths, mean and std 3 values each")
+        if problems:
+            raise ValueError("invalid data config: " + "; ".join(problems))
+
+    @property
+    def num_views(self) -> int:
+        return self.test_clips * self.test_crops
+
+    def finish(self, frames: np.ndarray) -> np.ndarray:
+        """The model's view of uint8 frames: as they are, or normalised float32."""
+        if self.uint8_output:
+            return frames
+        return transforms.normalize(frames, self.mean, self.std)
+
+    def output_dtype(self) -> type:
+        return np.uint8 if self.uint8_output else np.float32
+
+
+def make_reader(cfg: ml_collections.ConfigDict, split: str):
+    """The frame reader for `cfg.format`; `split` ('train' or 'val') picks the tfds split."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"data format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.format == "tfds":
+        tfds_split = cfg.tfds_train_split if split == "train" else cfg.tfds_val_split
+        return TfdsReader(cfg.tfds_name, cfg.tfds_dir, tfds_split, cfg.decode_threads)
+    if not os.path.isdir(cfg.root):
+        raise AnnotationError(f"data root {cfg.root!r} is not a directory")
+    if cfg.format == "frames":
+        return FrameFolderReader(cfg.root, cfg.frame_template, cfg.frame_start_index)
+    return VideoFileReader(cfg.root, cfg.decode_threads)
+
+
+def _num_classes(cfg: ml_collections.ConfigDict) -> int | None:
+    return len(load_class_names(cfg.class_list)) if cfg.class_list else None
+
+
+def _entries(
+    cfg: ml_collections.ConfigDict,
+    reader,
+    list_file: str,
+    annotations: Sequence[tuple[str, int]] | None,
+) -> list[Entry]:
+    num_classes = _num_classes(cfg)
+    if annotations is not None:
+        entries = entries_from_pairs(annotations, "annotations")
+    elif cfg.format == "tfds":
+        entries = reader.entries()
+    else:
+        if not list_file:
+            raise AnnotationError("no annotation list configured (train_list / val_list)")
+        return entries_from_list(list_file, num_classes)
+    for e in entries:
+        if e.label < 0 or (num_classes is not None and e.label >= num_classes):
+            raise AnnotationError(f"{e.where}: label {e.label} is outside the class list")
+    if not entries:
+        raise AnnotationError("no videos to read: the annotations are empty")
+    return entries
+
+
+def num_examples(
+    cfg: ml_collections.ConfigDict,
+    split: str = "train",
+    annotations: Sequence[tuple[str, int]] | None = None,
+) -> int:
+    """Videos in the training ('train') or evaluation ('val') list, all processes together."""
+    list_file = cfg.train_list if split == "train" else cfg.val_list
+    return len(_entries(cfg, make_reader(cfg, split), list_file, annotations))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """An unreadable training video, passed along in place of its example."""
+
+    video_index: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+    """(epoch, video index) -> {'video': [T, S, S, 3], 'label': int32}, or a _Failure."""
+
+    entries: Sequence[Entry]
+    reader: object
+    spec: ClipSpec
+    seed: int
+
+    def __call__(self, element: tuple[int, int]) -> dict | _Failure:
+        epoch, index = element
+        spec, entry = self.spec, self.entries[index]
+        rng = np.random.default_rng((self.seed, epoch, index))
+        try:
+            frames = self.reader.read(
+                entry, lambda n: sampling.train_indices(n, spec.num_frames, rng)
+            )
+        except VideoReadError as e:
+            return _Failure(index, str(e))
+        frames = transforms.resize_short_side(frames, spec.resize_size)
+        frames = transforms.train_augment(
+            frames,
+            output_size=spec.image_size,
+            scales=spec.crop_scales,
+            max_wh_scale_gap=spec.max_wh_scale_gap,
+            hflip=spec.hflip,
+            jitter_p=spec.color_jitter_p,
+            jitter=spec.color_jitter,
+            per_frame_jitter=spec.color_jitter_per_frame,
+            grayscale_p=spec.grayscale_p,
+            rng=rng,
+        )
+        return {"video": spec.finish(frames), "label": np.int32(entry.label)}
+
+
+def _epoch_and_index(length: int, position: int, index: int) -> tuple[int, int]:
+    return position // length, index
+
+
+class _SkipFailuresAndBatch(grain.IterDataset):
+    """Batches examples, leaving out _Failures and listing them under the batch's '_failures'."""
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int, max_failures: int):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._max_failures = max_failures
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _SkipFailuresAndBatchIterator(
+            self._parent.__iter__(), self._batch_size, self._max_failures
+        )
+
+
+class _SkipFailuresAndBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, max_failures: int):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._max_failures = max_failures
+
+    def __next__(self) -> dict:
+        examples, failures = [], []
+        while len(examples) < self._batch_size:
+            element = next(self._parent)
+            if isinstance(element, _Failure):
+                failures.append([element.video_index, element.message])
+                if len(failures) > self._max_failures:  # the counter downstream never would
+                    raise _too_many(failures, self._max_failures)
+            else:
+                examples.append(element)
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch["_failures"] = failures
+        return batch
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state) -> None:
+        self._parent.set_state(state)
+
+
+def _too_many(failures: list, limit: int) -> VideoReadError:
+    listing = "\n".join(f"  {message}" for _, message in failures)
+    return VideoReadError(
+        f"{len(failures)} unreadable training videos, more than max_bad_videos={limit}:\n{listing}"
+    )
+
+
+class _CountFailures(grain.IterDataset):
+    """Removes '_failures' from batches, logs and counts them, and stops past the limit."""
+
+    def __init__(self, parent: grain.IterDataset, max_failures: int):
+        super().__init__(parent)
+        self._max_failures = max_failures
+
+    def __iter__(self) -> TrainIterator:
+        return TrainIterator(self._parent.__iter__(), self._max_failures)
+
+
+class TrainIterator(grain.DatasetIterator):
+    """Endless training batches; `skipped` lists [video index, message] of unreadable videos."""
+
+    def __init__(self, parent: grain.DatasetIterator, max_failures: int):
+        super().__init__(parent)
+        self._max_failures = max_failures
+        self.skipped: list[list] = []
+
+    def __next__(self) -> dict:
+        batch = next(self._parent)
+        for index, message in batch.pop("_failures"):
+            logging.warning("skipped unreadable training video %d: %s", index, message)
+            self.skipped.append([index, message])
+        if len(self.skipped) > self._max_failures:
+            raise _too_many(self.skipped, self._max_failures)
+        return batch
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "skipped": list(self.skipped)}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self.skipped = [list(s) for s in state["skipped"]]
+
+
+def _multiprocessing(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+    """Worker processes when configured, otherwise a thread assembling batches ahead."""
+    if cfg.num_workers > 0:
+        # grain reads its absl flags when starting workers and fails if they were never parsed
+        # (as when not running under absl.app.run, e.g. in tests or notebooks).
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(
+            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch
+        )
+        return ds.mp_prefetch(options)
+    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
+
+
+def _read_options(cfg: ml_collections.ConfigDict, elements_ahead: int) -> grain.ReadOptions:
+    return grain.ReadOptions(
+        num_threads=cfg.num_threads, prefetch_buffer_size=max(elements_ahead, cfg.num_threads)
+    )
+
+
+def create_train_iterator(
+    cfg: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    annotations: Sequence[tuple[str, int]] | None = None,
+) -> TrainIterator:
+    """Endless {'video': [b, T, S, S, 3], 'label': int32 [b]} batches for this process.
+
+    `batch_size` is per process. `annotations` ((path, label) pairs, e.g. a few-shot subset)
+    replaces the configured training list. Close the iterator (`.close()`) when done.
+    """
+    spec = ClipSpec.from_config(cfg)
+    reader = make_reader(cfg, "train")
+    entries = _entries(cfg, reader, cfg.train_list, annotations)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    n = len(entries)
+    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat()
+    ds = ds.map_with_index(functools.partial(_epoch_and_index, n))
+    ds = ds[process_index::process_count]
+    ds = ds.map(_TrainExample(entries, reader, spec, seed))
+    ds = ds.to_iter_dataset(_read_options(cfg, batch_size))
+    ds = _SkipFailuresAndBatch(ds, batch_size, cfg.max_bad_videos)
+    ds = _multiprocessing(ds, cfg)
+    return iter(_CountFailures(ds, cfg.max_bad_videos))
+
+
+def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
+    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major)."""
+    rng = np.random.default_rng(index) if spec.test_clip_sampling == "tsn_random" else None
+
+    def pick(n):
+        idx = sampling.view_indices(
+            n, spec.num_frames, spec.test_clips, spec.test_clip_sampling, rng
+        )
+        return idx.reshape(-1)
+
+    frames = reader.read(entry, pick)
+    views = transforms.test_crops(frames, spec.test_crops, spec.image_size, spec.resize_size)
+    s = spec.image_size
+    views = views.reshape(spec.test_crops, spec.test_clips, spec.num_frames, s, s, 3)
+    return views.transpose(1, 0, 2, 3, 4, 5).reshape(spec.num_views, spec.num_frames, s, s, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalBatch:
+    """Positions in the list (-1: padding) -> one evaluation batch."""
+
+    entries: Sequence[Entry]
+    reader: object
+    spec: ClipSpec
+
+    def __call__(self, positions: Sequence[int]) -> dict:
+        spec, s = self.spec, self.spec.image_size
+        video = np.zeros(
+            (len(positions), spec.num_views, spec.num_frames, s, s, 3), spec.output_dtype()
+        )
+        label = np.full(len(positions), -1, np.int32)
+        for i, p in enumerate(positions):
+            if p >= 0:
+                video[i] = spec.finish(_eval_views(self.reader, self.entries[p], spec, p))
+                label[i] = self.entries[p].label
+        index = np.asarray(positions, np.int32)
+        return {"video": video, "label": label, "index": index, "valid": index >= 0}
+
+
+def create_eval_dataset(
+    cfg: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    annotation_file: str | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Deterministic evaluation batches for this process; iterate it once per evaluation.
+
+    Batches hold 'video' [b, V, T, S, S, 3], 'label' int32 (-1 for padding), 'index' int32 (the
+    video's position in the annotation list; -1 for padding) and 'valid' bool. Every process
+    yields the same number of batches. `annotation_file` replaces the configured `val_list`.
+    """
+    spec = ClipSpec.from_config(cfg)
+    reader = make_reader(cfg, "val")
+    entries = _entries(cfg, reader, annotation_file or cfg.val_list, None)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    mine = list(range(process_index, len(entries), process_count))
+    num_batches = math.ceil(math.ceil(len(entries) / process_count) / batch_size)
+    positions = mine + [-1] * (num_batches * batch_size - len(mine))
+    batches = [positions[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
+    ds = grain.MapDataset.source(batches).map(_EvalBatch(entries, reader, spec))
+    # Elements are whole batches, so the reading threads already work ahead.
+    ds = ds.to_iter_dataset(_read_options(cfg, cfg.num_threads))
+    return _multiprocessing(ds, cfg) if cfg.num_workers > 0 else ds
+
+
+def load_test_views(path: str, cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """[V, T, S, S, 3] test views of one video file (or frame folder), ready for the model."""
+    spec = ClipSpec.from_config(cfg)
+    if os.path.isdir(path):
+        reader = FrameFolderReader("", cfg.frame_template, cfg.frame_start_index)
+    else:
+        reader = VideoFileReader("", cfg.decode_threads)
+    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec, 0))

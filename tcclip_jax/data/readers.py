@@ -1,0 +1,186 @@
+"""Where a clip's frames come from: video files, frame folders, or packed tfds ArrayRecord shards.
+
+Every reader maps an `Entry` (one annotation line) and a frame picker `pick(num_frames) ->
+indices` to uint8 RGB frames [K, H, W, 3] at the stored resolution. Readers are pickled into grain
+worker processes, so they hold only paths and open files lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import string
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from tcclip_jax.data.classes import AnnotationError, read_annotation_entries
+from tcclip_jax.data.video_decode import VideoReadError, decode_frames
+
+Picker = Callable[[int], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One video: its path as the annotation list has it, its label, and where it was listed."""
+
+    path: str
+    label: int
+    where: str
+
+
+def entries_from_list(path: str, num_classes: int | None) -> list[Entry]:
+    return [
+        Entry(p, label, f"{path}:{line}")
+        for p, label, line in read_annotation_entries(path, num_classes)
+    ]
+
+
+def entries_from_pairs(pairs: Sequence[tuple[str, int]], origin: str) -> list[Entry]:
+    return [Entry(p, int(label), f"{origin}[{i}]") for i, (p, label) in enumerate(pairs)]
+
+
+def _existing_file(root: str, entry: Entry) -> str:
+    path = os.path.join(root, entry.path)
+    if not os.path.isfile(path):
+        raise VideoReadError(f"{path}: no such video file (listed at {entry.where})")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"{path}: empty file (listed at {entry.where})")
+    return path
+
+
+class VideoFileReader:
+    """Videos under `root`, decoded with PyAV (only the sampled frames)."""
+
+    def __init__(self, root: str, decode_threads: int = 1):
+        self.root = root
+        self.decode_threads = decode_threads
+
+    def read(self, entry: Entry, pick: Picker) -> np.ndarray:
+        path = _existing_file(self.root, entry)
+        try:
+            return decode_frames(path, pick, name=path, threads=self.decode_threads)
+        except VideoReadError as e:
+            raise VideoReadError(f"{e} (listed at {entry.where})") from None
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """'img_{:05d}.jpg' -> ^img_(\\d+)\\.jpg$ (the template must have exactly one field)."""
+    parts = list(string.Formatter().parse(template))
+    fields = [p for p in parts if p[1] is not None]
+    if len(fields) != 1:
+        raise ValueError(f"frame_template {template!r} must have exactly one {{}} field")
+    prefix = "".join(p[0] for p in parts[: parts.index(fields[0]) + 1])
+    suffix = "".join(p[0] for p in parts[parts.index(fields[0]) + 1 :])
+    return re.compile(f"^{re.escape(prefix)}(\\d+){re.escape(suffix)}$")
+
+
+def load_image(source: str | bytes) -> np.ndarray:
+    """An image file (path or encoded bytes) as uint8 RGB."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+class FrameFolderReader:
+    """One image per frame in `root/<entry path>/`, named `template.format(start + i)`."""
+
+    def __init__(self, root: str, template: str = "img_{:05d}.jpg", start_index: int = 1):
+        self.root = root
+        self.template = template
+        self.start_index = start_index
+        self._pattern = _template_regex(template)
+
+    def read(self, entry: Entry, pick: Picker) -> np.ndarray:
+        folder = os.path.join(self.root, entry.path)
+        listed = f" (listed at {entry.where})"
+        if not os.path.isdir(folder):
+            raise VideoReadError(f"{folder}: no such frame folder{listed}")
+        count = sum(1 for name in os.listdir(folder) if self._pattern.match(name))
+        if count == 0:
+            raise VideoReadError(f"{folder}: no frames named like {self.template!r}{listed}")
+        wanted = np.asarray(pick(count)).tolist()
+        frames = {}
+        for i in sorted(set(wanted)):
+            path = os.path.join(folder, self.template.format(self.start_index + i))
+            try:
+                frames[i] = load_image(path)
+            except (OSError, ValueError) as e:
+                raise VideoReadError(f"{path}: cannot read frame: {e}{listed}") from None
+        shapes = {f.shape for f in frames.values()}
+        if len(shapes) > 1:
+            raise VideoReadError(f"{folder}: frames differ in size {sorted(shapes)}{listed}")
+        return np.stack([frames[i] for i in wanted])
+
+
+class TfdsReader:
+    """Records of a split written by `tfds_builder.TcclipVideos`, read with tfds.data_source.
+
+    Records hold either JPEG frames already resized to the pipeline's short side (`frames`
+    storage) or the original video file's bytes (`video` storage).
+    """
+
+    def __init__(self, name: str, data_dir: str, split: str, decode_threads: int = 1):
+        self.name, self.data_dir, self.split = name, data_dir, split
+        self.decode_threads = decode_threads
+        self._source = None
+        self._index_of: dict[str, int] | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}
+
+    @property
+    def source(self):
+        if self._source is None:
+            import tensorflow_datasets as tfds  # heavy, and only this format needs it
+
+            try:
+                self._source = tfds.data_source(self.name, data_dir=self.data_dir, split=self.split)
+            except Exception as e:  # tfds raises many kinds: name, version, split, files
+                raise AnnotationError(
+                    f"cannot open tfds dataset {self.name!r} split {self.split!r} in "
+                    f"{self.data_dir!r}: {e}"
+                ) from None
+        return self._source
+
+    def entries(self) -> list[Entry]:
+        """The annotation list the split was packed from, in record order."""
+        meta = self.source.dataset_info.metadata
+        split = meta["splits"][self.split]
+        where = f"{self.name}[{self.split}]"
+        return [
+            Entry(p, int(label), f"{where} record {i}")
+            for i, (p, label) in enumerate(zip(split["paths"], split["labels"], strict=True))
+        ]
+
+    def record_index(self, entry: Entry) -> int:
+        if self._index_of is None:
+            self._index_of = {e.path: i for i, e in enumerate(self.entries())}
+        if entry.path not in self._index_of:
+            raise AnnotationError(
+                f"{entry.path} (listed at {entry.where}) is not in tfds dataset {self.name!r} "
+                f"split {self.split!r}"
+            )
+        return self._index_of[entry.path]
+
+    def read(self, entry: Entry, pick: Picker) -> np.ndarray:
+        index = self.record_index(entry)
+        record = self.source[index]
+        name = f"{record['path'].decode()} ({self.name}[{self.split}] record {index})"
+        if "video" in record:
+            return decode_frames(record["video"], pick, name=name, threads=self.decode_threads)
+        return decode_jpeg_frames(record["frames"], record["frame_offsets"], pick, name)
+
+
+def decode_jpeg_frames(blob: bytes, offsets: np.ndarray, pick: Picker, name: str) -> np.ndarray:
+    """Frames `pick(n)` of n JPEGs stored back to back in `blob`, frame i at offsets[i:i+2]."""
+    wanted = np.asarray(pick(len(offsets) - 1)).tolist()
+    frames = {}
+    for i in sorted(set(wanted)):
+        try:
+            frames[i] = load_image(blob[offsets[i] : offsets[i + 1]])
+        except (OSError, ValueError) as e:
+            raise VideoReadError(f"{name}: cannot decode stored frame {i}: {e}") from None
+    return np.stack([frames[i] for i in wanted])

@@ -1,0 +1,208 @@
+"""Clip augmentation and test-time views on uint8 numpy clips [T, H, W, 3].
+
+Geometry follows the released code (mmaction2 transforms as configured there): resize the short
+side (`Resize(scale=(-1, 256))`, sizes rounded as mmcv's `rescale_size`), `MultiScaleCrop` with
+fixed offsets (5 candidate positions, width/height scale levels at most `max_wh_scale_gap` apart,
+sizes within 3 px of the output snapped to it), resize to the output size, flip. Colour jitter and
+greyscale reproduce torchvision's PIL arithmetic (the released code calls torchvision on PIL
+images): brightness, contrast, saturation, hue in random order, contrast around the frame's mean
+luma. Resizing is PIL bilinear, which low-pass filters when shrinking (mmcv's OpenCV bilinear
+does not), so pixels differ slightly from the released code. Every random choice is made once
+per clip, so crop, flip, jitter and greyscale are the same for every frame, unless
+`per_frame_jitter` asks for the released code's per-frame jitter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the short side `size`, rounded as mmcv.rescale_size does."""
+    scale = size / min(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize(
+    frames: np.ndarray, height: int, width: int, box: Sequence[float] | None = None
+) -> np.ndarray:
+    """Bilinear resize of every frame (of the region `box` = (x0, y0, x1, y1) when given)."""
+    if box is None and frames.shape[1:3] == (height, width):
+        return frames
+    out = np.empty((len(frames), height, width, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(frame).resize((width, height), Image.BILINEAR, box=box)
+        out[i] = np.asarray(img)
+    return out
+
+
+def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
+    return resize(frames, *short_side_shape(*frames.shape[1:3], size))
+
+
+def multi_scale_crop_box(
+    height: int,
+    width: int,
+    output_size: int,
+    scales: Sequence[float],
+    max_wh_scale_gap: int,
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of mmaction2's MultiScaleCrop(random_crop=False, num_fixed_crops=5)."""
+    crop_sizes = [int(min(height, width) * s) for s in scales]
+    candidates = [
+        (w, h)
+        for i, h in enumerate(crop_sizes)
+        for j, w in enumerate(crop_sizes)
+        if abs(i - j) <= max_wh_scale_gap
+    ]
+    crop_w, crop_h = candidates[rng.integers(len(candidates))]
+    crop_w = output_size if abs(crop_w - output_size) < 3 else crop_w
+    crop_h = output_size if abs(crop_h - output_size) < 3 else crop_h
+    w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
+    offsets = [
+        (0, 0),
+        (4 * w_step, 0),
+        (0, 4 * h_step),
+        (4 * w_step, 4 * h_step),
+        (2 * w_step, 2 * h_step),
+    ]
+    x, y = offsets[rng.integers(len(offsets))]
+    return x, y, x + crop_w, y + crop_h
+
+
+def _luma(frames: np.ndarray) -> np.ndarray:
+    """PIL's convert('L'): ITU-R 601-2 luma with its fixed-point rounding, as uint8."""
+    f = frames.astype(np.uint32)
+    return ((f[..., 0] * 19595 + f[..., 1] * 38470 + f[..., 2] * 7471 + 0x8000) >> 16).astype(
+        np.uint8
+    )
+
+
+# The photometric ops work on the clip as one tall PIL image [T * H, W], so that every op is a
+# single call into PIL's C code. Tables and blends use float32 and truncate, as PIL does.
+
+
+def _ramp(factor: float, center: float = 0.0) -> list[int]:
+    x = np.arange(256, dtype=np.float32)
+    c = np.float32(center)
+    return np.clip(c + np.float32(factor) * (x - c), 0, 255).astype(np.uint8).tolist()
+
+
+def _brightness(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
+    return img.point(_ramp(factor) * 3)
+
+
+def _contrast(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
+    """Blend every frame with its own mean luma (torchvision is applied frame by frame)."""
+    luma = np.asarray(img.convert("L"))
+    means = luma.reshape(-1, frame_height * luma.shape[1]).mean(axis=1)
+    out = Image.new("RGB", img.size)
+    for i, mean in enumerate(means):
+        box = (0, i * frame_height, img.width, (i + 1) * frame_height)
+        out.paste(img.crop(box).point(_ramp(factor, int(mean + 0.5)) * 3), box)
+    return out
+
+
+def _saturation(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
+    return Image.blend(img.convert("L").convert("RGB"), img, factor)
+
+
+def _hue(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
+    """Rotate hue by `factor` turns through PIL's HSV, as torchvision does for PIL images."""
+    hsv = np.array(img.convert("HSV"))
+    hsv[..., 0] += np.uint8(int(factor * 255) % 256)  # wraps around, as hue should
+    return Image.frombytes("HSV", img.size, hsv.tobytes()).convert("RGB")
+
+
+def _tall(frames: np.ndarray) -> Image.Image:
+    t, h, w, _ = frames.shape
+    return Image.fromarray(np.ascontiguousarray(frames).reshape(t * h, w, 3))
+
+
+def color_jitter(
+    frames: np.ndarray, strengths: Sequence[float], rng: np.random.Generator
+) -> np.ndarray:
+    """torchvision ColorJitter(brightness, contrast, saturation, hue), one draw for all frames."""
+    brightness, contrast, saturation, hue = strengths
+    ops = [
+        (_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness)),
+        (_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast)),
+        (_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation)),
+        (_hue, rng.uniform(-hue, hue)),
+    ]
+    img = _tall(frames)
+    for k in rng.permutation(4):
+        fn, factor = ops[k]
+        img = fn(img, factor, frames.shape[1])
+    return np.asarray(img).reshape(frames.shape)
+
+
+def grayscale(frames: np.ndarray) -> np.ndarray:
+    return np.repeat(_luma(frames)[..., None], 3, axis=-1)
+
+
+def train_augment(
+    frames: np.ndarray,
+    *,
+    output_size: int,
+    scales: Sequence[float],
+    max_wh_scale_gap: int,
+    hflip: bool,
+    jitter_p: float,
+    jitter: Sequence[float],
+    per_frame_jitter: bool,
+    grayscale_p: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Multi-scale crop, resize, flip, colour jitter, greyscale of short-side-resized frames."""
+    box = multi_scale_crop_box(*frames.shape[1:3], output_size, scales, max_wh_scale_gap, rng)
+    frames = resize(frames, output_size, output_size, box=box)
+    if hflip and rng.random() < 0.5:
+        frames = np.ascontiguousarray(frames[:, :, ::-1])
+    if rng.random() < jitter_p:
+        if per_frame_jitter:
+            frames = np.concatenate([color_jitter(f[None], jitter, rng) for f in frames])
+        else:
+            frames = color_jitter(frames, jitter, rng)
+    if rng.random() < grayscale_p:
+        frames = grayscale(frames)
+    return frames
+
+
+def test_crops(
+    frames: np.ndarray, num_crops: int, output_size: int, resize_size: int
+) -> np.ndarray:
+    """[num_crops, T, S, S, 3] spatial views of native-size frames [T, H, W, 3].
+
+    One crop: short side to `resize_size`, centre crop. Three crops: short side to the output
+    size, then left, centre and right (top, middle, bottom for portrait video) squares.
+    """
+    if num_crops == 1:
+        frames = resize_short_side(frames, resize_size)
+        h, w = frames.shape[1:3]
+        top, left = (h - output_size) // 2, (w - output_size) // 2
+        return frames[None, :, top : top + output_size, left : left + output_size]
+    if num_crops == 3:
+        frames = resize_short_side(frames, output_size)
+        h, w = frames.shape[1:3]
+        step_y, step_x = (h - output_size) // 2, (w - output_size) // 2
+        return np.stack(
+            [
+                frames[
+                    :, k * step_y : k * step_y + output_size, k * step_x : k * step_x + output_size
+                ]
+                for k in range(3)
+            ]
+        )
+    raise ValueError(f"test_crops must be 1 or 3, got {num_crops}")
+
+
+def normalize(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """float32 (frames - 255 mean) / (255 std), the same arithmetic as normalize_on_device."""
+    shift = np.float32(255.0) * np.asarray(mean, np.float32)
+    scale = np.float32(255.0) * np.asarray(std, np.float32)
+    return (frames.astype(np.float32) - shift) / scale
