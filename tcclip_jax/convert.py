@@ -1,0 +1,394 @@
+"""PyTorch -> JAX weight conversion: OpenAI CLIP and released TC-CLIP / ViFi-CLIP checkpoints.
+
+The model's parameter names follow the PyTorch state dict, so conversion is a rename table plus
+transposes: linear weights [out, in] -> kernels [in, out] (attention: [in, heads, head_dim] and
+[heads, head_dim, out]), the fused `in_proj` split into q, k, v, `conv1` OIHW -> HWIO, and
+LayerNorm `weight` -> `scale`. Every converted tree is checked against the shapes the model
+expects (missing keys listed, shape mismatches named), so a wrong option fails at conversion,
+not in the middle of a training run.
+
+Pickled checkpoints are read with `torch.load(weights_only=True)`; OpenAI's TorchScript archives
+with `torch.jit.load`, which deserialises the archive without running any of its code (only
+`state_dict()` is read).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.video_clip import VideoCLIP
+from tcclip_jax.tokenizer import get_tokenizer
+
+StateDict = dict[str, np.ndarray]
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message says what and where."""
+
+
+# Reading -----------------------------------------------------------------------------------
+
+
+def _to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy()
+
+
+def read_torch_file(path: str) -> StateDict:
+    """Flat {key: array} from a TorchScript archive, a state dict, or {'model'|'state_dict': sd}."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                torchscript = any(n.endswith("constants.pkl") for n in z.namelist())
+        else:
+            torchscript = False
+        if torchscript:
+            obj = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure means "not a checkpoint".
+        raise ConversionError(
+            f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})".splitlines()[0]
+        ) from e
+    if isinstance(obj, Mapping):
+        for wrapper in ("model", "state_dict"):
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ConversionError(f"{path}: holds no state dict (got {type(obj).__name__})")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            out[str(k)] = _to_numpy(v)
+    if not out:
+        raise ConversionError(f"{path}: holds no tensors")
+    return out
+
+
+# Architecture ------------------------------------------------------------------------------
+
+
+def _count_blocks(sd: StateDict, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    ids = {int(m.group(1)) for k in sd if (m := pat.match(k))}
+    return max(ids) + 1 if ids else 0
+
+
+def clip_architecture(sd: StateDict, path: str = "CLIP weights") -> dict:
+    """Tower sizes of an OpenAI CLIP state dict (ViT towers), as ModelConfig fields."""
+    if any(k.startswith("visual.layer1.") for k in sd):
+        raise ConversionError(f"{path}: unknown architecture: ResNet CLIP towers are not supported")
+    required = [
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "visual.proj",
+        "token_embedding.weight",
+        "positional_embedding",
+        "text_projection",
+        "ln_final.weight",
+    ]
+    missing = [k for k in required if k not in sd]
+    if missing:
+        raise ConversionError(
+            f"{path}: unknown architecture: not an OpenAI CLIP ViT state dict (missing {missing})"
+        )
+    conv = sd["visual.conv1.weight"]
+    vision_width, _, patch, _ = conv.shape
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = sd["ln_final.weight"].shape[0]
+    return dict(
+        embed_dim=sd["text_projection"].shape[1],
+        image_resolution=patch * grid,
+        vision_patch_size=patch,
+        vision_width=vision_width,
+        vision_layers=_count_blocks(sd, "visual.transformer.resblocks."),
+        vision_heads=vision_width // 64,
+        vocab_size=sd["token_embedding.weight"].shape[0],
+        text_width=text_width,
+        text_layers=_count_blocks(sd, "transformer.resblocks."),
+        text_heads=text_width // 64,
+        positional_table_length=sd["positional_embedding"].shape[0],
+    )
+
+
+# Renaming ----------------------------------------------------------------------------------
+
+
+def _dtype(a: np.ndarray) -> np.ndarray:
+    """float32 master weights; float64 sources stay float64 (exact float64 parity)."""
+    return a.astype(np.float64 if a.dtype == np.float64 else np.float32)
+
+
+def _linear(w: np.ndarray) -> np.ndarray:
+    return w.T
+
+
+def _heads_in(w: np.ndarray, heads: int) -> np.ndarray:
+    """q/k/v weight [out, in] -> kernel [in, heads, head_dim]."""
+    return w.T.reshape(w.shape[1], heads, w.shape[0] // heads)
+
+
+def _heads_out(w: np.ndarray, heads: int) -> np.ndarray:
+    """out_proj weight [out, in] -> kernel [heads, head_dim, out]."""
+    return w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
+
+
+class _Reader:
+    """Takes tensors out of a state dict by key, remembering which were used."""
+
+    def __init__(self, sd: StateDict, path: str):
+        self.sd, self.path, self.used = sd, path, set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.sd
+
+    def __call__(self, key: str) -> np.ndarray:
+        if key not in self.sd:
+            raise ConversionError(f"{self.path}: missing key {key}")
+        self.used.add(key)
+        return _dtype(self.sd[key])
+
+    def unused(self) -> list[str]:
+        return sorted(set(self.sd) - self.used)
+
+
+def _attention(r: _Reader, prefix: str, heads: int) -> dict:
+    """`attn` params from fused `in_proj_*` or separate `q_proj/k_proj/v_proj`."""
+    out = {}
+    if prefix + "in_proj_weight" in r:
+        ws = np.split(r(prefix + "in_proj_weight"), 3)
+        bs = np.split(r(prefix + "in_proj_bias"), 3)
+    else:
+        ws = [r(f"{prefix}{n}_proj.weight") for n in "qkv"]
+        bs = [r(f"{prefix}{n}_proj.bias") for n in "qkv"]
+    for name, w, b in zip(("q_proj", "k_proj", "v_proj"), ws, bs, strict=True):
+        out[name] = {"kernel": _heads_in(w, heads), "bias": b.reshape(heads, -1)}
+    out["out_proj"] = {
+        "kernel": _heads_out(r(prefix + "out_proj.weight"), heads),
+        "bias": r(prefix + "out_proj.bias"),
+    }
+    if prefix + "local_global_bias_table" in r:
+        out["local_global_bias_table"] = r(prefix + "local_global_bias_table")
+    return out
+
+
+def _ln(r: _Reader, prefix: str) -> dict:
+    return {"scale": r(prefix + "weight"), "bias": r(prefix + "bias")}
+
+
+def _block(r: _Reader, prefix: str, heads: int, extra_ln: tuple[str, ...] = ()) -> dict:
+    out = {
+        "attn": _attention(r, prefix + "attn.", heads),
+        "ln_1": _ln(r, prefix + "ln_1."),
+        "ln_2": _ln(r, prefix + "ln_2."),
+        "mlp": {
+            n: {"kernel": _linear(r(f"{prefix}mlp.{n}.weight")), "bias": r(f"{prefix}mlp.{n}.bias")}
+            for n in ("c_fc", "c_proj")
+        },
+    }
+    for name in extra_ln:
+        out[name] = _ln(r, prefix + name + ".")
+    return out
+
+
+def _vision(r: _Reader, prefix: str, cfg: ModelConfig) -> dict:
+    out = {
+        "conv1": {"kernel": r(prefix + "conv1.weight").transpose(2, 3, 1, 0)},
+        "class_embedding": r(prefix + "class_embedding"),
+        "positional_embedding": r(prefix + "positional_embedding"),
+        "ln_pre": _ln(r, prefix + "ln_pre."),
+        "ln_post": _ln(r, prefix + "ln_post."),
+        "proj": r(prefix + "proj"),
+        "transformer": {
+            f"resblocks_{i}": _block(r, f"{prefix}transformer.resblocks.{i}.", cfg.vision_heads)
+            for i in range(cfg.vision_layers)
+        },
+    }
+    return out
+
+
+def _text(r: _Reader, prefix: str, cfg: ModelConfig) -> dict:
+    return {
+        "positional_embedding": r(prefix + "positional_embedding"),
+        "ln_final": _ln(r, prefix + "ln_final."),
+        "text_projection": r(prefix + "text_projection"),
+        "transformer": {
+            f"resblocks_{i}": _block(r, f"{prefix}transformer.resblocks.{i}.", cfg.text_heads)
+            for i in range(cfg.text_layers)
+        },
+    }
+
+
+def clip_params(sd: StateDict, cfg: ModelConfig, path: str = "CLIP weights") -> dict:
+    """The CLIP part of the parameter tree, from an OpenAI CLIP state dict."""
+    r = _Reader(sd, path)
+    params = {
+        "visual": _vision(r, "visual.", cfg),
+        "token_embedding": {"embedding": r("token_embedding.weight")},
+        "logit_scale": r("logit_scale"),
+        **_text(r, "", cfg),
+    }
+    ignored = {"input_resolution", "context_length", "vocab_size"}
+    unused = [k for k in r.unused() if k not in ignored]
+    if unused:
+        raise ConversionError(f"{path}: unexpected keys for this architecture: {unused[:20]}")
+    return params
+
+
+def finetuned_params(sd: StateDict, cfg: ModelConfig, path: str = "TC-CLIP checkpoint") -> dict:
+    """Parameters of a released TC-CLIP / ViFi-CLIP checkpoint (`module.` keys).
+
+    The token embedding is not in these checkpoints (it comes from CLIP), and the
+    `prompt_learner.token_prefix/token_suffix` buffers depend on the training class names: both
+    are left out.
+    """
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if not k.startswith(("prompt_learner.token_"))}
+    if not any(k.startswith("image_encoder.") for k in sd):
+        raise ConversionError(
+            f"{path}: unknown architecture: expected 'module.image_encoder.*' keys of a released "
+            "TC-CLIP / ViFi-CLIP checkpoint"
+        )
+    r = _Reader(sd, path)
+    params = {
+        "visual": _vision(r, "image_encoder.", cfg),
+        "logit_scale": r("logit_scale"),
+        **_text(r, "text_encoder.", cfg),
+    }
+    if cfg.is_temporal:
+        params["prompt_learner"] = {"ctx": r("prompt_learner.ctx")}
+        params["prompt_generation_layer"] = _block(
+            r, "text_encoder.prompt_generation_layer.0.", cfg.text_heads, extra_ln=("ln_1_kv",)
+        )
+    unused = r.unused()
+    if unused:
+        raise ConversionError(f"{path}: unexpected keys for this model config: {unused[:20]}")
+    return params
+
+
+# Initialisation from CLIP ------------------------------------------------------------------
+
+
+def _truncated_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
+    x = rng.standard_normal(shape)
+    while np.any(bad := np.abs(x) > 2):
+        x[bad] = rng.standard_normal(int(bad.sum()))
+    return (x * std).astype(np.float32)
+
+
+def init_from_clip(clip: dict, cfg: ModelConfig, seed: int = 0) -> dict:
+    """A TC-CLIP / ViFi-CLIP tree initialised from CLIP as the published code does before
+    training: prompt vectors = token embeddings of `prompt_init` (random normal(0.02) for any
+    extra vectors), VP = copy of CLIP's last text block (`ln_1_kv` = `ln_1`), local/global bias
+    tables trunc-normal(0.02), a `joint` positional embedding = CLIP's table repeated T times."""
+    params = jax.tree.map(np.array, clip)
+    rng = np.random.default_rng(seed)
+    vis = params["visual"]
+    if cfg.positional_embedding == "joint" and vis["positional_embedding"].ndim == 2:
+        vis["positional_embedding"] = np.repeat(
+            vis["positional_embedding"][None], cfg.num_frames, axis=0
+        )
+    if not cfg.is_temporal:
+        return params
+    for i in cfg.context_layers:
+        if cfg.local_global_bias:
+            attn = vis["transformer"][f"resblocks_{i - 1}"]["attn"]
+            attn["local_global_bias_table"] = _truncated_normal(rng, (cfg.vision_heads, 1, 2), 0.02)
+    words = get_tokenizer().encode(cfg.prompt_init)
+    if len(words) > cfg.prompt_length:
+        raise ConversionError(
+            f"prompt_init {cfg.prompt_init!r} has {len(words)} tokens, more than prompt_length "
+            f"{cfg.prompt_length}"
+        )
+    table = params["token_embedding"]["embedding"]
+    ctx = table[np.asarray(words, int)]
+    extra = rng.normal(0.0, 0.02, (cfg.prompt_length - len(words), table.shape[1]))
+    params["prompt_learner"] = {"ctx": np.concatenate([ctx, extra.astype(ctx.dtype)])}
+    last = params["transformer"][f"resblocks_{cfg.text_layers - 1}"]
+    vp = jax.tree.map(np.array, last)
+    vp["ln_1_kv"] = jax.tree.map(np.array, last["ln_1"])
+    params["prompt_generation_layer"] = vp
+    return params
+
+
+# Checking ----------------------------------------------------------------------------------
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    model = VideoCLIP(cfg)
+    clips = jax.ShapeDtypeStruct(
+        (1, cfg.num_frames, cfg.image_resolution, cfg.image_resolution, 3), jnp.float32
+    )
+    tokens = jax.ShapeDtypeStruct((2, cfg.context_length), jnp.int32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), clips, tokens)["params"]
+    flat = flax.traverse_util.flatten_dict(shapes, sep="/")
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def check_params(params: dict, cfg: ModelConfig, source: str) -> None:
+    """Raise a ConversionError naming missing/unexpected keys and shape mismatches."""
+    want = expected_shapes(cfg)
+    got = {
+        k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()
+    }
+    missing = sorted(set(want) - set(got))
+    if missing:
+        raise ConversionError(f"{source}: missing keys for this model config: {missing[:20]}")
+    unexpected = sorted(set(got) - set(want))
+    if unexpected:
+        raise ConversionError(f"{source}: unexpected keys for this model config: {unexpected[:20]}")
+    for k in sorted(want):
+        if want[k] != got[k]:
+            raise ConversionError(
+                f"{source}: shape mismatch for {k}: expected {list(want[k])}, got {list(got[k])}"
+            )
+
+
+def convert(
+    clip_path: str,
+    *,
+    tcclip_path: str | None = None,
+    seed: int = 0,
+    **options,
+) -> tuple[ModelConfig, dict]:
+    """Convert OpenAI CLIP weights (+ optionally a released TC-CLIP / ViFi-CLIP checkpoint).
+
+    `options` are ModelConfig fields (model, num_frames, positional_embedding, context_tokens,
+    seed_ratio, merge_r, tc_layers, context_length, ...); tower sizes come from the CLIP weights.
+    Returns (config, params as NumPy arrays).
+    """
+    clip_sd = read_torch_file(clip_path)
+    arch = clip_architecture(clip_sd, clip_path)
+    if options.get("model") == "clip" or options.get("model") == "vifi_clip":
+        options.setdefault("context_length", arch["positional_table_length"])
+    try:
+        cfg = ModelConfig(**{**arch, **options})
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"invalid model options: {e}") from e
+    clip = clip_params(clip_sd, cfg, clip_path)
+    if tcclip_path is None:
+        params = init_from_clip(clip, cfg, seed)
+        check_params(params, cfg, clip_path)
+        return cfg, params
+    params = finetuned_params(read_torch_file(tcclip_path), cfg, tcclip_path)
+    params["token_embedding"] = clip["token_embedding"]
+    check_params(params, cfg, tcclip_path)
+    return cfg, params

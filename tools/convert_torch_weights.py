@@ -1,0 +1,82 @@
+"""Convert PyTorch CLIP / TC-CLIP weights into a tcclip_jax checkpoint directory.
+
+OpenAI CLIP as released (TorchScript `ViT-B-16.pt`) or a plain state dict, optionally with a
+released TC-CLIP (or ViFi-CLIP) checkpoint:
+
+  python tools/convert_torch_weights.py --clip ViT-B-16.pt --output ckpt/clip_b16 --model clip
+  python tools/convert_torch_weights.py --clip ViT-B-16.pt --output ckpt/tcclip_init
+  python tools/convert_torch_weights.py --clip ViT-B-16.pt --tcclip zero_shot_k400.pth \
+      --output ckpt/tcclip_k400
+
+Without --tcclip, TC-CLIP / ViFi-CLIP is initialised from CLIP as the published code does
+before training. Model options default to the released TC-CLIP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+
+from tcclip_jax.checkpoints import CheckpointError, save_model
+from tcclip_jax.convert import ConversionError, convert
+from tcclip_jax.models.config import MODEL_KINDS
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block numbers: {text!r}") from e
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--clip", required=True, help="OpenAI CLIP weights (.pt TorchScript or state dict)"
+    )
+    p.add_argument("--tcclip", help="released TC-CLIP / ViFi-CLIP checkpoint (.pth)")
+    p.add_argument("--output", required=True, help="new checkpoint directory to write")
+    p.add_argument("--model", choices=MODEL_KINDS, default="tc_clip")
+    p.add_argument("--num-frames", type=int, help="T (default 16)")
+    p.add_argument("--positional-embedding", choices=("space", "joint"))
+    p.add_argument("--context-tokens", type=int, help="k (default 96)")
+    p.add_argument("--seed-ratio", type=float, help="alpha (default 0.3)")
+    p.add_argument("--merge-r", type=int, help="r (default 100)")
+    p.add_argument("--tc-layers", type=_layers, help="1-based blocks with TC, e.g. 4,8,12")
+    p.add_argument("--context-length", type=int, help="prompt tokens (30 for TC-CLIP, 77 else)")
+    p.add_argument("--seed", type=int, default=0, help="rng seed for freshly initialised params")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    options = {
+        "model": args.model,
+        "num_frames": args.num_frames,
+        "positional_embedding": args.positional_embedding,
+        "context_tokens": args.context_tokens,
+        "seed_ratio": args.seed_ratio,
+        "merge_r": args.merge_r,
+        "tc_layers": args.tc_layers,
+        "context_length": args.context_length,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        cfg, params = convert(args.clip, tcclip_path=args.tcclip, seed=args.seed, **options)
+        info = {"clip": os.path.abspath(args.clip), "seed": args.seed}
+        if args.tcclip:
+            info["tcclip"] = os.path.abspath(args.tcclip)
+        save_model(args.output, cfg, params, info=info)
+    except (ConversionError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(v.size for v in jax.tree.leaves(params))
+    print(f"wrote {args.output}: {cfg.model}, {n / 1e6:.1f}M parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
