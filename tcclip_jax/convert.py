@@ -261,7 +261,7 @@ def finetuned_params(sd: StateDict, cfg: ModelConfig, path: str = "TC-CLIP check
     are left out.
     """
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith(("prompt_learner.token_"))}
+    sd = {k: v for k, v in sd.items() if not k.startswith("prompt_learner.token_")}
     if not any(k.startswith("image_encoder.") for k in sd):
         raise ConversionError(
             f"{path}: unknown architecture: expected 'module.image_encoder.*' keys of a released "
