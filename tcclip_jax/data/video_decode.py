@@ -34,6 +34,8 @@ def _demux(container: av.container.InputContainer, name: str):
     if not container.streams.video:
         raise VideoReadError(f"{name}: no video stream")
     stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VideoReadError(f"{name}: cannot decode codec: FFmpeg has no decoder for this video")
     try:
         packets = [p for p in container.demux(stream) if p.size > 0]
     except av.error.FFmpegError as e:

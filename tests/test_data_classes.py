@@ -1,0 +1,101 @@
+"""Class lists, annotation lists and few-shot subsets: formats and their error messages."""
+
+import json
+
+import pytest
+
+from tcclip_jax.data.classes import (
+    AnnotationError,
+    few_shot_subset,
+    load_class_names,
+    read_annotations,
+)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_csv_class_list_is_ordered_by_id(tmp_path):
+    path = write(tmp_path, "c.csv", 'id,name\n1,"Brush, hair"\n0,ApplyEyeMakeup\n2,cartwheel\n')
+    assert load_class_names(path) == ["ApplyEyeMakeup", "Brush, hair", "cartwheel"]
+
+
+def test_csv_class_list_ignores_extra_columns(tmp_path):
+    path = write(tmp_path, "c.csv", "name,id,count\nrun,1,5\nwalk,0,7\n")
+    assert load_class_names(path) == ["walk", "run"]
+
+
+def test_llm_json_class_list(tmp_path):
+    names = {"1": "Climb: A person goes up.", "0": "Brush hair: A person is grooming."}
+    path = write(tmp_path, "c.json", json.dumps(names))
+    assert load_class_names(path) == [names["0"], names["1"]]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("id,name\n0,a\n2,c\n", "without gaps; missing [1]"),
+        ("id,name\n0,a\n1,b\n1,c\n", "c.csv:4: duplicate class id 1 (first defined at"),
+        ("id,name\n0,a\nx,b\n", "c.csv:3: class id 'x' is not an integer"),
+        ("idx,label\n0,a\n", "c.csv:1: expected a header with columns 'id' and 'name'"),
+        ("id,name\n0,\n", "c.csv:2: empty class name"),
+        ("id,name\n", "the class list is empty"),
+    ],
+)
+def test_bad_csv_class_lists_name_file_and_line(tmp_path, text, message):
+    with pytest.raises(AnnotationError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_class_names(write(tmp_path, "c.csv", text))
+
+
+def test_json_duplicate_and_gap_ids(tmp_path):
+    dup = write(tmp_path, "d.json", '{"0": "a", "1": "b", "1": "c"}')
+    with pytest.raises(AnnotationError, match=r"d.json: duplicate class ids \['1'\]"):
+        load_class_names(dup)
+    gap = write(tmp_path, "g.json", '{"0": "a", "5": "b"}')
+    with pytest.raises(AnnotationError, match=r"g.json: class ids must be 0..1 without gaps"):
+        load_class_names(gap)
+    broken = write(tmp_path, "b.json", '{"0": "a",\n "1": }')
+    with pytest.raises(AnnotationError, match=r"b.json:2: invalid JSON"):
+        load_class_names(broken)
+
+
+def test_annotation_list_parses_paths_with_spaces(tmp_path):
+    path = write(tmp_path, "a.txt", "a/v1.avi 3\n\n  b/my video.mp4   0 \n")
+    assert read_annotations(path, num_classes=4) == [("a/v1.avi", 3), ("b/my video.mp4", 0)]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a.mp4 1\nb.mp4\n", r"a.txt:2: expected 'relative/path LABEL', got 'b.mp4'"),
+        ("a.mp4 1\nb.mp4 one\n", r"a.txt:2: label 'one' is not an integer"),
+        ("a.mp4 1\nb.mp4 4\n", r"a.txt:2: label 4 is outside the class list \(0..3\)"),
+        ("a.mp4 -1\n", r"a.txt:1: label -1 is outside the class list"),
+        ("\n\n", r"a.txt: the annotation list has no entries"),
+    ],
+)
+def test_bad_annotation_lines_name_file_and_line(tmp_path, text, message):
+    with pytest.raises(AnnotationError, match=message):
+        read_annotations(write(tmp_path, "a.txt", text), num_classes=4)
+
+
+def test_missing_lists_are_named(tmp_path):
+    with pytest.raises(AnnotationError, match="annotation list .*nope.txt does not exist"):
+        read_annotations(str(tmp_path / "nope.txt"))
+    with pytest.raises(AnnotationError, match="class list .*nope.csv does not exist"):
+        load_class_names(str(tmp_path / "nope.csv"))
+
+
+def test_few_shot_subset_takes_k_per_class_deterministically():
+    annotations = [(f"v{i}.mp4", i % 3) for i in range(30)]
+    subset = few_shot_subset(annotations, shots=4, seed=7)
+    assert sorted(label for _, label in subset) == [0] * 4 + [1] * 4 + [2] * 4
+    assert subset == few_shot_subset(annotations, shots=4, seed=7)
+    assert subset != few_shot_subset(annotations, shots=4, seed=8)
+    positions = [annotations.index(a) for a in subset]
+    assert positions == sorted(positions)  # original order kept
+    with pytest.raises(AnnotationError, match="class 0 has 10 examples, fewer than 11 shots"):
+        few_shot_subset(annotations, shots=11, seed=0)
