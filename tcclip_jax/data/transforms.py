@@ -27,15 +27,20 @@ def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def resize(
-    frames: np.ndarray, height: int, width: int, box: Sequence[float] | None = None
+    frames: np.ndarray,
+    height: int,
+    width: int,
+    box: Sequence[float] | None = None,
+    flip: bool = False,
 ) -> np.ndarray:
-    """Bilinear resize of every frame (of the region `box` = (x0, y0, x1, y1) when given)."""
-    if box is None and frames.shape[1:3] == (height, width):
+    """Bilinear resize of every frame (of the region `box` = (x0, y0, x1, y1) when given),
+    mirrored left-right when `flip`."""
+    if box is None and not flip and frames.shape[1:3] == (height, width):
         return frames
     out = np.empty((len(frames), height, width, 3), np.uint8)
     for i, frame in enumerate(frames):
         img = Image.fromarray(frame).resize((width, height), Image.BILINEAR, box=box)
-        out[i] = np.asarray(img)
+        out[i] = np.asarray(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img)
     return out
 
 
@@ -72,14 +77,6 @@ def multi_scale_crop_box(
     ]
     x, y = offsets[rng.integers(len(offsets))]
     return x, y, x + crop_w, y + crop_h
-
-
-def _luma(frames: np.ndarray) -> np.ndarray:
-    """PIL's convert('L'): ITU-R 601-2 luma with its fixed-point rounding, as uint8."""
-    f = frames.astype(np.uint32)
-    return ((f[..., 0] * 19595 + f[..., 1] * 38470 + f[..., 2] * 7471 + 0x8000) >> 16).astype(
-        np.uint8
-    )
 
 
 # The photometric ops work on the clip as one tall PIL image [T * H, W], so that every op is a
@@ -142,7 +139,8 @@ def color_jitter(
 
 
 def grayscale(frames: np.ndarray) -> np.ndarray:
-    return np.repeat(_luma(frames)[..., None], 3, axis=-1)
+    """torchvision Grayscale(num_output_channels=3) on PIL images: luma in all channels."""
+    return np.asarray(_tall(frames).convert("L").convert("RGB")).reshape(frames.shape)
 
 
 def train_augment(
@@ -160,9 +158,8 @@ def train_augment(
 ) -> np.ndarray:
     """Multi-scale crop, resize, flip, colour jitter, greyscale of short-side-resized frames."""
     box = multi_scale_crop_box(*frames.shape[1:3], output_size, scales, max_wh_scale_gap, rng)
-    frames = resize(frames, output_size, output_size, box=box)
-    if hflip and rng.random() < 0.5:
-        frames = np.ascontiguousarray(frames[:, :, ::-1])
+    flip = hflip and rng.random() < 0.5
+    frames = resize(frames, output_size, output_size, box=box, flip=flip)
     if rng.random() < jitter_p:
         if per_frame_jitter:
             frames = np.concatenate([color_jitter(f[None], jitter, rng) for f in frames])

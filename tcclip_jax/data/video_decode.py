@@ -118,6 +118,9 @@ def decode_frames(
         raise VideoReadError(
             f"{name}: could not decode frames {missing[:8]} of {len(order)} (corrupt video?)"
         )
+    shapes = {f.shape for f in frames.values()}
+    if len(shapes) > 1:
+        raise VideoReadError(f"{name}: the frame size changes within the video {sorted(shapes)}")
     return np.stack([frames[i] for i in wanted.tolist()])
 
 

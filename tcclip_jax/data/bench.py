@@ -1,0 +1,150 @@
+"""Training-clip throughput of the input pipeline from videos, frame folders and tfds shards.
+
+  python -m tcclip_jax.data.bench [--videos 24] [--batches 12] [--workers 1,2] [--keep DIR]
+
+Writes its own data first: short 320x240 H.264 videos (3-10 s at 25 fps) of moving, textured
+procedural scenes, the same as JPEG frame folders, and as tfds ArrayRecord shards of JPEG frames
+resized to short side 256. Then it times 16x224 training clips (full augmentation) per source:
+in this process with one decoding thread, where "per core" is clips per CPU-second of the process,
+and with 1 and 2 grain worker processes, where it is clips per second of wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from tcclip_jax.data import pipeline
+from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.tfds_builder import TcclipVideos
+from tcclip_jax.data.video_encode import encode_video
+
+HEIGHT, WIDTH, FPS = 240, 320, 25
+
+
+def scene(num_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A drifting colour field with moving discs and sensor noise: compresses like real video."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    discs = rng.uniform([0, 0, 10, -4, -4], [WIDTH, HEIGHT, 40, 4, 4], size=(4, 5))
+    colours = rng.integers(0, 256, size=(4, 3))
+    frames = []
+    for t in range(num_frames):
+        base = [
+            127 + 100 * np.sin(xx / (40 + 10 * c) + yy / 70 + phase[c] + 0.05 * t) for c in range(3)
+        ]
+        frame = np.stack(base, -1)
+        for (x, y, r, dx, dy), colour in zip(discs, colours, strict=True):
+            inside = (xx - (x + dx * t) % WIDTH) ** 2 + (yy - (y + dy * t) % HEIGHT) ** 2 < r * r
+            frame[inside] = colour
+        frame += rng.normal(0, 4, frame.shape)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+def make_data(directory: str, num_videos: int, seed: int = 0) -> None:
+    """Videos, frame folders and tfds shards of the same procedural scenes, plus the lists."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(directory, "videos"))
+    lines = []
+    for k in range(num_videos):
+        frames = scene(int(rng.integers(3 * FPS, 10 * FPS + 1)), rng)
+        encode_video(os.path.join(directory, "videos", f"v{k:03d}.mp4"), frames, fps=FPS)
+        folder = os.path.join(directory, "frames", f"v{k:03d}.mp4")
+        os.makedirs(folder)
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(os.path.join(folder, f"img_{i + 1:05d}.jpg"), quality=90)
+        lines.append(f"v{k:03d}.mp4 {k % 8}\n")
+    with open(os.path.join(directory, "train.txt"), "w") as f:
+        f.writelines(lines)
+    TcclipVideos(
+        name="bench",
+        root=os.path.join(directory, "videos"),
+        splits={"train": os.path.join(directory, "train.txt")},
+        data_dir=os.path.join(directory, "tfds"),
+        num_workers=os.cpu_count() or 1,
+    ).download_and_prepare()
+
+
+def source_configs(directory: str) -> dict:
+    base = default_data_config()
+    base.train_list = os.path.join(directory, "train.txt")
+    configs = {}
+    for name, fields in [
+        ("H.264 videos", {"format": "video", "root": os.path.join(directory, "videos")}),
+        ("JPEG frame folders", {"format": "frames", "root": os.path.join(directory, "frames")}),
+        (
+            "tfds ArrayRecord (JPEG, short side 256)",
+            {
+                "format": "tfds",
+                "tfds_name": "tcclip_videos/bench",
+                "tfds_dir": os.path.join(directory, "tfds"),
+            },
+        ),
+    ]:
+        cfg = base.copy_and_resolve_references()
+        cfg.update(fields)
+        configs[name] = cfg
+    return configs
+
+
+def measure(cfg, num_workers: int, batches: int, batch_size: int) -> tuple[float, float]:
+    """(clips per wall second, clips per CPU-second of this process) after one warm-up batch."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.num_workers = num_workers
+    cfg.num_threads = 1
+    it = pipeline.create_train_iterator(cfg, batch_size=batch_size, seed=0)
+    next(it)  # starts workers, opens files
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        batch = next(it)
+        assert batch["video"].shape == (batch_size, 16, 224, 224, 3)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    it.close()
+    clips = batches * batch_size
+    return clips / wall, clips / cpu
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--videos", type=int, default=24)
+    p.add_argument("--batches", type=int, default=12, help="timed batches of 8 clips per run")
+    p.add_argument("--workers", default="1,2", help="worker-process counts to time")
+    p.add_argument("--keep", help="write the data here and keep it (default: a temporary dir)")
+    args = p.parse_args(argv)
+
+    directory = args.keep or tempfile.mkdtemp(prefix="tcclip_bench_")
+    try:
+        if not os.path.exists(os.path.join(directory, "train.txt")):
+            start = time.perf_counter()
+            make_data(directory, args.videos)
+            print(f"made {args.videos} videos in {time.perf_counter() - start:.0f} s: {directory}")
+        workers = [int(w) for w in args.workers.split(",") if w]
+        header = ["source", "1 process: clips/s", "per core (CPU s)"]
+        header += [f"{w} worker{'s' * (w > 1)}: clips/s" for w in workers]
+        rows = []
+        for name, cfg in source_configs(directory).items():
+            wall, per_cpu = measure(cfg, 0, args.batches, 8)
+            rows.append([name, f"{wall:.1f}", f"{per_cpu:.1f}"])
+            rows[-1] += [f"{measure(cfg, w, args.batches, 8)[0]:.1f}" for w in workers]
+            print(" | ".join(rows[-1]), flush=True)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\n16 x 224 px training clips, full augmentation; {os.cpu_count()} cores")
+        print(f"load average {load} (other processes competing for the cores lower the figures)")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, ["-" * w for w in widths], *rows]:
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    finally:
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
