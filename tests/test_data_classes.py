@@ -1,6 +1,7 @@
 """Class lists, annotation lists and few-shot subsets: formats and their error messages."""
 
 import json
+import pickle
 
 import pytest
 
@@ -10,6 +11,7 @@ from tcclip_jax.data.classes import (
     load_class_names,
     read_annotations,
 )
+from tcclip_jax.data.readers import Entry, entries_from_list, entries_from_pairs
 
 
 def write(tmp_path, name, text):
@@ -99,3 +101,18 @@ def test_few_shot_subset_takes_k_per_class_deterministically():
     assert positions == sorted(positions)  # original order kept
     with pytest.raises(AnnotationError, match="class 0 has 10 examples, fewer than 11 shots"):
         few_shot_subset(annotations, shots=11, seed=0)
+
+
+def test_entries_index_like_a_list_and_pickle_compactly(tmp_path):
+    path = write(tmp_path, "l{1}.txt", "a/x.mp4 2\n\nb/y z.mp4 0\nc.mp4 1\n")
+    entries = entries_from_list(path, num_classes=3)
+    assert len(entries) == 3 and entries.labels.tolist() == [2, 0, 1]
+    assert entries[1] == Entry("b/y z.mp4", 0, f"{path}:3")
+    assert entries[-1].where == f"{path}:4" and [e.path for e in entries[:2]] == [
+        "a/x.mp4",
+        "b/y z.mp4",
+    ]
+    with pytest.raises(IndexError):
+        entries[3]
+    assert list(pickle.loads(pickle.dumps(entries))) == list(entries)
+    assert entries_from_pairs([("v.mp4", 4)], "subset")[0] == Entry("v.mp4", 4, "subset[0]")

@@ -33,6 +33,7 @@ from tcclip_jax.data import sampling, transforms
 from tcclip_jax.data.classes import AnnotationError, load_class_names
 from tcclip_jax.data.config import FORMATS
 from tcclip_jax.data.readers import (
+    Entries,
     Entry,
     FrameFolderReader,
     TfdsReader,
@@ -134,7 +135,7 @@ def _entries(
     reader,
     list_file: str,
     annotations: Sequence[tuple[str, int]] | None,
-) -> list[Entry]:
+) -> Entries:
     num_classes = _num_classes(cfg)
     if annotations is not None:
         entries = entries_from_pairs(annotations, "annotations")
@@ -144,11 +145,12 @@ def _entries(
         if not list_file:
             raise AnnotationError("no annotation list configured (train_list / val_list)")
         return entries_from_list(list_file, num_classes)
-    for e in entries:
-        if e.label < 0 or (num_classes is not None and e.label >= num_classes):
-            raise AnnotationError(f"{e.where}: label {e.label} is outside the class list")
-    if not entries:
+    if not len(entries):
         raise AnnotationError("no videos to read: the annotations are empty")
+    outside = (entries.labels < 0) | (entries.labels >= (num_classes or np.inf))
+    if outside.any():
+        e = entries[int(np.argmax(outside))]
+        raise AnnotationError(f"{e.where}: label {e.label} is outside the class list")
     return entries
 
 
@@ -174,7 +176,7 @@ class _Failure:
 class _TrainExample:
     """(epoch, video index) -> {'video': [T, S, S, 3], 'label': int32}, or a _Failure."""
 
-    entries: Sequence[Entry]
+    entries: Entries
     reader: object
     spec: ClipSpec
     seed: int
@@ -364,7 +366,7 @@ def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
 class _EvalBatch:
     """Positions in the list (-1: padding) -> one evaluation batch."""
 
-    entries: Sequence[Entry]
+    entries: Entries
     reader: object
     spec: ClipSpec
 

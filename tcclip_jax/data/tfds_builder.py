@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader, entries_from_list
+from tcclip_jax.data.readers import Entries, FrameFolderReader, VideoFileReader, entries_from_list
 from tcclip_jax.data.transforms import resize_short_side
 from tcclip_jax.data.video_decode import VideoReadError
 
@@ -138,7 +138,7 @@ class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for split, path in self._splits.items()
         }
 
-    def _generate_examples(self, split: str, entries: list[Entry]):
+    def _generate_examples(self, split: str, entries: Entries):
         jobs = ((e, self._reader, self._storage, self._resize_size, self._quality) for e in entries)
         kept, skipped = [], []
         with contextlib.ExitStack() as stack:
