@@ -63,6 +63,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.uint8_output = True
 
     # --- Throughput ------------------------------------------------------------------------
+    # Shuffling is global (a fresh index permutation every epoch), so there is no shuffle
+    # buffer to size.
     c.num_workers = 0  # grain worker processes (mp_prefetch); 0 = decode in this process
     c.num_threads = 2  # decoding threads per process (PyAV and PIL release the GIL)
     c.prefetch = 2  # batches buffered per worker process
