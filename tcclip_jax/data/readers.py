@@ -164,7 +164,7 @@ class TfdsReader:
         self._index_of: dict[str, int] | None = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_source": None}
+        return {**self.__dict__, "_source": None, "_index_of": None}
 
     @property
     def source(self):
@@ -182,7 +182,12 @@ class TfdsReader:
 
     def entries(self) -> Entries:
         """The annotation list the split was packed from, in record order."""
-        split = self.source.dataset_info.metadata["splits"][self.split]
+        split = self.source.dataset_info.metadata.get("splits", {}).get(self.split)
+        if split is None:
+            raise AnnotationError(
+                f"tfds dataset {self.name!r} split {self.split!r} has no annotation metadata: "
+                "was it written by tools/build_tfds_dataset.py?"
+            )
         where = _literal(f"{self.name}[{self.split}]") + " record {}"
         return Entries(split["paths"], split["labels"], where)
 
