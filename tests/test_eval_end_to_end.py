@@ -1,0 +1,250 @@
+"""Evaluator and protocols on a tiny TC-CLIP and synthetic videos, against a plain per-view loop.
+
+The reference runs the full forward pass (`model.apply(params, clip, tokens)`: class embeddings
+recomputed every time) one view at a time, fuses views with a NumPy softmax, and ranks in NumPy.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from tcclip_jax.checkpoints import save_model
+from tcclip_jax.data import synthetic
+from tcclip_jax.data.classes import load_class_names, read_annotations
+from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.normalize import normalize_on_device
+from tcclip_jax.data.pipeline import create_eval_dataset
+from tcclip_jax.evaluation import Evaluator, evaluate_protocol, wise_ft
+from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.sharding import create_mesh
+from tcclip_jax.tokenizer import tokenize_prompts
+
+TINY = dict(
+    vision_layers=2, text_layers=2, num_frames=4, vision_width=64, vision_heads=2, text_width=32,
+    text_heads=2, embed_dim=32, image_resolution=32, vision_patch_size=8, context_tokens=4,
+)  # fmt: skip
+
+
+def init_params(config: ModelConfig, seed: int) -> dict:
+    """Random weights of the right shapes (flax's own init would compile for half a minute)."""
+    clips, tokens = np.zeros((1, 4, 32, 32, 3), np.float32), np.ones((2, 30), np.int32)
+    shapes = jax.eval_shape(VideoCLIP(config).init, jax.random.key(0), clips, tokens)["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "logit_scale":
+            return np.float32(np.log(1 / 0.07))
+        z = rng.standard_normal(leaf.shape).astype(np.float32)
+        if name == "scale":  # LayerNorm
+            return 1 + 0.1 * z
+        return z * (leaf.shape[-2] ** -0.5 if len(leaf.shape) > 1 else 0.02)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.generate(root, videos_per_class=1, val_per_class=2, num_frames=8, size=(32, 32))
+    cfg = default_data_config()
+    cfg.root = root
+    cfg.val_list = os.path.join(root, "val.txt")
+    cfg.class_list = os.path.join(root, "classes.csv")
+    cfg.num_frames, cfg.image_size, cfg.resize_size = 4, 32, 32
+    cfg.test_clips, cfg.test_crops = 2, 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model_config():
+    return ModelConfig(**TINY)
+
+
+@pytest.fixture(scope="module")
+def params(model_config):
+    return init_params(model_config, 0)
+
+
+@functools.cache
+def full_forward(model_config):
+    model = VideoCLIP(model_config)
+    return jax.jit(lambda p, clip, tokens: model.apply({"params": p}, clip, tokens)[0][0])
+
+
+def view_logits(model_config, params, cfg) -> np.ndarray:
+    """[N, V, C] logits of every view of every video of `cfg.val_list`, one view at a time."""
+    forward = functools.partial(
+        full_forward(model_config), tokens=tokenize_prompts(load_class_names(cfg.class_list))
+    )
+    out = []
+    for batch in create_eval_dataset(cfg, batch_size=1):
+        views = normalize_on_device(batch["video"][0], cfg.mean, cfg.std)
+        out.append([np.asarray(forward(params, view[None]), np.float64) for view in views])
+    return np.array(out)
+
+
+def fused(logits: np.ndarray, class_ids=None) -> np.ndarray:
+    if class_ids is not None:
+        logits = logits[..., class_ids]
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).sum(1)
+
+
+def accuracy(scores: np.ndarray, labels) -> tuple[float, float]:
+    rank = np.array([list(np.argsort(-s)).index(y) for s, y in zip(scores, labels, strict=True)])
+    n = len(rank)
+    return 100.0 * np.sum(rank == 0) / n, 100.0 * np.sum(rank < 5) / n
+
+
+@pytest.fixture(scope="module")
+def reference(model_config, params, data):
+    return view_logits(model_config, params, data)
+
+
+def write_list(path, entries):
+    with open(path, "w") as f:
+        f.writelines(f"{p} {y}\n" for p, y in entries)
+    return str(path)
+
+
+def test_evaluator_matches_per_view_loop(data, model_config, params, reference, tmp_path):
+    scores = fused(reference)
+    order = np.argsort(-scores, axis=-1)
+    # Top-1 and top-5 membership are clear-cut (float32 noise is far smaller), so the
+    # comparison below can be exact.
+    ranked = np.sort(scores, -1)[:, ::-1]
+    assert (ranked[:, 0] - ranked[:, 1]).min() > 1e-5
+    assert (ranked[:, 4] - ranked[:, 5]).min() > 1e-5
+    # Relabel the videos so that video i's label is its (i mod 7)-th best class: every
+    # disagreement in the ranking between the two paths changes top-1 or top-5.
+    videos = [p for p, _ in read_annotations(data.val_list)]
+    labels = [int(order[i, i % 7]) for i in range(len(videos))]
+    listing = write_list(tmp_path / "relabelled.txt", zip(videos, labels, strict=True))
+    evaluator = Evaluator(
+        VideoCLIP(model_config),
+        create_mesh(),
+        data,
+        annotation_file=listing,
+        class_names=load_class_names(data.class_list),
+        batch_size=6,  # 16 videos: the last batch has 2 padding rows
+    )
+    calls = []
+    encode_text = evaluator._encode_text
+    evaluator._encode_text = lambda *a: calls.append(1) or encode_text(*a)
+    result = evaluator(params)
+    top1, top5 = accuracy(scores, labels)
+    assert (top1, top5) == (100.0 * 3 / 16, 100.0 * 12 / 16)  # ranks 0 and 0..4 of i mod 7
+    assert result == {"top1": top1, "top5": top5, "num_videos": 16}
+    assert len(calls) == 1  # the class embeddings: once for 3 batches
+
+
+def eval_config(data, **fields) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.protocol = "fewshot"
+    config.dtype = "float32"
+    config.wise_ft = None
+    config.clip_checkpoint = ""
+    config.data = data
+    config.eval = ml_collections.ConfigDict({"batch_size": 6, "datasets": []})
+    config.update(fields)
+    return config
+
+
+def test_zeroshot_mean_and_std_over_splits_after_wise_ft(data, model_config, params, tmp_path):
+    clip = init_params(ModelConfig(**TINY, model="clip"), 1)
+    mixed = wise_ft(clip, params, 0.7)
+    scores = fused(view_logits(model_config, mixed, data))
+    annotations = read_annotations(data.val_list)
+    splits = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 0, 3]]
+    files = [
+        write_list(tmp_path / f"split{k}.txt", [annotations[i] for i in rows])
+        for k, rows in enumerate(splits)
+    ]
+    dataset = ml_collections.ConfigDict(
+        {"name": "synthetic", "root": data.root, "class_list": data.class_list, "splits": files}
+    )
+    config = eval_config(data, protocol="zeroshot", wise_ft=0.7)
+    config.eval.datasets = [dataset]
+    metrics = evaluate_protocol(
+        config, params, create_mesh(), model_config=model_config, clip_params=clip
+    )
+    expected = np.array([accuracy(scores[r], [annotations[i][1] for i in r]) for r in splits])
+    assert len(set(expected[:, 0])) > 1  # the splits disagree, so the std is informative
+    result = metrics["results"]["synthetic"]
+    for k, rows in enumerate(splits):
+        split = result["splits"][f"split{k + 1}"]
+        assert (split["top1"], split["top5"], split["num_videos"]) == (*expected[k], len(rows))
+    assert result["top1"] == pytest.approx(expected[:, 0].mean())
+    assert result["top1_std"] == pytest.approx(expected[:, 0].std())
+    assert result["top5"] == pytest.approx(expected[:, 1].mean())
+    assert result["top5_std"] == pytest.approx(expected[:, 1].std())
+    assert metrics["wise_ft"] == 0.7 and metrics["protocol"] == "zeroshot"
+
+
+def test_base2novel_scores_each_half_over_its_own_classes(data, model_config, params, reference):
+    """Labels stay ids of the full class list; each half's softmax covers its classes only."""
+    base_ids, novel_ids = [1, 3, 4, 6], [0, 2, 5, 7]
+    annotations = read_annotations(data.val_list)
+    root = os.path.dirname(data.val_list)
+    lists, expected = {}, {}
+    for half, ids in (("base", base_ids), ("novel", novel_ids)):
+        rows = [i for i, (_, y) in enumerate(annotations) if y in ids]
+        lists[half] = write_list(os.path.join(root, f"{half}.txt"), [annotations[i] for i in rows])
+        labels = [ids.index(annotations[i][1]) for i in rows]
+        expected[half] = accuracy(fused(reference[rows], ids), labels)
+    cfg = data.copy_and_resolve_references()
+    cfg.val_list, cfg.novel_val_list, cfg.base_class_ids = lists["base"], lists["novel"], base_ids
+    metrics = evaluate_protocol(
+        eval_config(cfg, protocol="base2novel"), params, create_mesh(), model_config=model_config
+    )
+    for half in ("base", "novel"):
+        result = metrics["results"][half]
+        assert (result["top1"], result["top5"], result["num_videos"]) == (*expected[half], 8)
+    # Scored over all 8 classes instead, the base half would come out differently.
+    rows = [i for i, (_, y) in enumerate(annotations) if y in base_ids]
+    assert accuracy(fused(reference[rows]), [annotations[i][1] for i in rows]) != expected["base"]
+    assert metrics["harmonic_mean"] == pytest.approx(
+        2
+        * expected["base"][0]
+        * expected["novel"][0]
+        / (expected["base"][0] + expected["novel"][0])
+    )
+
+
+def test_cli_evaluates_a_saved_checkpoint(data, model_config, params, reference, tmp_path):
+    """`python -m tcclip_jax.evaluate` on 2 devices: the table, eval_metrics.json, metrics.jsonl."""
+    checkpoint, workdir = tmp_path / "model", tmp_path / "run"
+    save_model(str(checkpoint), model_config, params, info={"step": 7})
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    command = [
+        sys.executable, "-m", "tcclip_jax.evaluate",
+        "--config", os.path.join(repo, "configs", "fewshot.py") + ":hmdb51,2",
+        "--checkpoint", str(checkpoint), "--workdir", str(workdir),
+        f"--config.data.root={data.root}", f"--config.data.val_list={data.val_list}",
+        f"--config.data.class_list={data.class_list}", "--config.data.num_frames=4",
+        "--config.data.image_size=32", "--config.data.resize_size=32",
+        "--config.eval.batch_size=6", "--config.dtype=float32", "--config.dataset_name=synthetic",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    top1, top5 = accuracy(fused(reference), [y for _, y in read_annotations(data.val_list)])
+    assert "protocol: fewshot" in run.stdout
+    row = next(line for line in run.stdout.splitlines() if line.startswith("synthetic"))
+    assert row.split() == ["synthetic", "16", f"{top1:.2f}", f"{top5:.2f}"]
+    with open(workdir / "eval_metrics.json") as f:
+        saved = json.load(f)
+    assert saved["results"]["synthetic"]["top1"] == top1
+    assert saved["results"]["synthetic"]["top5"] == top5
+    assert saved["checkpoint"] == str(checkpoint) and saved["step"] == 7
+    with open(workdir / "metrics.jsonl") as f:
+        logged = json.loads(f.readlines()[-1])
+    assert logged["step"] == 7 and logged["synthetic/top1"] == top1
