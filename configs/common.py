@@ -1,0 +1,156 @@
+"""What every training config shares: the recipe's fields, defaults and the dataset layout.
+
+The protocol configs (`fewshot.py`, `zeroshot.py`, `base2novel.py`, `fully_supervised.py`,
+`demo.py`) start from `base_config` and set the recipe of the TC-CLIP paper (spec, "Training and
+evaluation recipe"). Every field can be overridden on the command line
+(`--config.optim.lr=1e-5`); configs are locked, so a misspelt field is an error.
+
+Paths. `data.root` is the folder the annotation lists' video paths are relative to. List and
+class-list paths that are relative are taken relative to `splits_dir`, a copy of the published
+ViFi-CLIP / TC-CLIP `datasets_splits/` and `labels/` folders; absolute paths are used as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from tcclip_jax.data.config import default_data_config
+from tcclip_jax.models.config import ModelConfig
+
+# The published split lists and class lists, relative to `splits_dir`.
+DATASETS = {
+    "hmdb51": dict(
+        class_list="labels/hmdb_51_labels.csv",
+        lists="datasets_splits/hmdb_splits",
+        base2novel="datasets_splits/base2novel_splits/hmdb_splits",
+        val="val{split}.txt",
+    ),
+    "ucf101": dict(
+        class_list="labels/ucf_101_labels.csv",
+        lists="datasets_splits/ucf_splits",
+        base2novel="datasets_splits/base2novel_splits/ucf_splits",
+        val="val{split}.txt",
+    ),
+    "ssv2": dict(
+        class_list="labels/ssv2_labels.csv",
+        lists="datasets_splits/ssv2_splits",
+        base2novel="datasets_splits/base2novel_splits/ssv2_splits",
+        val="validation.txt",
+    ),
+    "k400": dict(
+        class_list="labels/kinetics_400_labels.csv",
+        lists="datasets_splits/k400_splits",
+        base2novel="datasets_splits/base2novel_splits/k400_splits",
+        val="val.txt",
+    ),
+}
+# Something-Something v2's classes say "left" and "right": never flip its clips.
+NO_FLIP = ("ssv2",)
+
+
+def _model_overrides() -> ml_collections.ConfigDict:
+    """Every ModelConfig field but `model` (see `model_variant`) and `num_frames` (from
+    `data.num_frames`); None keeps the initial checkpoint's value."""
+    types = {"int": int, "float": float, "str": str, "bool": bool}
+    c = ml_collections.ConfigDict()
+    for field in dataclasses.fields(ModelConfig):
+        if field.name in ("model", "num_frames"):
+            continue
+        kind = field.type.split(" ")[0]
+        c[field.name] = placeholder(tuple if kind.startswith("tuple") else types[kind])
+    return c
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def check_dataset(name: str) -> dict:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def base_config(protocol: str) -> ml_collections.ConfigDict:
+    """Defaults shared by every protocol (unlocked; the protocol config fills it and locks)."""
+    c = ml_collections.ConfigDict()
+    c.protocol = protocol  # fewshot | zeroshot | base2novel | fully_supervised | demo
+    c.dataset_name = ""  # name in the final table
+    c.seed = 0
+
+    # Model. A converted checkpoint directory (tools/convert_torch_weights.py): OpenAI CLIP to
+    # fine-tune as the paper does, or a TC-CLIP / ViFi-CLIP checkpoint.
+    c.init_checkpoint = ""
+    c.model_variant = "tc_clip"  # tc_clip | tc_clip_light (TC-CLIP§) | vifi_clip
+    c.model = _model_overrides()
+    c.dtype = "bfloat16"  # compute dtype; parameters and optimiser state are float32
+    c.remat = False  # recompute transformer blocks in the backward pass (less memory)
+
+    # Data (see tcclip_jax/data/config.py for every field).
+    c.splits_dir = ""
+    c.data = default_data_config()
+    c.data.novel_val_list = ""  # base-to-novel: the novel classes' evaluation list
+    c.data.base_class_ids = placeholder(tuple)  # base-to-novel: class ids trained on
+    c.shots = 0  # > 0: train on that many videos per class drawn from data.train_list
+
+    # Optimisation: global batch = batch_size = per-device batch x devices x grad_accum_steps.
+    c.batch_size = 64
+    c.grad_accum_steps = 1
+    c.num_epochs = 50
+    c.warmup_epochs = 5
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=2e-6,
+            min_lr=2e-8,
+            weight_decay=0.001,
+            b1=0.9,
+            b2=0.98,
+            eps=1e-8,
+            fast_lr_multiplier=10.0,  # prompt learner and VP
+        )
+    )
+    c.label_smoothing = 0.1
+    c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5))
+
+    # Evaluation: validation on data.val_list during training (0 = only at the end) picks the
+    # best checkpoint; the protocol's evaluation runs on the best weights at the end.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 16  # videos per evaluation step, all devices together
+    c.eval.every_epochs = 1
+    c.eval.datasets = []  # zero-shot: [{name, splits: [lists], class_list, root, ...}]
+    c.wise_ft = placeholder(float)  # WiSE-FT weight of the fine-tuned model (zero-shot: 0.7)
+    c.clip_checkpoint = ""  # CLIP weights for WiSE-FT; "" = init_checkpoint's
+
+    # Devices.
+    c.sharding = ml_collections.ConfigDict(dict(fsdp=False, fsdp_min_size=2**14))
+
+    # Checkpoints and logs.
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep_last=2, keep_best=1))
+    c.log_every_steps = 10
+    c.progress_bar = True
+
+    # Demo only: the synthetic dataset generated into `data.root` (or workdir/synthetic) if absent.
+    c.synthetic = ml_collections.ConfigDict(
+        dict(generate=False, videos_per_class=24, val_per_class=8, num_frames=32, size=64)
+    )
+    return c
+
+
+def set_dataset(c: ml_collections.ConfigDict, name: str, split: int = 1) -> None:
+    """Class list and flipping for a published dataset; lists are set by the protocol."""
+    check_dataset(name)
+    c.dataset_name = name
+    c.data.class_list = DATASETS[name]["class_list"]
+    c.data.hflip = name not in NO_FLIP
+    c.data.val_list = f"{DATASETS[name]['lists']}/{DATASETS[name]['val'].format(split=split)}"
+
+
+def parse_arg(arg: str | None, names: tuple[str, ...]) -> dict[str, str]:
+    """'hmdb51,16' -> {'dataset': 'hmdb51', 'shots': '16'} for names ('dataset', 'shots')."""
+    values = [v.strip() for v in arg.split(",")] if arg else []
+    if len(values) > len(names):
+        raise ValueError(f"config argument {arg!r}: expected at most {len(names)} values {names}")
+    return dict(zip(names, values, strict=False))

@@ -1,0 +1,31 @@
+"""Few-shot: fine-tune on K = 2, 4, 8 or 16 videos per class (HMDB-51, UCF-101, SSv2).
+
+Argument `DATASET,K[,SPLIT]` (default `hmdb51,16`); the K-shot list is the published
+`train{SPLIT}_few_shot_{K}.txt`. Recipe: lr 2e-6 -> 2e-8, batch 64, 50 epochs (5 warm-up),
+2 clips x 1 crop at test.
+
+  python -m tcclip_jax.train --config configs/fewshot.py:hmdb51,16 --workdir runs/fs_hmdb_16 \
+      --config.init_checkpoint=checkpoints/clip_vit_b16 --config.splits_dir=TC-CLIP \
+      --config.data.root=/data/hmdb51/videos --config.grad_accum_steps=8
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import common  # noqa: E402
+
+
+def get_config(arg: str | None = None):
+    args = common.parse_arg(arg, ("dataset", "shots", "split"))
+    name = args.get("dataset", "hmdb51")
+    shots, split = int(args.get("shots", 16)), int(args.get("split", 1))
+    c = common.base_config("fewshot")
+    common.set_dataset(c, name, split)
+    c.data.train_list = f"{common.DATASETS[name]['lists']}/train{split}_few_shot_{shots}.txt"
+    c.optim.lr, c.optim.min_lr = 2e-6, 2e-8
+    c.batch_size, c.num_epochs, c.warmup_epochs = 64, 50, 5
+    c.data.test_clips, c.data.test_crops = 2, 1
+    c.eval.every_epochs = 5
+    c.lock()
+    return c

@@ -1,0 +1,527 @@
+"""`train_and_evaluate(config, workdir)`: the paper's recipe on any number of devices and hosts.
+
+1. Check the config (paths, batch divisibility) before anything compiles; name the field to fix.
+2. Build the model (`config.model_variant` on the initial checkpoint's towers) and its weights.
+3. Train: one jitted step per global batch, data parallel over a mesh of all devices (FSDP on
+   request), gradient accumulation to reach the protocol's batch on few devices; validation every
+   `eval.every_epochs` epochs; asynchronous checkpoints; SIGTERM saves and exits.
+4. Export the best (else last) weights to `workdir/model` and evaluate them as the protocol
+   prescribes (`tcclip_jax.evaluation.evaluate_protocol`), printing the table.
+
+A run resumes from the latest checkpoint in its workdir: rerunning the same command after a
+preemption or crash continues where it stopped, with the same batches and the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from jax.experimental import multihost_utils
+
+from tcclip_jax import initialization, losses, optim, sharding, train_state
+from tcclip_jax.checkpoints import CheckpointError, load_model
+from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
+from tcclip_jax.data.config import FORMATS
+from tcclip_jax.data.normalize import normalize_on_device
+from tcclip_jax.data.pipeline import create_train_iterator, num_examples
+from tcclip_jax.evaluation import PROTOCOLS, Evaluator, evaluate_protocol, format_table
+from tcclip_jax.metrics import MetricWriter, save_config
+from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.train_checkpoints import TrainCheckpoints, export_model, with_shardings
+
+MODEL_DIR = "model"
+FINAL_METRICS_FILE = "final_metrics.json"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field to set."""
+
+
+# Config ------------------------------------------------------------------------------------
+
+
+def _resolve(config: ml_collections.ConfigDict, path: str) -> str:
+    if not path or os.path.isabs(path) or not config.splits_dir:
+        return path
+    return os.path.join(config.splits_dir, path)
+
+
+def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose relative list / class-list paths are joined to `splits_dir`."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for key in ("train_list", "val_list", "class_list", "novel_val_list"):
+            config.data[key] = _resolve(config, config.data[key])
+        for dataset in config.eval.datasets:
+            dataset.splits = [_resolve(config, s) for s in dataset.splits]
+            if isinstance(dataset.class_list, str):
+                dataset.class_list = _resolve(config, dataset.class_list)
+            else:
+                dataset.class_list = [_resolve(config, c) for c in dataset.class_list]
+    return config
+
+
+def _prepare_synthetic(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Demo: generate the synthetic dataset on first use and point `data` at it."""
+    from tcclip_jax.data import synthetic
+
+    s = config.synthetic
+    root = os.path.abspath(config.data.root or os.path.join(workdir, "synthetic"))
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(root, "classes.csv")):
+        logging.info("Generating the synthetic dataset in %s", root)
+        synthetic.generate(
+            root,
+            videos_per_class=s.videos_per_class,
+            val_per_class=s.val_per_class,
+            num_frames=s.num_frames,
+            size=(s.size, s.size),
+            seed=config.seed,
+            overwrite=True,
+        )
+    multihost_utils.sync_global_devices("synthetic data")
+    config.data.root = root
+    config.data.train_list = config.data.train_list or os.path.join(root, "train.txt")
+    config.data.val_list = config.data.val_list or os.path.join(root, "val.txt")
+    config.data.class_list = config.data.class_list or os.path.join(root, "classes.csv")
+
+
+def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """Resolved paths (and the demo's data generated), then `check_config`."""
+    config = resolve_paths(config)
+    if config.synthetic.generate:
+        with config.unlocked():
+            _prepare_synthetic(config, workdir)
+    check_config(config)
+    return config
+
+
+def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
+    if not path:
+        raise ConfigError(f"config.{field} is not set: the {what}")
+    if not os.path.isfile(path):
+        hint = "" if os.path.isabs(path) else (
+            f" (relative paths are taken from config.splits_dir={splits_dir!r}; set it to the "
+            "folder holding datasets_splits/ and labels/)"
+        )  # fmt: skip
+        raise ConfigError(f"config.{field}: {what} {path!r} does not exist{hint}")
+
+
+def _need_dir(path: str, field: str, what: str) -> None:
+    if not path:
+        raise ConfigError(f"config.{field} is not set: the {what}")
+    if not os.path.isdir(path):
+        raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise a ConfigError naming the field for anything that would fail later."""
+    if config.protocol not in PROTOCOLS:
+        raise ConfigError(f"config.protocol must be one of {PROTOCOLS}, got {config.protocol!r}")
+    if config.model_variant not in initialization.VARIANTS:
+        raise ConfigError(
+            f"config.model_variant must be one of {initialization.VARIANTS}, "
+            f"got {config.model_variant!r}"
+        )
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(
+            f"config.dtype must be float32, bfloat16 or float16, not {config.dtype!r}"
+        )
+    if config.init_checkpoint:
+        _need_dir(config.init_checkpoint, "init_checkpoint", "converted checkpoint directory")
+        if not os.path.isfile(os.path.join(config.init_checkpoint, "model_config.json")):
+            raise ConfigError(
+                f"config.init_checkpoint: {config.init_checkpoint!r} is not a converted "
+                "checkpoint (no model_config.json); convert weights with "
+                "tools/convert_torch_weights.py"
+            )
+    elif config.protocol != "demo":
+        raise ConfigError(
+            "config.init_checkpoint is not set: the converted CLIP (or TC-CLIP) checkpoint "
+            "directory to start from (tools/convert_torch_weights.py)"
+        )
+    if config.clip_checkpoint:
+        _need_dir(config.clip_checkpoint, "clip_checkpoint", "CLIP checkpoint directory")
+    data, splits_dir = config.data, config.splits_dir
+    if data.format not in FORMATS:
+        raise ConfigError(f"config.data.format must be one of {FORMATS}, got {data.format!r}")
+    if data.format != "tfds":
+        _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
+        _need_file(data.train_list, "data.train_list", "training list", splits_dir)
+    _need_file(data.class_list, "data.class_list", "class list", splits_dir)
+    if config.eval.every_epochs > 0 or config.protocol != "zeroshot":
+        _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
+    if config.protocol == "base2novel":
+        if not data.base_class_ids:
+            raise ConfigError(
+                "config.data.base_class_ids is not set: the ids (in data.class_list) of the base "
+                "classes trained on"
+            )
+        _need_file(data.novel_val_list, "data.novel_val_list", "novel-class list", splits_dir)
+    if config.protocol == "zeroshot":
+        if not config.eval.datasets:
+            raise ConfigError("config.eval.datasets is empty: zero-shot needs datasets to test")
+        for i, ds in enumerate(config.eval.datasets):
+            field = f"eval.datasets[{i}]"
+            if ds.get("format", data.format) != "tfds":
+                _need_dir(ds.get("root", data.root), f"{field}.root", f"{ds.name} video folder")
+            for j, split in enumerate(ds.splits):
+                _need_file(split, f"{field}.splits[{j}]", f"{ds.name} list", splits_dir)
+            lists = [ds.class_list] if isinstance(ds.class_list, str) else ds.class_list
+            for c in lists:
+                _need_file(c, f"{field}.class_list", f"{ds.name} class list", splits_dir)
+    if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+        raise ConfigError(
+            f"config.batch_size {config.batch_size} must be a multiple of "
+            f"config.grad_accum_steps {config.grad_accum_steps}"
+        )
+    micro = config.batch_size // config.grad_accum_steps
+    if micro % jax.device_count() or micro % jax.process_count():
+        raise ConfigError(
+            f"config.batch_size / config.grad_accum_steps = {micro} clips per micro-batch must be "
+            f"a multiple of the {jax.device_count()} devices (and {jax.process_count()} "
+            "processes); change config.grad_accum_steps or config.batch_size"
+        )
+    if config.eval.batch_size % jax.device_count():
+        raise ConfigError(
+            f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "
+            f"{jax.device_count()} devices"
+        )
+
+
+# Model and data ----------------------------------------------------------------------------
+
+
+def _model_overrides(config: ml_collections.ConfigDict) -> dict:
+    overrides = {k: v for k, v in config.model.items() if v is not None}
+    return {
+        **overrides,
+        "num_frames": config.data.num_frames,
+        "image_resolution": config.data.image_size,
+    }
+
+
+def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict, dict | None]:
+    """(model config, initial weights, CLIP weights for WiSE-FT or None), all on the host."""
+    overrides = _model_overrides(config)
+    if not config.init_checkpoint:
+        variant = config.model_variant
+        model_config = initialization.variant_config(ModelConfig(), variant, **overrides)
+        return model_config, initialization.random_params(model_config, config.seed), None
+    try:
+        source_config, source_params = load_model(config.init_checkpoint)
+    except CheckpointError as e:
+        raise ConfigError(f"config.init_checkpoint: {e}") from e
+    if source_config.image_resolution != config.data.image_size and "image_resolution" not in {
+        k for k, v in config.model.items() if v is not None
+    }:
+        raise ConfigError(
+            f"config.data.image_size is {config.data.image_size} but the checkpoint "
+            f"{config.init_checkpoint} was trained at {source_config.image_resolution}"
+        )
+    model_config = initialization.variant_config(source_config, config.model_variant, **overrides)
+    params = initialization.adapt_params(source_config, source_params, model_config, config.seed)
+    clip_params = None
+    if config.wise_ft is not None and not config.clip_checkpoint:
+        clip_params = params  # the weights fine-tuning started from
+    return model_config, params, clip_params
+
+
+def training_set(
+    config: ml_collections.ConfigDict,
+) -> tuple[list[str], list[tuple[str, int]] | None, list[int] | None]:
+    """(class names trained on, annotations overriding the list or None, their ids or None).
+
+    Base-to-novel trains on the base classes only (labels renumbered 0..B-1); `shots` > 0 draws
+    that many videos per class from the training list.
+    """
+    names = load_class_names(config.data.class_list)
+    annotations, class_ids = None, None
+    if config.shots > 0 or config.protocol == "base2novel":
+        annotations = read_annotations(config.data.train_list, len(names))
+    if config.protocol == "base2novel":
+        class_ids = [int(i) for i in config.data.base_class_ids]
+        position = {c: i for i, c in enumerate(class_ids)}
+        bad = sorted({label for _, label in annotations if label not in position})
+        if bad:
+            raise ConfigError(
+                f"config.data.train_list has labels {bad[:10]} that are not in "
+                "config.data.base_class_ids"
+            )
+        annotations = [(path, position[label]) for path, label in annotations]
+        names = [names[i] for i in class_ids]
+    if config.shots > 0:
+        annotations = few_shot_subset(annotations, config.shots, config.seed)
+    return names, annotations, class_ids
+
+
+def _count_training_videos(config: ml_collections.ConfigDict, annotations) -> int:
+    if annotations is not None:
+        return len(annotations)
+    return num_examples(config.data, "train")
+
+
+# Preemption --------------------------------------------------------------------------------
+
+
+class _Preemption:
+    """Remembers a SIGTERM (the usual notice of preemption) until the loop can save."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective when there are several)."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.max(flags))
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# Training ----------------------------------------------------------------------------------
+
+
+def _step_batch(batch: dict, accum: int, batch_sharding) -> dict:
+    """This process's [b, ...] batch -> the global [accum, B / accum, ...] step batch."""
+    local = {
+        k: np.asarray(batch[k]).reshape(accum, -1, *np.shape(batch[k])[1:])
+        for k in ("video", "label")
+    }
+    return sharding.put_process_batch(local, batch_sharding, batch_axis=1)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train as `config` says, in `workdir` (resuming if it holds checkpoints); return the
+    protocol's final metrics (empty when stopped by SIGTERM)."""
+    workdir = os.path.abspath(workdir)
+    config = prepare_config(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    save_config(workdir, config)
+
+    class_names, annotations, base_ids = training_set(config)
+    num_videos = _count_training_videos(config, annotations)
+    steps_per_epoch = max(1, num_videos // config.batch_size)
+    total_steps = config.num_epochs * steps_per_epoch
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+
+    model_config, init_params, clip_params = initial_model(config)
+    model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype), remat=config.remat)
+    tokens = tokenize_prompts(
+        class_names,
+        template=model_config.prompt_template,
+        context_length=model_config.context_length,
+    )
+    schedule = optim.cosine_schedule(
+        config.optim.lr, config.optim.min_lr, warmup_steps, total_steps
+    )
+    tx = optim.create_optimizer(
+        schedule,
+        weight_decay=config.optim.weight_decay,
+        b1=config.optim.b1,
+        b2=config.optim.b2,
+        eps=config.optim.eps,
+        fast_lr_multiplier=config.optim.fast_lr_multiplier,
+    )
+    mesh = sharding.create_mesh()
+    abstract = train_state.abstract_state(init_params, tx)
+    state_shardings = sharding.state_shardings(
+        abstract, mesh, config.sharding.fsdp, config.sharding.fsdp_min_size
+    )
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    step_fn = train_state.jit_train_step(
+        train_state.make_train_step(
+            model,
+            tx,
+            schedule,
+            num_classes=len(class_names),
+            label_smoothing=config.label_smoothing,
+            mix=losses.MixConfig(**config.mixup),
+            normalize=(lambda v: normalize_on_device(v, mean, std))
+            if config.data.uint8_output
+            else (lambda v: v),
+            param_shardings=state_shardings.params,
+        ),
+        mesh,
+        state_shardings,
+    )
+    logging.info(
+        "Training %s (%s) on %d videos of %d classes: %d steps of %d clips (%d per epoch), "
+        "%d devices, %d processes",
+        model_config.model,
+        config.model_variant,
+        num_videos,
+        len(class_names),
+        total_steps,
+        config.batch_size,
+        steps_per_epoch,
+        jax.device_count(),
+        jax.process_count(),
+    )
+
+    data_iterator = create_train_iterator(
+        config.data,
+        batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        annotations=annotations,
+    )
+    ckpt = TrainCheckpoints(
+        os.path.join(workdir, "checkpoints"),
+        keep_last=config.checkpoint.keep_last,
+        keep_best=config.checkpoint.keep_best,
+    )
+    start = ckpt.latest_step()
+    if start is not None:
+        logging.info("Resuming from step %d", start)
+        state = ckpt.restore(start, with_shardings(abstract, state_shardings), data_iterator)
+    else:
+        state = train_state.create_train_state(init_params, tx, state_shardings)
+    del init_params
+    start = int(start or 0)
+
+    validate = None
+    if config.eval.every_epochs > 0:
+        validate = Evaluator(
+            model,
+            mesh,
+            config.data,
+            annotation_file=config.data.val_list,
+            class_names=load_class_names(config.data.class_list),
+            class_ids=base_ids,
+            batch_size=config.eval.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    writer = MetricWriter(workdir)
+    rng = jax.random.key(config.seed)
+    batch_sharding = sharding.batch_sharding(mesh, 1)
+    progress = tqdm.tqdm(
+        total=total_steps,
+        initial=start,
+        desc="train",
+        disable=not (config.progress_bar and jax.process_index() == 0),
+        dynamic_ncols=True,
+    )
+    stopped = False
+    log_start, log_step = time.perf_counter(), start
+    with _Preemption() as preemption:
+        for step in range(start + 1, total_steps + 1):
+            batch = _step_batch(next(data_iterator), config.grad_accum_steps, batch_sharding)
+            state, metrics = step_fn(state, batch, tokens, rng)
+            progress.update(1)
+            epoch_end = step % steps_per_epoch == 0
+            epoch = step // steps_per_epoch
+            log_now = step % config.log_every_steps == 0 or step == total_steps
+            if log_now:
+                metrics = jax.device_get(metrics)
+                elapsed = time.perf_counter() - log_start
+                clips_per_sec = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
+                log_start, log_step = time.perf_counter(), step
+                writer.write(step, {**metrics, "clips_per_sec": clips_per_sec, "epoch": epoch})
+                progress.set_postfix(
+                    loss=f"{metrics['loss']:.4f}",
+                    lr=f"{metrics['lr']:.3g}",
+                    clips_s=f"{clips_per_sec:.1f}",
+                )
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+            val_metrics = None
+            if (
+                validate is not None
+                and epoch_end
+                and (epoch % config.eval.every_epochs == 0 or step == total_steps)
+            ):
+                val_metrics = validate(state.params)
+                writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
+                logging.info("Epoch %d validation: %s", epoch, val_metrics)
+            if (
+                val_metrics is not None
+                or step % config.checkpoint.every_steps == 0
+                or step == total_steps
+            ):
+                ckpt.save(step, state, data_iterator, metrics=val_metrics)
+            # Processes agree on stopping at logging steps (a collective), one process each step.
+            if (log_now or jax.process_count() == 1) and preemption.agreed():
+                if ckpt.latest_step() != step:
+                    ckpt.save(step, state, data_iterator)
+                stopped = True
+                break
+    progress.close()
+    data_iterator.close()
+    ckpt.wait()
+    if stopped:
+        logging.warning("Stopped at step %d; run the same command to resume.", step)
+        ckpt.close()
+        writer.close()
+        return {}
+
+    final = _finish(config, workdir, ckpt, abstract, state_shardings, model_config, mesh)
+    params = final.pop("params")
+    metrics = evaluate_protocol(
+        config, params, mesh, model_config=model_config, clip_params=clip_params
+    )
+    table = format_table(metrics)
+    if jax.process_index() == 0:
+        print(table, flush=True)
+        with open(os.path.join(workdir, FINAL_METRICS_FILE), "w") as f:
+            json.dump({**metrics, **final}, f, indent=2)
+    writer.write(final["step"], _flatten_results(metrics), prefix="final/")
+    writer.close()
+    ckpt.close()
+    return metrics
+
+
+def _finish(config, workdir, ckpt, abstract, state_shardings, model_config, mesh) -> dict:
+    """Export the best (or only, or last) weights to `workdir/model`; return them."""
+    step = ckpt.best_step()
+    state = ckpt.restore(step, with_shardings(abstract, state_shardings))
+    info = {
+        "step": int(step),
+        "validation": ckpt.metrics(step),
+        "protocol": config.protocol,
+        "model_variant": config.model_variant,
+        "init_checkpoint": config.init_checkpoint,
+    }
+    export_model(os.path.join(workdir, MODEL_DIR), model_config, state.params, mesh, info)
+    logging.info("Exported the weights of step %d to %s", step, os.path.join(workdir, MODEL_DIR))
+    return {"params": state.params, "step": int(step)}
+
+
+def _flatten_results(metrics: dict) -> dict[str, float]:
+    """Scalars of `evaluate_protocol`'s output as `dataset/top1`-style names."""
+    out = {}
+    for name, result in metrics["results"].items():
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{name}/{key}"] = value
+    if "harmonic_mean" in metrics:
+        out["harmonic_mean"] = metrics["harmonic_mean"]
+    return out

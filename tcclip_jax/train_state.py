@@ -1,0 +1,135 @@
+"""The training state and the jitted train step (one optimiser update per call).
+
+A step batch is {"video": [A, b, T, H, W, 3], "label": [A, b]}: A micro-batches (gradient
+accumulation) of b clips each, the clip axis split over the mesh. The step
+
+1. draws mixup / cutmix from `fold_in(rng, step)` (so a resumed run repeats the same draws),
+2. smooths and mixes the labels and mixes the clips (each with the previous clip of the batch),
+3. accumulates float32 gradients over the A micro-batches with `lax.scan` (A = 1: no scan),
+4. applies AdamW to the trainable parameters (`token_embedding` is frozen: no gradient).
+
+Parameters are float32; the model computes in its own `dtype` (bfloat16 on accelerators).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from tcclip_jax import losses, optim, sharding
+from tcclip_jax.models import VideoCLIP
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimiser steps taken.
+    params: Any
+    opt_state: Any
+
+
+def abstract_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """Shapes and dtypes of the state, without allocating it."""
+    return jax.eval_shape(
+        lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+        params,
+    )
+
+
+def create_train_state(
+    params: Any, tx: optax.GradientTransformation, shardings: TrainState
+) -> TrainState:
+    """A fresh state on the mesh from host `params` (the same full values on every process)."""
+    params = sharding.put_replicated_value(params, shardings.params)
+    init = jax.jit(
+        lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+        in_shardings=(shardings.params,),
+        out_shardings=shardings,
+    )
+    return init(params)
+
+
+def make_train_step(
+    model: VideoCLIP,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    num_classes: int,
+    label_smoothing: float,
+    mix: losses.MixConfig,
+    normalize: Callable[[jax.Array], jax.Array],
+    param_shardings: Any = None,
+) -> Callable:
+    """train_step(state, batch, tokens [C, L], rng) -> (state, {"loss", "lr", "grad_norm"}).
+
+    `normalize` maps the loader's clips to model input (uint8 -> CLIP-normalised float32).
+    `param_shardings` (optional) pins the accumulated gradients to the parameters' sharding.
+    """
+
+    def loss_fn(trainable, frozen, clips, targets, tokens):
+        logits, _ = model.apply({"params": {**trainable, **frozen}}, clips, tokens)
+        return losses.soft_target_cross_entropy(logits, targets)
+
+    def micro_grads(trainable, frozen, micro, mixing, tokens):
+        clips, targets = normalize(micro["video"]), micro["targets"]
+        if mix.enabled:
+            clips = mixing.clips(clips, normalize(micro["partner_video"]))
+            targets = mixing.targets(targets, micro["partner_targets"])
+        return jax.value_and_grad(loss_fn)(trainable, frozen, clips, targets, tokens)
+
+    def train_step(state: TrainState, batch: dict, tokens: jax.Array, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        video = batch["video"]
+        height, width = video.shape[-3:-1]
+        micro = {"video": video, "targets": losses.smooth_labels(
+            batch["label"], num_classes, label_smoothing
+        )}  # fmt: skip
+        if mix.enabled:
+            micro["partner_video"] = losses.previous_sample(video)
+            micro["partner_targets"] = losses.previous_sample(micro["targets"])
+        mixing = losses.sample_mix(rng, height, width, mix)
+        trainable, frozen = optim.split_frozen(state.params)
+        num_micro = video.shape[0]
+        if num_micro == 1:
+            first = jax.tree.map(lambda x: x[0], micro)
+            loss, grads = micro_grads(trainable, frozen, first, mixing, tokens)
+        else:
+            grad_shardings = None
+            if param_shardings is not None:
+                grad_shardings = optim.split_frozen(param_shardings)[0]
+
+            def accumulate(carry, m):
+                loss_sum, grad_sum = carry
+                loss, grads = micro_grads(trainable, frozen, m, mixing, tokens)
+                grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+                if grad_shardings is not None:
+                    grad_sum = jax.lax.with_sharding_constraint(grad_sum, grad_shardings)
+                return (loss_sum + loss, grad_sum), None
+
+            zeros = jax.tree.map(jnp.zeros_like, trainable)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.float32(0.0), zeros), micro)
+            loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
+        full_grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
+        updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: TrainState) -> Callable:
+    """The step under jit: state donated and kept in its sharding, batch split over `data`,
+    class tokens and rng replicated, metrics replicated."""
+    replicated = sharding.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh, 1), replicated, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
