@@ -7,6 +7,7 @@ recomputed every time) one view at a time, fuses views with a NumPy softmax, and
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -25,11 +26,6 @@ from tcclip_jax.evaluation import Evaluator, evaluate_protocol, wise_ft
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.sharding import create_mesh
 from tcclip_jax.tokenizer import tokenize_prompts
-
-TINY = dict(
-    vision_layers=2, text_layers=2, num_frames=4, vision_width=64, vision_heads=2, text_width=32,
-    text_heads=2, embed_dim=32, image_resolution=32, vision_patch_size=8, context_tokens=4,
-)  # fmt: skip
 
 
 def init_params(config: ModelConfig, seed: int) -> dict:
@@ -64,8 +60,8 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_config():
-    return ModelConfig(**TINY)
+def model_config(tiny_config):
+    return tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +155,7 @@ def eval_config(data, **fields) -> ml_collections.ConfigDict:
 
 
 def test_zeroshot_mean_and_std_over_splits_after_wise_ft(data, model_config, params, tmp_path):
-    clip = init_params(ModelConfig(**TINY, model="clip"), 1)
+    clip = init_params(model_config.replace(model="clip"), 1)
     mixed = wise_ft(clip, params, 0.7)
     scores = fused(view_logits(model_config, mixed, data))
     annotations = read_annotations(data.val_list)
@@ -219,32 +215,92 @@ def test_base2novel_scores_each_half_over_its_own_classes(data, model_config, pa
     )
 
 
-def test_cli_evaluates_a_saved_checkpoint(data, model_config, params, reference, tmp_path):
-    """`python -m tcclip_jax.evaluate` on 2 devices: the table, eval_metrics.json, metrics.jsonl."""
-    checkpoint, workdir = tmp_path / "model", tmp_path / "run"
-    save_model(str(checkpoint), model_config, params, info={"step": 7})
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    command = [
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def evaluate_command(data, checkpoint, workdir) -> list[str]:
+    return [
         sys.executable, "-m", "tcclip_jax.evaluate",
-        "--config", os.path.join(repo, "configs", "fewshot.py") + ":hmdb51,2",
+        "--config", os.path.join(REPO, "configs", "fewshot.py") + ":hmdb51,2",
         "--checkpoint", str(checkpoint), "--workdir", str(workdir),
         f"--config.data.root={data.root}", f"--config.data.val_list={data.val_list}",
         f"--config.data.class_list={data.class_list}", "--config.data.num_frames=4",
         "--config.data.image_size=32", "--config.data.resize_size=32",
         "--config.eval.batch_size=6", "--config.dtype=float32", "--config.dataset_name=synthetic",
     ]  # fmt: skip
-    run = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model_config, params, tmp_path_factory):
+    path = tmp_path_factory.mktemp("checkpoint") / "model"
+    save_model(str(path), model_config, params, info={"step": 7})
+    return path
+
+
+def expected_accuracy(data, reference) -> tuple[float, float]:
+    return accuracy(fused(reference), [y for _, y in read_annotations(data.val_list)])
+
+
+def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path):
+    """`python -m tcclip_jax.evaluate` on 2 devices: the table, eval_metrics.json, metrics.jsonl."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    run = subprocess.run(
+        evaluate_command(data, checkpoint, tmp_path),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    top1, top5 = accuracy(fused(reference), [y for _, y in read_annotations(data.val_list)])
+    top1, top5 = expected_accuracy(data, reference)
     assert "protocol: fewshot" in run.stdout
     row = next(line for line in run.stdout.splitlines() if line.startswith("synthetic"))
     assert row.split() == ["synthetic", "16", f"{top1:.2f}", f"{top5:.2f}"]
-    with open(workdir / "eval_metrics.json") as f:
+    with open(tmp_path / "eval_metrics.json") as f:
         saved = json.load(f)
     assert saved["results"]["synthetic"]["top1"] == top1
     assert saved["results"]["synthetic"]["top5"] == top5
     assert saved["checkpoint"] == str(checkpoint) and saved["step"] == 7
-    with open(workdir / "metrics.jsonl") as f:
+    with open(tmp_path / "metrics.jsonl") as f:
         logged = json.loads(f.readlines()[-1])
     assert logged["step"] == 7 and logged["synthetic/top1"] == top1
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_videos_and_agree(data, checkpoint, reference, tmp_path):
+    """Two JAX processes on this host, one device each: every video is scored exactly once."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    runs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(rank),
+        }
+        command = evaluate_command(data, checkpoint, tmp_path)
+        runs.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    try:
+        outputs = [run.communicate(timeout=400) for run in runs]
+    finally:  # one process failing leaves the other waiting for it
+        for run in runs:
+            run.kill()
+    for run, (_, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err[-3000:]
+    with open(tmp_path / "eval_metrics.json") as f:
+        saved = json.load(f)["results"]["synthetic"]
+    top1, top5 = expected_accuracy(data, reference)
+    assert (saved["top1"], saved["top5"], saved["num_videos"]) == (top1, top5, 16)
+    assert "protocol" not in outputs[1][0]  # only process 0 reports

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tcclip_jax.evaluation import wise_ft
-from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.models import VideoCLIP
 
 T, N, W = 3, 5, 4
 
@@ -122,26 +122,22 @@ def test_weight_out_of_range():
         wise_ft(clip, tuned, 7)
 
 
-def test_real_clip_and_tc_clip_trees_align():
+def test_real_clip_and_tc_clip_trees_align(tiny_config):
     """A CLIP tree and a TC-CLIP tree (joint positions) of the same towers mix without error."""
-    tiny = dict(
-        vision_layers=2, text_layers=2, num_frames=4, vision_width=64, vision_heads=2,
-        text_width=32, text_heads=2, embed_dim=32, image_resolution=32, vision_patch_size=8,
-        context_tokens=4, vocab_size=100, context_length=12, positional_table_length=16,
-    )  # fmt: skip
-    clips, tokens = np.zeros((1, 4, 32, 32, 3), np.float32), np.ones((2, 12), np.int32)
+    clips, tokens = np.zeros((1, 4, 32, 32, 3), np.float32), np.ones((2, 30), np.int32)
 
     def init(**kw):
-        model = VideoCLIP(ModelConfig(**tiny, **kw))
+        model = VideoCLIP(tiny_config.replace(**kw))
         return jax.eval_shape(model.init, jax.random.key(0), clips, tokens)["params"]
 
     clip = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), init(model="clip"))
     tuned = jax.tree.map(
-        lambda s: np.full(s.shape, 3.0, s.dtype),
-        init(model="tc_clip", positional_embedding="joint"),
+        lambda s: np.full(s.shape, 3.0, s.dtype), init(positional_embedding="joint")
     )
+    assert tuned["visual"]["positional_embedding"].ndim == 3
     out = _flat(wise_ft(clip, tuned, 0.25))
     clip_keys = set(_flat(clip))
     for key, value in out.items():
         np.testing.assert_allclose(value, 0.75 * 1.0 + 0.25 * 3.0 if key in clip_keys else 3.0)
     assert any("local_global_bias_table" in k for k in out)
+    assert "['prompt_learner']['ctx']" in out
