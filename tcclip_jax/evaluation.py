@@ -175,8 +175,9 @@ class Evaluator:
             self.class_names, template=cfg.prompt_template, context_length=cfg.context_length
         )
         self._batch_sharding = sharding.batch_sharding(mesh)
-        # `jnp.float32` and `jnp.dtype("float32")` give equal modules with different hashes.
-        model = model.clone(dtype=jnp.dtype(model.dtype))
+        # One compiled step per model, however it was built: rematerialisation only matters
+        # for gradients, and `jnp.float32` / `jnp.dtype("float32")` hash differently.
+        model = model.clone(dtype=jnp.dtype(model.dtype), remat=False)
         self._encode_text, self._step = _compiled(
             model, mesh, tuple(data_cfg.mean), tuple(data_cfg.std)
         )
@@ -188,25 +189,30 @@ class Evaluator:
     def __call__(self, params: Any) -> dict:
         params = place_params(params, self.mesh)
         text = self.text_cache(params)
-        counts = np.zeros((3, self.num_videos), np.int64)  # this process's share
-        dataset = create_eval_dataset(
-            self.data_cfg,
-            batch_size=self.batch_size // self.process_count,
-            annotation_file=self.annotation_file,
-            process_index=self.process_index,
-            process_count=self.process_count,
+        counts = np.zeros((3, self.num_videos), np.int32)  # this process's share
+        batches = iter(
+            create_eval_dataset(
+                self.data_cfg,
+                batch_size=self.batch_size // self.process_count,
+                annotation_file=self.annotation_file,
+                process_index=self.process_index,
+                process_count=self.process_count,
+            )
         )
         pending = None  # the previous step's results, fetched once the next step is queued
-        for batch in dataset:
-            valid = np.asarray(batch["valid"], bool)
-            labels = np.where(valid, self._label_map[np.where(valid, batch["label"], 0)], 0)
-            inputs = sharding.put_process_batch(
-                {"video": batch["video"], "label": labels}, self._batch_sharding
-            )
-            hits = self._step(params, text, inputs)
-            if pending is not None:
-                self._tally(counts, *pending)
-            pending = (batch["index"], valid, hits)
+        try:
+            for batch in batches:
+                valid = np.asarray(batch["valid"], bool)
+                labels = np.where(valid, self._label_map[np.where(valid, batch["label"], 0)], 0)
+                inputs = sharding.put_process_batch(
+                    {"video": batch["video"], "label": labels}, self._batch_sharding
+                )
+                hits = self._step(params, text, inputs)
+                if pending is not None:
+                    self._tally(counts, *pending)
+                pending = (batch["index"], valid, hits)
+        finally:
+            batches.close()  # stops worker processes, if any
         if pending is not None:
             self._tally(counts, *pending)
         if self.process_count > 1:
