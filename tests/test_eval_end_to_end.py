@@ -18,7 +18,7 @@ import pytest
 
 from tcclip_jax.checkpoints import save_model
 from tcclip_jax.data import synthetic
-from tcclip_jax.data.classes import load_class_names, read_annotations
+from tcclip_jax.data.classes import AnnotationError, load_class_names, read_annotations
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset
@@ -140,6 +140,36 @@ def test_evaluator_matches_per_view_loop(data, model_config, params, reference, 
     assert (top1, top5) == (100.0 * 3 / 16, 100.0 * 12 / 16)  # ranks 0 and 0..4 of i mod 7
     assert result == {"top1": top1, "top5": top5, "num_videos": 16}
     assert len(calls) == 1  # the class embeddings: once for 3 batches
+
+
+def test_a_video_the_loader_never_delivers_is_an_error(data, model_config, params, tmp_path):
+    """The denominator is the list as constructed; a shorter delivery must not pass silently."""
+    annotations = read_annotations(data.val_list)
+    listing = write_list(tmp_path / "list.txt", annotations)
+    evaluator = Evaluator(
+        VideoCLIP(model_config),
+        create_mesh(),
+        data,
+        annotation_file=listing,
+        class_names=load_class_names(data.class_list),
+        batch_size=6,
+    )
+    write_list(listing, annotations[:-1])  # the list loses its last line after construction
+    with pytest.raises(RuntimeError, match=r"1 never scored \(\['.*list.txt:16'\]\)"):
+        evaluator(params)
+
+
+def test_label_outside_the_evaluated_classes_names_the_line(data, model_config):
+    with pytest.raises(AnnotationError, match=r"val.txt:\d+: label \d+ is not an evaluated class"):
+        Evaluator(
+            VideoCLIP(model_config),
+            create_mesh(),
+            data,
+            annotation_file=data.val_list,
+            class_names=load_class_names(data.class_list),
+            class_ids=[0, 1, 2],
+            batch_size=6,
+        )
 
 
 def eval_config(data, **fields) -> ml_collections.ConfigDict:
