@@ -5,6 +5,7 @@ import os
 import av
 import numpy as np
 import pytest
+from PIL import Image
 from test_data_lib import frame_index, grey_frames, textured_frames
 
 from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader
@@ -55,6 +56,20 @@ def test_decoding_from_bytes_equals_decoding_the_file(tmp_path):
         blob = f.read()
     pick = lambda n: np.array([3, 19, 0, 3])  # noqa: E731
     np.testing.assert_array_equal(decode_frames(blob, pick), decode_frames(path, pick))
+
+
+def test_resizing_while_decoding(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    encode_video(path, textured_frames(10, height=48, width=64))
+    pick = lambda n: np.array([2, 7])  # noqa: E731
+    full = decode_frames(path, pick)
+    small = decode_frames(path, pick, short_side=36)
+    assert small.shape == (2, 36, 48, 3)  # 64 * 36 / 48 = 48
+    reference = np.stack(
+        [np.asarray(Image.fromarray(f).resize((48, 36), Image.BILINEAR)) for f in full]
+    )
+    assert np.abs(small.astype(int) - reference).mean() < 3  # swscale and PIL bilinear agree
+    np.testing.assert_array_equal(decode_frames(path, pick, short_side=48), full)
 
 
 def test_grey_coded_frames_decode_to_their_index(tmp_path):

@@ -4,9 +4,10 @@
 
 Writes its own data first: short 320x240 H.264 videos (3-10 s at 25 fps) of moving, textured
 procedural scenes, the same as JPEG frame folders, and as tfds ArrayRecord shards of JPEG frames
-resized to short side 256. Then it times 16x224 training clips (full augmentation) per source:
-in this process with one decoding thread, where "per core" is clips per CPU-second of the process,
-and with 1 and 2 grain worker processes, where it is clips per second of wall time.
+resized to short side 256. Then it times 16x224 training clips (full augmentation) per source, in
+this process (one decoding thread) and with 1 and 2 grain worker processes: clips per second of
+wall time, and clips per CPU-second of all processes together (the per-core rate, which other
+load on the machine disturbs less).
 """
 
 from __future__ import annotations
@@ -94,18 +95,34 @@ def source_configs(directory: str) -> dict:
     return configs
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its children (the grain workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    me = os.getpid()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == me:  # fields[1] is the parent pid; utime, stime follow at 11, 12
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def measure(cfg, num_workers: int, batches: int, batch_size: int) -> tuple[float, float]:
-    """(clips per wall second, clips per CPU-second of this process) after one warm-up batch."""
+    """(clips per second, clips per CPU-second of all processes) after one warm-up batch."""
     cfg = cfg.copy_and_resolve_references()
     cfg.num_workers = num_workers
     cfg.num_threads = 1
     it = pipeline.create_train_iterator(cfg, batch_size=batch_size, seed=0)
     next(it)  # starts workers, opens files
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(batches):
         batch = next(it)
         assert batch["video"].shape == (batch_size, 16, 224, 224, 3)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     it.close()
     clips = batches * batch_size
     return clips / wall, clips / cpu
@@ -125,20 +142,20 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             make_data(directory, args.videos)
             print(f"made {args.videos} videos in {time.perf_counter() - start:.0f} s: {directory}")
-        workers = [int(w) for w in args.workers.split(",") if w]
-        header = ["source", "1 process: clips/s", "per core (CPU s)"]
-        header += [f"{w} worker{'s' * (w > 1)}: clips/s" for w in workers]
-        rows = []
+        modes = [("in process, 1 thread", 0)]
+        modes += [(f"{w} worker{'s' * (w > 1)}", w) for w in map(int, args.workers.split(","))]
+        rows = [["source", "processes", "clips/s", "clips per CPU-second"]]
         for name, cfg in source_configs(directory).items():
-            wall, per_cpu = measure(cfg, 0, args.batches, 8)
-            rows.append([name, f"{wall:.1f}", f"{per_cpu:.1f}"])
-            rows[-1] += [f"{measure(cfg, w, args.batches, 8)[0]:.1f}" for w in workers]
-            print(" | ".join(rows[-1]), flush=True)
+            for mode, workers in modes:
+                per_second, per_cpu = measure(cfg, workers, args.batches, 8)
+                rows.append([name, mode, f"{per_second:.1f}", f"{per_cpu:.1f}"])
+                print(" | ".join(rows[-1]), flush=True)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"\n16 x 224 px training clips, full augmentation; {os.cpu_count()} cores")
-        print(f"load average {load} (other processes competing for the cores lower the figures)")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, ["-" * w for w in widths], *rows]:
+        print(f"load average {load}: other processes competing for the cores lower clips/s")
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        rows.insert(1, ["-" * w for w in widths])
+        for row in rows:
             print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     finally:
         if not args.keep:

@@ -187,11 +187,10 @@ class _TrainExample:
         rng = np.random.default_rng((self.seed, epoch, index))
         try:
             frames = self.reader.read(
-                entry, lambda n: sampling.train_indices(n, spec.num_frames, rng)
+                entry, lambda n: sampling.train_indices(n, spec.num_frames, rng), spec.resize_size
             )
         except VideoReadError as e:
             return _Failure(index, str(e))
-        frames = transforms.resize_short_side(frames, spec.resize_size)
         frames = transforms.train_augment(
             frames,
             output_size=spec.image_size,
@@ -355,7 +354,9 @@ def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
         )
         return idx.reshape(-1)
 
-    frames = reader.read(entry, pick)
+    # The short side the crops are cut at (see transforms.test_crops): resized while decoding.
+    short_side = spec.resize_size if spec.test_crops == 1 else spec.image_size
+    frames = reader.read(entry, pick, short_side)
     views = transforms.test_crops(frames, spec.test_crops, spec.image_size, spec.resize_size)
     s = spec.image_size
     views = views.reshape(spec.test_crops, spec.test_clips, spec.num_frames, s, s, 3)

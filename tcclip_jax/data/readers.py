@@ -1,8 +1,8 @@
 """Where a clip's frames come from: video files, frame folders, or packed tfds ArrayRecord shards.
 
 Every reader maps an `Entry` (one annotation line) and a frame picker `pick(num_frames) ->
-indices` to uint8 RGB frames [K, H, W, 3] at the stored resolution. Readers are pickled into grain
-worker processes, so they hold only paths and open files lazily.
+indices` to uint8 RGB frames [K, H, W, 3], resized to a given short side (or as stored). Readers
+are pickled into grain worker processes, so they hold only paths and open files lazily.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from tcclip_jax.data.classes import AnnotationError, read_annotation_entries
+from tcclip_jax.data.transforms import resize_short_side
 from tcclip_jax.data.video_decode import VideoReadError, decode_frames
 
 Picker = Callable[[int], np.ndarray]
@@ -94,10 +95,12 @@ class VideoFileReader:
         self.root = root
         self.decode_threads = decode_threads
 
-    def read(self, entry: Entry, pick: Picker) -> np.ndarray:
+    def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
         path = _existing_file(self.root, entry)
         try:
-            return decode_frames(path, pick, name=path, threads=self.decode_threads)
+            return decode_frames(
+                path, pick, name=path, threads=self.decode_threads, short_side=short_side
+            )
         except VideoReadError as e:
             raise VideoReadError(f"{e} (listed at {entry.where})") from None
 
@@ -128,7 +131,7 @@ class FrameFolderReader:
         self.start_index = start_index
         self._pattern = _template_regex(template)
 
-    def read(self, entry: Entry, pick: Picker) -> np.ndarray:
+    def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
         folder = os.path.join(self.root, entry.path)
         listed = f" (listed at {entry.where})"
         if not os.path.isdir(folder):
@@ -147,7 +150,7 @@ class FrameFolderReader:
         shapes = {f.shape for f in frames.values()}
         if len(shapes) > 1:
             raise VideoReadError(f"{folder}: frames differ in size {sorted(shapes)}{listed}")
-        return np.stack([frames[i] for i in wanted])
+        return _resized(np.stack([frames[i] for i in wanted]), short_side)
 
 
 class TfdsReader:
@@ -201,13 +204,20 @@ class TfdsReader:
             )
         return self._index_of[entry.path]
 
-    def read(self, entry: Entry, pick: Picker) -> np.ndarray:
+    def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
         index = self.record_index(entry)
         record = self.source[index]
         name = f"{record['path'].decode()} ({self.name}[{self.split}] record {index})"
         if "video" in record:
-            return decode_frames(record["video"], pick, name=name, threads=self.decode_threads)
-        return decode_jpeg_frames(record["frames"], record["frame_offsets"], pick, name)
+            return decode_frames(
+                record["video"], pick, name=name, threads=self.decode_threads, short_side=short_side
+            )
+        frames = decode_jpeg_frames(record["frames"], record["frame_offsets"], pick, name)
+        return _resized(frames, short_side)  # a no-op at the short side the frames were packed at
+
+
+def _resized(frames: np.ndarray, short_side: int | None) -> np.ndarray:
+    return frames if short_side is None else resize_short_side(frames, short_side)
 
 
 def decode_jpeg_frames(blob: bytes, offsets: np.ndarray, pick: Picker, name: str) -> np.ndarray:

@@ -25,7 +25,6 @@ from absl import logging
 from PIL import Image
 
 from tcclip_jax.data.readers import Entries, FrameFolderReader, VideoFileReader, entries_from_list
-from tcclip_jax.data.transforms import resize_short_side
 from tcclip_jax.data.video_decode import VideoReadError
 
 STORAGES = ("frames", "video")
@@ -43,7 +42,7 @@ def _encode_entry(job) -> dict | str:
         with open(path, "rb") as f:
             return {"video": f.read(), "label": entry.label, "path": entry.path}
     try:
-        frames = resize_short_side(reader.read(entry, np.arange), resize_size)
+        frames = reader.read(entry, np.arange, resize_size)
     except VideoReadError as e:
         return str(e)
     blobs = []

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import av
 import numpy as np
 
+from tcclip_jax.data.transforms import short_side_shape
+
 # Jumping ahead drains the decoder's reordering delay, so it only pays off past a few packets.
 _MIN_PACKETS_SKIPPED = 4
 
@@ -61,8 +63,19 @@ def _plan_starts(packets: list, pts: list[int]) -> list[int]:
     return starts
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
+def _rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarray]:
+    """Frame -> uint8 RGB, resized in the same swscale pass when `short_side` is given."""
+
+    def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+        size = (frame.height, frame.width)
+        if short_side is None or short_side_shape(*size, short_side) == size:
+            return frame.to_ndarray(format="rgb24")
+        height, width = short_side_shape(*size, short_side)
+        return frame.to_ndarray(
+            format="rgb24", width=width, height=height, interpolation="BILINEAR"
+        )
+
+    return to_rgb
 
 
 class _UnreliableTimestamps(Exception):
@@ -75,12 +88,15 @@ def decode_frames(
     *,
     name: str | None = None,
     threads: int = 1,
+    short_side: int | None = None,
 ) -> np.ndarray:
     """Frames `pick(num_frames)` (any order, repeats allowed) as uint8 [K, H, W, 3] RGB.
 
     `source` is a path or the bytes of a video file; `name` is what errors call it. `threads` is
     FFmpeg's decoding threads for this video (0: FFmpeg decides; 1: none, best when many videos
-    decode in parallel).
+    decode in parallel). With `short_side`, frames are resized (bilinear, sizes rounded as
+    `transforms.short_side_shape`) while converted to RGB, which costs little more than the
+    conversion alone.
     """
     name = name or (source if isinstance(source, str) else "<video bytes>")
     try:
@@ -93,6 +109,7 @@ def decode_frames(
         if not order:
             raise VideoReadError(f"{name}: the video has no frames")
         wanted = np.asarray(pick(len(order)))
+        to_rgb = _rgb_converter(short_side)
         need = set(wanted.tolist())
         codec = stream.codec_context
         if threads != 1:
@@ -107,12 +124,12 @@ def decode_frames(
         # order), so there frames are counted as the decoder outputs them, from the start.
         if "avi" not in container.format.name.split(","):
             try:
-                frames = _decode_by_timestamp(codec, packets, pts, order, need)
+                frames = _decode_by_timestamp(codec, packets, pts, order, need, to_rgb)
             except _UnreliableTimestamps:
                 codec.flush_buffers()
                 codec.skip_frame = "DEFAULT"
         if frames is None:
-            frames = _decode_in_output_order(codec, packets, need)
+            frames = _decode_in_output_order(codec, packets, need, to_rgb)
     missing = sorted(need - frames.keys())
     if missing:
         raise VideoReadError(
@@ -124,7 +141,7 @@ def decode_frames(
     return np.stack([frames[i] for i in wanted.tolist()])
 
 
-def _decode_by_timestamp(codec, packets, pts, order, need) -> dict[int, np.ndarray]:
+def _decode_by_timestamp(codec, packets, pts, order, need, to_rgb) -> dict[int, np.ndarray]:
     """{presentation index: RGB frame} for the indices in `need`, skipping unneeded intervals."""
     rank = {t: i for i, t in enumerate(order)}
     position = {t: i for i, t in enumerate(pts)}
@@ -156,7 +173,7 @@ def _decode_by_timestamp(codec, packets, pts, order, need) -> dict[int, np.ndarr
             r = rank.get(f.pts)
             # Frames displayed before the start keyframe lack their references: never keep them.
             if r in need and r not in frames and f.pts >= pts[run_start]:
-                frames[r] = _to_rgb(f)
+                frames[r] = to_rgb(f)
 
     def restart(at):
         nonlocal cur, run_start, pending, last_pts
@@ -181,7 +198,7 @@ def _decode_by_timestamp(codec, packets, pts, order, need) -> dict[int, np.ndarr
     return frames
 
 
-def _decode_in_output_order(codec, packets, need) -> dict[int, np.ndarray]:
+def _decode_in_output_order(codec, packets, need, to_rgb) -> dict[int, np.ndarray]:
     """{index: RGB frame} counting frames as the decoder outputs them, from the first packet."""
     frames: dict[int, np.ndarray] = {}
     count, last = 0, max(need)
@@ -192,7 +209,7 @@ def _decode_in_output_order(codec, packets, need) -> dict[int, np.ndarray]:
             continue
         for f in out:
             if count in need:
-                frames[count] = _to_rgb(f)
+                frames[count] = to_rgb(f)
             count += 1
         if count > last:
             break
