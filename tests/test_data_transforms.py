@@ -69,6 +69,15 @@ def test_color_jitter_draws_once_per_clip_unless_per_frame():
     assert len({f.tobytes() for f in per}) == 4
 
 
+def test_zero_strength_ops_are_not_applied():
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(transforms.color_jitter(CLIP, (0, 0, 0, 0), rng), CLIP)
+    only_hue = transforms.color_jitter(CLIP, (0, 0, 0, 0.1), np.random.default_rng(3))
+    factor = np.random.default_rng(3).uniform(size=4)[3] * 0.2 - 0.1  # the hue factor drawn
+    expected = per_frame(lambda im: torchvision_adjust_hue(im, factor), CLIP)
+    np.testing.assert_array_equal(only_hue, expected)
+
+
 def test_short_side_shape_rounds_like_mmcv():
     assert transforms.short_side_shape(240, 320, 256) == (256, 341)
     assert transforms.short_side_shape(320, 240, 224) == (299, 224)

@@ -123,18 +123,23 @@ def _tall(frames: np.ndarray) -> Image.Image:
 def color_jitter(
     frames: np.ndarray, strengths: Sequence[float], rng: np.random.Generator
 ) -> np.ndarray:
-    """torchvision ColorJitter(brightness, contrast, saturation, hue), one draw for all frames."""
+    """torchvision ColorJitter(brightness, contrast, saturation, hue), one draw for all frames.
+
+    As in torchvision, an op with strength 0 is not applied at all. (The hue op, a round trip
+    through PIL's HSV, takes about 40% of a training clip's CPU time.)
+    """
     brightness, contrast, saturation, hue = strengths
     ops = [
-        (_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness)),
-        (_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast)),
-        (_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation)),
-        (_hue, rng.uniform(-hue, hue)),
+        (_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness), brightness),
+        (_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast), contrast),
+        (_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation), saturation),
+        (_hue, rng.uniform(-hue, hue), hue),
     ]
     img = _tall(frames)
     for k in rng.permutation(4):
-        fn, factor = ops[k]
-        img = fn(img, factor, frames.shape[1])
+        fn, factor, strength = ops[k]
+        if strength > 0:
+            img = fn(img, factor, frames.shape[1])
     return np.asarray(img).reshape(frames.shape)
 
 
