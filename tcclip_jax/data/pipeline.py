@@ -397,7 +397,8 @@ def create_eval_dataset(
 
     Batches hold 'video' [b, V, T, S, S, 3], 'label' int32 (-1 for padding), 'index' int32 (the
     video's position in the annotation list; -1 for padding) and 'valid' bool. Every process
-    yields the same number of batches. `annotation_file` replaces the configured `val_list`.
+    yields the same number of batches. `annotation_file` replaces the configured `val_list`
+    (formats 'video' and 'frames'; tfds records carry the list they were packed from).
     """
     spec = ClipSpec.from_config(cfg)
     reader = make_reader(cfg, "val")
