@@ -68,9 +68,9 @@ def _rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarr
 
     def to_rgb(frame: av.VideoFrame) -> np.ndarray:
         size = (frame.height, frame.width)
-        if short_side is None or short_side_shape(*size, short_side) == size:
+        height, width = size if short_side is None else short_side_shape(*size, short_side)
+        if (height, width) == size:
             return frame.to_ndarray(format="rgb24")
-        height, width = short_side_shape(*size, short_side)
         return frame.to_ndarray(
             format="rgb24", width=width, height=height, interpolation="BILINEAR"
         )
