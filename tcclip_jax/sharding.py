@@ -67,13 +67,9 @@ def put_replicated_value(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(put, tree, shardings)
 
 
-def put_process_batch(local: Any, sharding: NamedSharding, batch_axis: int = 0) -> Any:
-    """Assemble the global batch from each process's own rows along `batch_axis`."""
-
-    def put(x):
-        x = np.asarray(x)
-        shape = list(x.shape)
-        shape[batch_axis] *= jax.process_count()
-        return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
-
-    return jax.tree.map(put, local)
+def put_process_batch(local: Any, sharding: NamedSharding) -> Any:
+    """Assemble the global batch from each process's own rows along the sharded axis (the
+    global shape follows from the processes the sharding spans)."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
+    )

@@ -313,7 +313,7 @@ def _step_batch(batch: dict, accum: int, batch_sharding) -> dict:
         k: np.asarray(batch[k]).reshape(accum, -1, *np.shape(batch[k])[1:])
         for k in ("video", "label")
     }
-    return sharding.put_process_batch(local, batch_sharding, batch_axis=1)
+    return sharding.put_process_batch(local, batch_sharding)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
