@@ -109,10 +109,15 @@ def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
     if not path:
         raise ConfigError(f"config.{field} is not set: the {what}")
     if not os.path.isfile(path):
-        hint = "" if os.path.isabs(path) else (
-            f" (relative paths are taken from config.splits_dir={splits_dir!r}; set it to the "
-            "folder holding datasets_splits/ and labels/)"
-        )  # fmt: skip
+        if splits_dir and path.startswith(splits_dir):
+            hint = f" (under config.splits_dir={splits_dir!r})"
+        elif not os.path.isabs(path):
+            hint = (
+                " (relative list paths are taken from config.splits_dir: set it to the folder "
+                "holding datasets_splits/ and labels/)"
+            )
+        else:
+            hint = ""
         raise ConfigError(f"config.{field}: {what} {path!r} does not exist{hint}")
 
 
@@ -319,6 +324,13 @@ def _step_batch(batch: dict, accum: int, batch_sharding) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train as `config` says, in `workdir` (resuming if it holds checkpoints); return the
     protocol's final metrics (empty when stopped by SIGTERM)."""
+    with _Preemption() as preemption:  # from the start: a SIGTERM during compilation counts
+        return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption
+) -> dict:
     workdir = os.path.abspath(workdir)
     config = prepare_config(config, workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -432,48 +444,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     stopped = False
     log_start, log_step = time.perf_counter(), start
-    with _Preemption() as preemption:
-        for step in range(start + 1, total_steps + 1):
-            batch = _step_batch(next(data_iterator), config.grad_accum_steps, batch_sharding)
-            state, metrics = step_fn(state, batch, tokens, rng)
-            progress.update(1)
-            epoch_end = step % steps_per_epoch == 0
-            epoch = step // steps_per_epoch
-            log_now = step % config.log_every_steps == 0 or step == total_steps
-            if log_now:
-                metrics = jax.device_get(metrics)
-                elapsed = time.perf_counter() - log_start
-                clips_per_sec = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
-                log_start, log_step = time.perf_counter(), step
-                writer.write(step, {**metrics, "clips_per_sec": clips_per_sec, "epoch": epoch})
-                progress.set_postfix(
-                    loss=f"{metrics['loss']:.4f}",
-                    lr=f"{metrics['lr']:.3g}",
-                    clips_s=f"{clips_per_sec:.1f}",
-                )
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
-            val_metrics = None
-            if (
-                validate is not None
-                and epoch_end
-                and (epoch % config.eval.every_epochs == 0 or step == total_steps)
-            ):
-                val_metrics = validate(state.params)
-                writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
-                logging.info("Epoch %d validation: %s", epoch, val_metrics)
-            if (
-                val_metrics is not None
-                or step % config.checkpoint.every_steps == 0
-                or step == total_steps
-            ):
-                ckpt.save(step, state, data_iterator, metrics=val_metrics)
-            # Processes agree on stopping at logging steps (a collective), one process each step.
-            if (log_now or jax.process_count() == 1) and preemption.agreed():
-                if ckpt.latest_step() != step:
-                    ckpt.save(step, state, data_iterator)
-                stopped = True
-                break
+    for step in range(start + 1, total_steps + 1):
+        batch = _step_batch(next(data_iterator), config.grad_accum_steps, batch_sharding)
+        state, metrics = step_fn(state, batch, tokens, rng)
+        progress.update(1)
+        epoch_end = step % steps_per_epoch == 0
+        epoch = step // steps_per_epoch
+        log_now = step % config.log_every_steps == 0 or step == total_steps
+        if log_now:
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - log_start
+            clips_per_sec = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
+            log_start, log_step = time.perf_counter(), step
+            writer.write(step, {**metrics, "clips_per_sec": clips_per_sec, "epoch": epoch})
+            progress.set_postfix(
+                loss=f"{metrics['loss']:.4f}",
+                lr=f"{metrics['lr']:.3g}",
+                clips_s=f"{clips_per_sec:.1f}",
+            )
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+        val_metrics = None
+        if (
+            validate is not None
+            and epoch_end
+            and (epoch % config.eval.every_epochs == 0 or step == total_steps)
+        ):
+            val_metrics = validate(state.params)
+            writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
+            logging.info("Epoch %d validation: %s", epoch, val_metrics)
+        if (
+            val_metrics is not None
+            or step % config.checkpoint.every_steps == 0
+            or step == total_steps
+        ):
+            ckpt.save(step, state, data_iterator, metrics=val_metrics)
+        # Processes agree on stopping at logging steps (a collective), one process each step.
+        if (log_now or jax.process_count() == 1) and preemption.agreed():
+            if ckpt.latest_step() != step:
+                ckpt.save(step, state, data_iterator)
+            stopped = True
+            break
     progress.close()
     data_iterator.close()
     ckpt.wait()

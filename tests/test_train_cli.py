@@ -1,0 +1,176 @@
+"""`python -m tcclip_jax.train` end to end on the demo's CI config: outputs, resume, preemption.
+
+Every run is a subprocess on one shared synthetic dataset, sharing a persistent compilation cache
+so that only the first run compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tcclip_jax.checkpoints import load_model
+from tcclip_jax.data import synthetic
+from tcclip_jax.metrics import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS_PER_EPOCH, EPOCHS = 4, 5  # 32 training videos, batch 8
+TOTAL = STEPS_PER_EPOCH * EPOCHS
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic.generate(
+        str(root), videos_per_class=4, val_per_class=2, num_frames=8, size=(32, 32), seed=0
+    )
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env.pop("XLA_FLAGS", None)
+    return {"root": str(root), "env": env}
+
+
+def _command(shared, workdir, *overrides) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tcclip_jax.train",
+        "--config",
+        os.path.join(REPO, "configs", "demo.py") + ":ci",
+        "--workdir",
+        str(workdir),
+        f"--config.data.root={shared['root']}",
+        f"--config.num_epochs={EPOCHS}",
+        "--config.progress_bar=False",
+        *overrides,
+    ]
+
+
+def _start(shared, workdir, *overrides) -> subprocess.Popen:
+    return subprocess.Popen(
+        _command(shared, workdir, *overrides),
+        cwd=REPO,
+        env=shared["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def _steps(workdir) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, workdir, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not _steps(workdir):
+        assert proc.poll() is None, proc.communicate()[0][-5000:]
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+
+
+def _state_params(workdir, step: int) -> dict:
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    state = ocp.PyTreeCheckpointer().restore(path)
+    return {k: np.asarray(v) for k, v in _flatten(state["params"]).items()}
+
+
+def _flatten(tree, prefix="") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        return out
+    return {prefix.rstrip("/"): tree}
+
+
+@pytest.fixture(scope="module")
+def reference(shared, tmp_path_factory):
+    """One uninterrupted run."""
+    workdir = tmp_path_factory.mktemp("reference")
+    out = _finish(_start(shared, workdir))
+    return {"workdir": workdir, "output": out}
+
+
+def test_demo_run_writes_metrics_checkpoints_and_model(shared, reference):
+    workdir = reference["workdir"]
+    records = read_metrics(workdir)
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "top1" in r]
+    assert [r["step"] for r in train] == list(range(2, TOTAL + 1, 2))
+    assert all(np.isfinite(r["loss"]) and r["lr"] >= 0 and r["clips_per_sec"] > 0 for r in train)
+    assert [r["step"] for r in val] == list(range(STEPS_PER_EPOCH, TOTAL + 1, STEPS_PER_EPOCH))
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 and r["num_videos"] == 16 for r in val)
+    final = records[-1]
+    assert 0 <= final["synthetic/top1"] <= 100
+    assert "protocol: demo" in reference["output"]
+
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["protocol"] == "demo" and config["data"]["root"] == shared["root"]
+    assert any(
+        name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard")
+    )
+    assert TOTAL in _steps(workdir)
+
+    # The exported weights are those of the best validation step, usable by evaluate / predict.
+    model_config, params = load_model(str(workdir / "model"))
+    info = json.loads((workdir / "model" / "info.json").read_text())
+    best = max(val, key=lambda r: (r["top1"], r["step"]))
+    assert info["validation"]["top1"] == best["top1"]
+    assert model_config.model == "tc_clip" and model_config.num_frames == 4
+    exported = _flatten(params)
+    saved = _state_params(workdir, info["step"])
+    assert exported.keys() == saved.keys()
+    for key in saved:
+        np.testing.assert_array_equal(exported[key], saved[key], err_msg=key)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(shared, reference, tmp_path):
+    proc = _start(shared, tmp_path)
+    _wait_for_checkpoint(proc, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _steps(tmp_path)[-1]
+    assert killed_at < TOTAL and not (tmp_path / "model").exists(), "killed too late to test"
+    out = _finish(_start(shared, tmp_path))
+    assert f"Resuming from step {killed_at}" in out
+    ours, theirs = _state_params(tmp_path, TOTAL), _state_params(reference["workdir"], TOTAL)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    val = lambda workdir: [(r["step"], r["top1"]) for r in read_metrics(workdir) if "top1" in r]
+    assert dict(val(tmp_path)) == dict(val(reference["workdir"]))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shared, tmp_path):
+    proc = _start(shared, tmp_path)
+    _wait_for_checkpoint(proc, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out = _finish(proc)
+    assert "SIGTERM" in out and "Stopped at step" in out
+    stopped = int(out.split("Stopped at step ")[1].split(";")[0])
+    assert _steps(tmp_path)[-1] == stopped < TOTAL
+    assert not (tmp_path / "model").exists()
+    _state_params(tmp_path, stopped)  # a complete, readable checkpoint
