@@ -97,19 +97,17 @@ def to_flax_shapes(
                 break
         path = re.sub(r"resblocks\.(\d+)\.", r"resblocks_\1.", name).replace(".", "/")
         heads = vision_heads if path.startswith("visual/") else text_heads
-        leaf = path.rsplit("/", 1)[-1]
-        if leaf in ("in_proj_weight", "in_proj_bias"):
-            width = shape[-1] if leaf == "in_proj_weight" else shape[0] // 3
-            split = (width, heads, width // heads) if leaf == "in_proj_weight" else None
+        parent, _, leaf = path.rpartition("/")
+        if leaf == "in_proj_weight":  # [3W, W]
             for p in "qkv":
-                kind = "kernel" if split else "bias"
-                out[f"{path.rsplit('/', 1)[0]}/{p}_proj/{kind}"] = split or (heads, width // heads)
-        elif re.search(r"/[qkv]_proj/", path):
-            width = shape[0]
-            kernel = leaf == "weight"
-            out[path.replace("/weight", "/kernel")] = (
-                (shape[1], heads, width // heads) if kernel else (heads, width // heads)
-            )
+                out[f"{parent}/{p}_proj/kernel"] = (shape[1], heads, shape[1] // heads)
+        elif leaf == "in_proj_bias":  # [3W]
+            for p in "qkv":
+                out[f"{parent}/{p}_proj/bias"] = (heads, shape[0] // 3 // heads)
+        elif re.search(r"/[qkv]_proj/weight$", path):  # released TC-CLIP vision blocks.
+            out[f"{parent}/kernel"] = (shape[1], heads, shape[0] // heads)
+        elif re.search(r"/[qkv]_proj/bias$", path):
+            out[path] = (heads, shape[0] // heads)
         elif path.endswith("out_proj/weight"):
             out[path.replace("/weight", "/kernel")] = (heads, shape[1] // heads, shape[0])
         elif path == "visual/conv1/weight":
@@ -127,12 +125,9 @@ def to_flax_shapes(
 
 def tc_extras(cfg: ModelConfig, clip_shapes: dict[str, tuple[int, ...]]) -> dict:
     """What TC-CLIP adds to CLIP: bias tables, prompt vectors, VP (a copy of a text block)."""
+    table = (cfg.vision_heads, 1, 2)
     extras = {
-        f"visual/transformer/resblocks_{i - 1}/attn/local_global_bias_table": (
-            cfg.vision_heads,
-            1,
-            2,
-        )
+        f"visual/transformer/resblocks_{i - 1}/attn/local_global_bias_table": table
         for i in cfg.context_layers
     }
     extras["prompt_learner/ctx"] = (cfg.prompt_length, cfg.text_width)
@@ -355,6 +350,32 @@ def test_gradients_are_finite_and_reach_tc_parameters(tiny, tiny_run):
     assert not seen & replaced
     row_norms = np.linalg.norm(np.asarray(grads["token_embedding"]["embedding"]), axis=1)
     assert set(np.flatnonzero(row_norms).tolist()) == seen
+
+
+def test_vision_gradient_ignores_the_video_conditioned_prompts(tiny, tiny_run):
+    """VP reads the context tokens under stop-gradient: the vision tower's gradient is that of
+    the video embedding alone, with every class embedding held constant."""
+    cfg, params, clips, tokens, labels = tiny
+    (_, (logits, _)), grads = tiny_run[0]
+    model = VideoCLIP(cfg)
+
+    def loss(visual):
+        variables = {"params": {**params, "visual": visual}}
+        video = model.apply(variables, clips, method="encode_video")
+        text = model.apply(variables, tokens, method="encode_text")
+        classes = model.apply(
+            variables, text, jax.lax.stop_gradient(video), method="text_embeddings"
+        )
+        cos = jnp.einsum("BE,BCE->BC", video["video_embedding"], jax.lax.stop_gradient(classes))
+        split_logits = jnp.exp(params["logit_scale"]) * cos
+        log_probs = jax.nn.log_softmax(split_logits)
+        return -jnp.mean(log_probs[jnp.arange(len(labels)), labels]), split_logits
+
+    want, split_logits = jax.jit(jax.grad(loss, has_aux=True))(params["visual"])
+    np.testing.assert_allclose(split_logits, logits, rtol=1e-5, atol=1e-5)
+    flat_want = traverse_util.flatten_dict(want, sep="/")
+    for path, g in traverse_util.flatten_dict(grads["visual"], sep="/").items():
+        np.testing.assert_allclose(g, flat_want[path], rtol=1e-4, atol=1e-6, err_msg=path)
 
 
 def test_remat_gives_same_logits_and_grads(tiny, tiny_run):
