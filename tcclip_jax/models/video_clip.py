@@ -84,7 +84,9 @@ class VideoCLIP(nn.Module):
         return out
 
     def encode_image(self, images: jax.Array) -> jax.Array:
-        """CLIP's `encode_image`: images [B, H, W, 3] -> unnormalised embeddings [B, E]."""
+        """CLIP's `encode_image`: images [B, H, W, 3] -> unnormalised embeddings [B, E].
+
+        For CLIP and ViFi-CLIP; TC needs several frames to summarise context tokens from."""
         return self.visual(images[:, None])["frame_embeddings"][:, 0]
 
     # Text ---------------------------------------------------------------------------------

@@ -150,6 +150,12 @@ class VisionTransformer(nn.Module):
                 f"clips are {h}x{w}, the model expects {cfg.image_resolution}x"
                 f"{cfg.image_resolution}"
             )
+        if cfg.is_temporal and t * cfg.seeds_per_frame < cfg.context_tokens:
+            need = -(-cfg.context_tokens // cfg.seeds_per_frame)
+            raise ValueError(
+                f"clips have {t} frames; TC needs at least {need} to merge {t} x "
+                f"{cfg.seeds_per_frame} seeds into {cfg.context_tokens} context tokens"
+            )
         width = cfg.vision_width
         x = nn.Conv(
             width,

@@ -51,13 +51,15 @@ def _match_one(x: jax.Array, sizes: jax.Array, r: int):
     src_idx, unm_idx = order[:r], order[r:]
     dst_idx = node_idx[src_idx]
 
-    weighted = x * sizes[:, None].astype(x.dtype)
+    # Weighted sums in >= float32 (bfloat16 sums of up to ~10 tokens would lose precision).
+    weighted = x.astype(stat_dtype) * sizes[:, None].astype(stat_dtype)
     a, b = weighted[0::2], weighted[1::2]
     size_a, size_b = sizes[0::2], sizes[1::2]
     b = b.at[dst_idx].add(a[src_idx])
     size_b = size_b.at[dst_idx].add(size_a[src_idx])
     new_sizes = jnp.concatenate([size_a[unm_idx], size_b])
-    new_x = jnp.concatenate([a[unm_idx], b]) / new_sizes[:, None].astype(x.dtype)
+    new_x = jnp.concatenate([a[unm_idx], b]) / new_sizes[:, None].astype(stat_dtype)
+    new_x = new_x.astype(x.dtype)
 
     # Where every input token went: unmerged A tokens keep their sorted rank, merged A tokens
     # join their B partner, B tokens follow the unmerged ones.
