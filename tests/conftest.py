@@ -5,6 +5,21 @@ import pytest
 from tcclip_jax.models import ModelConfig
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--runslow", action="store_true", help="also run tests marked slow (minutes on 2 cores)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> ModelConfig:
     """A TC-CLIP small enough to compile and run in seconds on a CPU.
