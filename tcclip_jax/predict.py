@@ -1,0 +1,224 @@
+"""Classify video files against any class names with a converted or trained checkpoint.
+
+  python -m tcclip_jax.predict --checkpoint checkpoints/tcclip_k400 --video a.mp4 b.mp4 \
+      --classes "juggling balls" "playing guitar" "riding a bike"
+  python -m tcclip_jax.predict --checkpoint DIR --video a.mp4 --labels classes.csv --json
+
+Each video is decoded and sampled as evaluation does (`load_test_views`: segment centres, short
+side resize + centre crop(s), CLIP normalisation) at the checkpoint's frame count and resolution;
+its class probabilities are the per-view softmax averaged over the views (the evaluation's
+softmax sum, divided by the number of views so that it sums to 1). Works for TC-CLIP, ViFi-CLIP
+and CLIP checkpoints alike.
+
+Exit status: 0 when every video was classified; 1 when some could not be read (each is named on
+stderr, the others are still classified); 2 for unusable arguments (no class names, a path that is
+not a model checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tcclip_jax.checkpoints import CONFIG_FILE, CheckpointError
+from tcclip_jax.data.classes import AnnotationError, load_class_names
+from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.pipeline import load_test_views
+from tcclip_jax.inference import Predictor
+from tcclip_jax.models.config import ModelConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class UsageError(ValueError):
+    """Arguments the command cannot run with; reported as one line, exit status 2."""
+
+
+# Inputs ------------------------------------------------------------------------------------
+
+
+def read_class_names(path: str) -> list[str]:
+    """Class names from a class CSV (`id,name`), the LLM JSON (`{"0": name}`) or a plain text
+    file with one name per line (blank lines skipped)."""
+    if path.lower().endswith((".csv", ".json")):
+        return load_class_names(path)
+    if not os.path.isfile(path):
+        raise AnnotationError(f"class list {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise AnnotationError(f"{path}: the class list is empty")
+    return names
+
+
+def check_class_names(names: Sequence[str], origin: str) -> list[str]:
+    names = [n.strip() for n in names]
+    if not names:
+        raise UsageError(f"no class names given ({origin})")
+    blank = [i + 1 for i, n in enumerate(names) if not n]
+    if blank:
+        raise UsageError(f"class names {blank} ({origin}, 1-based) are empty")
+    return names
+
+
+def _not_a_model_hint(directory: str) -> str:
+    """Where the model probably is, when `directory` is a training run or its state."""
+    run_model = os.path.join(directory, "model")
+    if os.path.isfile(os.path.join(run_model, CONFIG_FILE)):
+        return f"it is a training run directory, whose model is {run_model}"
+    parts = os.path.normpath(os.path.abspath(directory)).split(os.sep)
+    if "checkpoints" in parts:
+        run = os.sep.join(parts[: parts.index("checkpoints")]) or os.sep
+        return (
+            "it holds training state (optimizer and data iterator); use the run's exported "
+            f"weights in {os.path.join(run, 'model')}"
+        )
+    return ""
+
+
+def load_predictor(directory: str, dtype: str = "float32") -> Predictor:
+    """A Predictor for a model checkpoint directory; CheckpointError naming the problem."""
+    try:
+        return Predictor.from_checkpoint(directory, dtype=DTYPES[dtype])
+    except CheckpointError:
+        hint = _not_a_model_hint(directory)
+        if not hint:
+            raise
+        raise CheckpointError(f"{directory} is not a model checkpoint: {hint}") from None
+    except (OSError, ValueError, KeyError) as e:  # orbax on a damaged params/ directory
+        raise CheckpointError(f"{directory}: cannot read the parameters: {e}") from None
+
+
+def data_config(
+    model_config: ModelConfig, clips: int = 2, crops: int = 1
+) -> ml_collections.ConfigDict:
+    """Test-time views for `model_config`: its frame count and resolution, resize as released
+    (short side int(256 / 224 * size)), `clips` temporal x `crops` spatial views, normalised."""
+    cfg = default_data_config()
+    cfg.num_frames = model_config.num_frames
+    cfg.image_size = model_config.image_resolution
+    cfg.resize_size = int(256 / 224 * model_config.image_resolution)
+    cfg.test_clips, cfg.test_crops = clips, crops
+    cfg.uint8_output = False
+    return cfg
+
+
+# Scoring -----------------------------------------------------------------------------------
+
+
+def class_probabilities(predictor: Predictor, views: np.ndarray, classnames: Sequence[str]):
+    """[V, T, H, W, 3] normalised views -> [C] probabilities: per-view softmax, averaged."""
+    logits = predictor.logits(views, classnames)  # [V, C]
+    return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1).mean(axis=0))
+
+
+@dataclasses.dataclass
+class VideoResult:
+    video: str
+    top: list[dict] | None = None  # [{"rank", "index", "class", "probability"}], best first.
+    error: str | None = None
+
+
+def top_classes(probs: np.ndarray, classnames: Sequence[str], k: int) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[: min(k, len(classnames))]
+    return [
+        {"rank": r + 1, "index": int(i), "class": classnames[i], "probability": float(probs[i])}
+        for r, i in enumerate(order)
+    ]
+
+
+def format_table(results: Sequence[VideoResult]) -> str:
+    """One block per classified video: rank, probability, class name."""
+    blocks = []
+    for result in results:
+        if result.top is None:
+            continue
+        lines = [result.video, f"  {'rank':>4}  {'probability':>11}  class"]
+        lines += [
+            f"  {row['rank']:>4}  {row['probability']:>11.4f}  {row['class']}" for row in result.top
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+# Command line ------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tcclip_jax.predict",
+        description="Classify video files with a TC-CLIP / ViFi-CLIP / CLIP checkpoint.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="Model checkpoint directory.")
+    parser.add_argument("--video", required=True, nargs="+", help="Video files (or frame folders).")
+    names = parser.add_mutually_exclusive_group(required=True)
+    names.add_argument("--classes", nargs="*", help="Class names.")
+    names.add_argument(
+        "--labels", help="Class list: CSV 'id,name', JSON {\"0\": name}, or one name per line."
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="Classes shown per video.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON document instead.")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--clips", type=int, default=2, help="Temporal views per video.")
+    parser.add_argument("--crops", type=int, default=1, choices=(1, 3), help="Spatial views.")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.top_k < 1 or args.clips < 1:
+            raise UsageError(
+                f"--top-k and --clips must be positive, got {args.top_k}, {args.clips}"
+            )
+        if args.labels is not None:
+            classnames = check_class_names(read_class_names(args.labels), args.labels)
+        else:
+            classnames = check_class_names(args.classes, "--classes")
+        predictor = load_predictor(args.checkpoint, args.dtype)
+        cfg = data_config(predictor.config, args.clips, args.crops)
+    except (UsageError, AnnotationError, CheckpointError) as e:
+        _error(str(e))
+        return 2
+
+    results = []
+    for video in args.video:
+        try:
+            views = load_test_views(video, cfg)
+        except (ValueError, OSError) as e:  # VideoReadError and friends name the file
+            message = str(e) if video in str(e) else f"{video}: {e}"
+            _error(message)
+            results.append(VideoResult(video, error=message))
+            continue
+        probs = class_probabilities(predictor, views, classnames)
+        results.append(VideoResult(video, top=top_classes(probs, classnames, args.top_k)))
+
+    if args.json:
+        document = {
+            "checkpoint": os.path.abspath(args.checkpoint),
+            "model": predictor.config.model,
+            "num_classes": len(classnames),
+            "views": {"clips": args.clips, "crops": args.crops},
+            "results": [dataclasses.asdict(r) for r in results],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_table(results))
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

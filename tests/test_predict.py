@@ -1,0 +1,221 @@
+"""`python -m tcclip_jax.predict` on synthetic videos with tiny TC-CLIP and ViFi-CLIP checkpoints,
+against a direct `Predictor` computation on `load_test_views`; and its answers to bad input."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tcclip_jax import predict
+from tcclip_jax.checkpoints import save_model
+from tcclip_jax.data import synthetic
+from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.pipeline import load_test_views
+from tcclip_jax.inference import Predictor
+from tcclip_jax.models import ModelConfig, VideoCLIP
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_params(config: ModelConfig, seed: int) -> dict:
+    """Random weights of the right shapes, without compiling flax's init.
+
+    Matrices are N(0, 1 / fan_in), vectors (biases, LayerNorm gains, class embedding)
+    N(0, 0.02^2), and the logit scale CLIP's initial 1 / 0.07. The small LayerNorm gains keep
+    every residual branch small, so tokens stay close to their patch embeddings.
+    """
+    res, t = config.image_resolution, config.num_frames
+    clips, tokens = np.zeros((1, t, res, res, 3), np.float32), np.ones((2, 30), np.int32)
+    shapes = jax.eval_shape(VideoCLIP(config).init, jax.random.key(0), clips, tokens)["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if path[-1].key == "logit_scale":
+            return np.float32(np.log(1 / 0.07))
+        z = rng.standard_normal(leaf.shape).astype(np.float32)
+        return z * (leaf.shape[-2] ** -0.5 if len(leaf.shape) > 1 else 0.02)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    paths = synthetic.generate(
+        root, videos_per_class=1, val_per_class=0, num_frames=8, size=(32, 32)
+    )
+    return {"videos": paths["videos"][:3], "classes": paths["classes"]}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    out = {}
+    for seed, model in enumerate(("tc_clip", "vifi_clip")):
+        config = tiny_config.replace(model=model)
+        out[model] = str(root / model)
+        save_model(out[model], config, random_params(config, seed))
+    return out
+
+
+def run_predict(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Runs `python -m tcclip_jax.predict` with each argument list, concurrently."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tcclip_jax.predict", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for args in commands
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, *out)
+        for p, out in zip(procs, outputs, strict=True)
+    ]
+
+
+@functools.cache
+def predictor(checkpoint: str) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint)
+
+
+def direct_probabilities(checkpoint: str, video: str, classnames, clips=2) -> np.ndarray:
+    """Class probabilities computed here: test views of the checkpoint's 4 frames at 32 px
+    (short side 36 = int(256 / 224 * 32), centre crop), softmax per view, mean over views."""
+    cfg = default_data_config()
+    cfg.num_frames, cfg.image_size, cfg.resize_size = 4, 32, 36
+    cfg.test_clips, cfg.test_crops, cfg.uint8_output = clips, 1, False
+    logits = predictor(checkpoint).logits(load_test_views(video, cfg), classnames)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).mean(0)
+
+
+def parse_table(text: str) -> dict[str, list[tuple[int, float, str]]]:
+    tables = {}
+    for block in text.strip().split("\n\n"):
+        video, header, *rows = block.splitlines()
+        assert header.split() == ["rank", "probability", "class"]
+        tables[video] = [
+            (int(r.split(None, 2)[0]), float(r.split(None, 2)[1]), r.split(None, 2)[2])
+            for r in rows
+        ]
+    return tables
+
+
+def test_tc_clip_table_and_json_agree_with_direct_computation(dataset, checkpoints, tmp_path):
+    videos = dataset["videos"]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    inputs = [videos[0], str(broken), *videos[1:]]
+    common = ["--checkpoint", checkpoints["tc_clip"], "--labels", dataset["classes"]]
+
+    table, document = run_predict(
+        [*common, "--video", *inputs], [*common, "--video", *inputs, "--json"]
+    )
+
+    for result in (table, document):
+        # The unreadable video is reported once, by name, without a traceback; the rest is done.
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith("error: ") and str(broken) in result.stderr
+        assert "Traceback" not in result.stderr
+
+    tables = parse_table(table.stdout)
+    assert list(tables) == videos
+    results = json.loads(document.stdout)["results"]
+    assert [r["video"] for r in results] == inputs
+    assert results[1]["top"] is None and str(broken) in results[1]["error"]
+    for result in results[:1] + results[2:]:
+        assert result["error"] is None
+        rows = tables[result["video"]]
+        probs = [row["probability"] for row in result["top"]]
+        assert len(rows) == 5 and [r["rank"] for r in result["top"]] == [1, 2, 3, 4, 5]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert [(r[0], r[2]) for r in rows] == [(r["rank"], r["class"]) for r in result["top"]]
+        np.testing.assert_allclose([r[1] for r in rows], probs, atol=5e-5)
+
+        expected = direct_probabilities(
+            checkpoints["tc_clip"], result["video"], synthetic.CLASS_NAMES
+        )
+        best = np.argsort(-expected)[:5]
+        assert [r["index"] for r in result["top"]] == best.tolist()
+        assert [r["class"] for r in result["top"]] == [synthetic.CLASS_NAMES[i] for i in best]
+        np.testing.assert_allclose(probs, expected[best], rtol=1e-5, atol=1e-6)
+
+
+def test_vifi_clip_with_plain_text_labels_and_options(dataset, checkpoints, tmp_path):
+    labels = tmp_path / "labels.txt"
+    names = ["juggling balls", "", "playing guitar", "a shape moving left", "riding a bike"]
+    labels.write_text("\n".join(names) + "\n")
+    video = dataset["videos"][1]
+    (result,) = run_predict(
+        ["--checkpoint", checkpoints["vifi_clip"], "--video", video, "--labels", str(labels),
+         "--json", "--top-k", "3", "--clips", "3"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["model"] == "vifi_clip" and document["num_classes"] == 4
+    assert document["views"] == {"clips": 3, "crops": 1}
+    (top,) = [r["top"] for r in document["results"]]
+    classnames = [n for n in names if n]
+    expected = direct_probabilities(checkpoints["vifi_clip"], video, classnames, clips=3)
+    best = np.argsort(-expected)[:3]
+    assert [r["class"] for r in top] == [classnames[i] for i in best]
+    np.testing.assert_allclose([r["probability"] for r in top], expected[best], rtol=1e-5)
+
+
+def test_class_list_formats(tmp_path):
+    csv = tmp_path / "classes.csv"
+    csv.write_text("id,name\n1,riding a bike\n0,juggling balls\n")
+    llm = tmp_path / "classes.json"
+    llm.write_text('{"0": "Juggling balls: tossing", "1": "Riding a bike: pedalling"}')
+    text = tmp_path / "classes.txt"
+    text.write_text("juggling balls\n\n  riding a bike  \n")
+    assert predict.read_class_names(str(csv)) == ["juggling balls", "riding a bike"]
+    assert predict.read_class_names(str(llm)) == [
+        "Juggling balls: tossing",
+        "Riding a bike: pedalling",
+    ]
+    assert predict.read_class_names(str(text)) == ["juggling balls", "riding a bike"]
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_bad_arguments_get_one_line_and_status_2(dataset, checkpoints, tmp_path, capsys):
+    video = ["--video", dataset["videos"][0]]
+    tc = ["--checkpoint", checkpoints["tc_clip"]]
+
+    assert predict.main([*tc, *video, "--classes"]) == 2
+    assert "no class names" in error_line(capsys)
+    assert predict.main([*tc, *video, "--classes", "a", " "]) == 2
+    assert "[2]" in error_line(capsys)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    assert predict.main([*tc, *video, "--labels", str(empty)]) == 2
+    assert f"{empty}: the class list is empty" in error_line(capsys)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("id,name\n0,a\n0,b\n")
+    assert predict.main([*tc, *video, "--labels", str(bad_csv)]) == 2
+    assert f"{bad_csv}:3: duplicate class id 0" in error_line(capsys)
+
+    assert predict.main(["--checkpoint", str(tmp_path), *video, "--classes", "a"]) == 2
+    assert f"{tmp_path} is not a tcclip_jax checkpoint" in error_line(capsys)
+    # A training run directory and its training state point to the exported model.
+    run = tmp_path / "run"
+    os.makedirs(run / "checkpoints" / "60")
+    os.symlink(checkpoints["tc_clip"], run / "model")
+    for wrong in (run, run / "checkpoints" / "60"):
+        assert predict.main(["--checkpoint", str(wrong), *video, "--classes", "a"]) == 2
+        assert str(run / "model") in error_line(capsys)
