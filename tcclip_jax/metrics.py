@@ -64,6 +64,18 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def drop_after(workdir: str, step: int) -> None:
+    """Forget the records past `step` (process 0 only): a run resumed from the checkpoint of
+    `step` logs those steps again, and `metrics.jsonl` then reads as an uninterrupted run."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if jax.process_index() != 0 or not os.path.isfile(path):
+        return
+    kept = [r for r in read_metrics(workdir) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)
+
+
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """The resolved config as JSON (process 0 only)."""
     if jax.process_index() != 0:

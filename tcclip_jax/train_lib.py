@@ -33,8 +33,14 @@ from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_anno
 from tcclip_jax.data.config import FORMATS
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
-from tcclip_jax.evaluation import PROTOCOLS, Evaluator, evaluate_protocol, format_table
-from tcclip_jax.metrics import MetricWriter, save_config
+from tcclip_jax.evaluation import (
+    PROTOCOLS,
+    Evaluator,
+    evaluate_protocol,
+    flat_metrics,
+    format_table,
+)
+from tcclip_jax.metrics import MetricWriter, drop_after, save_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.tokenizer import tokenize_prompts
 from tcclip_jax.train_checkpoints import TrainCheckpoints, export_model, with_shardings
@@ -412,6 +418,7 @@ def _train_and_evaluate(
     start = ckpt.latest_step()
     if start is not None:
         logging.info("Resuming from step %d", start)
+        drop_after(workdir, start)
         state = ckpt.restore(start, with_shardings(abstract, state_shardings), data_iterator)
     else:
         state = train_state.create_train_state(init_params, tx, state_shardings)
@@ -504,7 +511,7 @@ def _train_and_evaluate(
         print(table, flush=True)
         with open(os.path.join(workdir, FINAL_METRICS_FILE), "w") as f:
             json.dump({**metrics, **final}, f, indent=2)
-    writer.write(final["step"], _flatten_results(metrics), prefix="final/")
+    writer.write(final["step"], flat_metrics(metrics), prefix="final/")
     writer.close()
     ckpt.close()
     return metrics
@@ -524,15 +531,3 @@ def _finish(config, workdir, ckpt, abstract, state_shardings, model_config, mesh
     export_model(os.path.join(workdir, MODEL_DIR), model_config, state.params, mesh, info)
     logging.info("Exported the weights of step %d to %s", step, os.path.join(workdir, MODEL_DIR))
     return {"params": state.params, "step": int(step)}
-
-
-def _flatten_results(metrics: dict) -> dict[str, float]:
-    """Scalars of `evaluate_protocol`'s output as `dataset/top1`-style names."""
-    out = {}
-    for name, result in metrics["results"].items():
-        for key, value in result.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{name}/{key}"] = value
-    if "harmonic_mean" in metrics:
-        out["harmonic_mean"] = metrics["harmonic_mean"]
-    return out

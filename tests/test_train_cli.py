@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -93,7 +95,10 @@ def _wait_for_checkpoint(proc: subprocess.Popen, workdir, timeout: float = 600) 
 
 def _state_params(workdir, step: int) -> dict:
     path = os.path.join(workdir, "checkpoints", str(step), "state")
-    state = ocp.PyTreeCheckpointer().restore(path)
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = checkpointer.restore(path, restore_args=as_numpy)  # any saving topology
     return {k: np.asarray(v) for k, v in _flatten(state["params"]).items()}
 
 
@@ -160,8 +165,11 @@ def test_sigkill_then_resume_equals_uninterrupted(shared, reference, tmp_path):
     assert ours.keys() == theirs.keys()
     for key in ours:
         np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
-    val = lambda workdir: [(r["step"], r["top1"]) for r in read_metrics(workdir) if "top1" in r]
-    assert dict(val(tmp_path)) == dict(val(reference["workdir"]))
+    # The log reads as the uninterrupted run's (steps logged before the kill and again after
+    # the resume appear once), with the same losses and accuracies.
+    drop = ("clips_per_sec",)
+    clean = lambda w: [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(w)]
+    assert clean(tmp_path) == clean(reference["workdir"])
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shared, tmp_path):
@@ -174,3 +182,42 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shared, tmp_path):
     assert _steps(tmp_path)[-1] == stopped < TOTAL
     assert not (tmp_path / "model").exists()
     _state_params(tmp_path, stopped)  # a complete, readable checkpoint
+
+
+@pytest.mark.slow
+def test_two_process_run(shared, tmp_path):
+    """Two processes on this machine (CPU collectives over loopback) run the whole CLI: each
+    reads its half of every batch, only process 0 writes logs, checkpoints hold both data
+    iterators, and the exported model matches the final state."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for index in range(2):
+        env = dict(
+            shared["env"],
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(index),
+        )
+        procs.append(
+            subprocess.Popen(
+                _command(shared, tmp_path, "--config.num_epochs=2", "--config.eval.every_epochs=0"),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [_finish(proc) for proc in procs]
+    assert "protocol: demo" in outputs[0] and "protocol: demo" not in outputs[1]
+    last = 2 * STEPS_PER_EPOCH
+    data = os.listdir(tmp_path / "checkpoints" / str(last) / "data")
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data)
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if "loss" in r] == list(range(2, last + 1, 2))
+    _, params = load_model(str(tmp_path / "model"))
+    saved = _state_params(tmp_path, last)
+    for key, value in _flatten(params).items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
