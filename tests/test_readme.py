@@ -11,7 +11,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(REPO, "README.md")).read()
+with open(os.path.join(REPO, "README.md")) as f:
+    README = f.read()
 
 
 def _blocks(lang: str) -> list[str]:
