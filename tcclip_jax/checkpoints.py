@@ -27,9 +27,7 @@ class CheckpointError(ValueError):
     """A path that is not a usable model checkpoint directory."""
 
 
-def save_model(
-    directory: str, config: ModelConfig, params: Any, info: dict | None = None
-) -> None:
+def save_model(directory: str, config: ModelConfig, params: Any, info: dict | None = None) -> None:
     """Write `config`, `params` (any pytree of arrays) and optional provenance `info`."""
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, PARAMS_DIR)):
