@@ -2,7 +2,9 @@
 
 The dataset (`tcclip_jax.data.synthetic`: 8 classes that only the order of frames tells apart,
 e.g. "moving left" vs "moving right") is generated into `data.root` (default: WORKDIR/synthetic)
-on first use. Chance is 12.5% top-1. No checkpoint is needed.
+on first use. Chance is 12.5% top-1. No checkpoint is needed. Measured on 2 CPU cores: 4 min
+40 s including the dataset, 71% top-1 on the 128 validation videos (it stays near chance for ~30
+epochs, then learns the motions).
 
   python -m tcclip_jax.train --config configs/demo.py --workdir runs/demo      # a few minutes
   python -m tcclip_jax.train --config configs/demo.py:ci --workdir /tmp/ci     # seconds: CI
@@ -24,14 +26,17 @@ def get_config(arg: str | None = None):
         raise ValueError(f"configs/demo.py argument must be 'full' or 'ci', got {variant!r}")
     c = common.base_config("demo")
     c.dataset_name = "synthetic"
-    c.synthetic.generate = True
+    c.synthetic.update(dict(generate=True, videos_per_class=64, val_per_class=16, size=32))
     c.dtype = "float32"  # CPUs have no fast bfloat16
 
-    # A CLIP-shaped TC-CLIP, small enough for a CPU; `joint` positions let it see frame order.
+    # A CLIP-shaped TC-CLIP sized for a CPU. Each 16x16 frame is one patch, and every frame's
+    # patch token is a seed (alpha = 1) kept as a context token (k = T, nothing to merge): each
+    # frame attends to all frames, which is what tells "left" from "right". `joint` positions
+    # (one shared spatial table + a per-frame vector at random init) give frames their order.
     c.model.update(
         dict(
             embed_dim=64,
-            vision_patch_size=8,
+            vision_patch_size=16,
             vision_width=96,
             vision_layers=4,
             vision_heads=4,
@@ -39,30 +44,35 @@ def get_config(arg: str | None = None):
             text_layers=2,
             text_heads=4,
             positional_embedding="joint",
+            seed_ratio=1.0,
             context_tokens=8,
             merge_r=8,
         )
     )
     c.data.num_frames = 8
-    c.data.image_size, c.data.resize_size = 32, 36
+    # Whole frames at 16x16; mild crops only: at this size the scale jitter of the recipe
+    # changes the apparent motion more than the motion itself.
+    c.data.image_size, c.data.resize_size, c.data.crop_scales = 16, 16, (1.0, 0.875)
     c.data.hflip = False  # a flip turns "moving left" into "moving right"
     c.data.test_clips, c.data.test_crops = 2, 1
-    c.data.num_threads = 2
+    # Mixing two clips mixes two motions; from scratch on 8 classes it only slows learning.
+    c.mixup.mixup_alpha, c.mixup.cutmix_alpha = 0.0, 0.0
 
     c.batch_size = 32
-    c.num_epochs, c.warmup_epochs = 40, 2
+    c.num_epochs, c.warmup_epochs = 80, 2
     c.optim.lr, c.optim.min_lr = 1e-3, 1e-5  # from scratch: far above fine-tuning rates
     c.optim.weight_decay = 0.01
     c.eval.batch_size = 32
     c.eval.every_epochs = 10
-    c.log_every_steps = 6
-    c.checkpoint.every_steps = 60
+    c.log_every_steps = 16
+    c.checkpoint.every_steps = 320
 
     if variant == "ci":
-        c.synthetic.update(dict(videos_per_class=4, val_per_class=2, num_frames=8, size=32))
+        c.synthetic.update(dict(videos_per_class=4, val_per_class=2, num_frames=8))
         c.model.update(dict(vision_layers=2, vision_width=32, vision_heads=2, text_width=32,
                             embed_dim=32, text_heads=2, context_tokens=4))  # fmt: skip
         c.data.num_frames = 4
+        c.mixup.mixup_alpha, c.mixup.cutmix_alpha = 0.8, 1.0  # run the recipe's mixing path
         c.batch_size = 8
         c.num_epochs, c.warmup_epochs = 2, 1
         c.eval.batch_size = 8

@@ -89,9 +89,22 @@ def adapt_params(
 
 
 def random_params(config: ModelConfig, seed: int) -> dict:
-    """Random weights (no checkpoint), as NumPy arrays; for the demo and tests."""
+    """Random weights (no checkpoint), as NumPy arrays; for the demo and tests.
+
+    A `joint` positional table starts as one spatial table shared by all frames (as when it is
+    made from CLIP's) plus one random vector per frame: space + time, so that every frame has
+    the same spatial code and frames are told apart from the first step. Independent random
+    tables per frame would have to learn T spatial codes from scratch.
+    """
     model = VideoCLIP(config)
     clips = jnp.zeros((1, config.num_frames, config.image_resolution, config.image_resolution, 3))
     tokens = jnp.zeros((1, config.context_length), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(seed), clips, tokens)["params"]
-    return jax.tree.map(np.asarray, jax.device_get(params))
+    params = jax.tree.map(np.asarray, jax.device_get(params))
+    if config.positional_embedding == "joint":
+        table = params["visual"]["positional_embedding"]  # [T, N, W]
+        time = np.random.default_rng(seed).standard_normal((table.shape[0], 1, table.shape[2]))
+        params["visual"]["positional_embedding"] = table[:1] + (time * table.std()).astype(
+            table.dtype
+        )
+    return params

@@ -114,3 +114,12 @@ def test_joint_checkpoint_into_space_model_fails_with_the_field():
     cfg = ModelConfig(positional_embedding="joint", **TINY)
     with pytest.raises(ValueError, match="positional_embedding"):
         initialization.adapt_params(cfg, fake_params(cfg), ModelConfig(**TINY))
+
+
+def test_random_joint_positions_are_space_plus_time():
+    cfg = ModelConfig(positional_embedding="joint", **{**TINY, "vision_layers": 2})
+    pos = initialization.random_params(cfg, seed=0)["visual"]["positional_embedding"]  # [T, N, W]
+    offsets = pos - pos[:1]
+    # One spatial table for all frames, plus one vector per frame shared by its tokens.
+    np.testing.assert_allclose(offsets, np.broadcast_to(offsets[:, :1], offsets.shape), atol=1e-6)
+    assert np.all(np.abs(offsets[1:, 0]).max(axis=-1) > 0)
