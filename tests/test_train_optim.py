@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 
 from tcclip_jax import optim
 
@@ -57,6 +56,7 @@ def test_param_labels():
 
 def test_adamw_steps_match_torch_with_param_groups():
     """Three steps from the same weights and gradients, lr from the schedule at each step."""
+    torch = pytest.importorskip("torch")  # the reference (the `convert` extra)
     rng = np.random.default_rng(0)
     params = _tree(rng)
     grads = [jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), params)
