@@ -119,7 +119,7 @@ def _template_regex(template: str) -> re.Pattern:
 def load_image(source: str | bytes) -> np.ndarray:
     """An image file (path or encoded bytes) as uint8 RGB."""
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert copies
 
 
 class FrameFolderReader:
