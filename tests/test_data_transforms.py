@@ -43,11 +43,30 @@ def torchvision_adjust_hue(img, hue_factor):
     return Image.merge("HSV", (Image.fromarray(np_h, "L"), s, v)).convert("RGB")
 
 
-@pytest.mark.parametrize("factor", [-0.1, -0.004, 0.03, 0.1])
+# Every hue factor's shift int(255 f) mod 256 matters: negative ones wrap around, small ones
+# truncate to 0, and the drawn ones are random.
+HUE_FACTORS = [-0.5, -0.1, -0.004, -1 / 255, 0.0, 0.0039, 1 / 255, 0.03, 0.1, 0.5]
+HUE_FACTORS += np.random.default_rng(4).uniform(-0.5, 0.5, 30).tolist()
+
+
+@pytest.mark.parametrize("factor", HUE_FACTORS)
 def test_hue_equals_torchvision_pil_path(factor):
-    got = np.asarray(transforms._hue(transforms._tall(CLIP), factor, CLIP.shape[1]))
-    expected = per_frame(lambda im: torchvision_adjust_hue(im, factor), CLIP)
-    np.testing.assert_array_equal(got.reshape(CLIP.shape), expected)
+    rng = np.random.default_rng(int(abs(factor) * 1e6))
+    clip = rng.integers(0, 256, (2, 24, 20, 3), dtype=np.uint8)
+    clip[1, :12] = clip[1, :12, :, :1]  # grey pixels: no hue (saturation 0)
+    for c in (CLIP, clip):
+        got = np.asarray(transforms._hue(transforms._tall(c), factor, c.shape[1]))
+        expected = per_frame(lambda im: torchvision_adjust_hue(im, factor), c)
+        np.testing.assert_array_equal(got.reshape(c.shape), expected)
+
+
+@pytest.mark.parametrize("factor", [-0.1, 0.07])
+def test_hue_lookup_equals_pil_for_every_colour(factor):
+    """The lookup tables reproduce PIL's HSV round trip on all 2^24 colours."""
+    every = np.arange(1 << 24, dtype="<u4").view(np.uint8).reshape(4096, 4096, 4)[..., :3]
+    img = Image.fromarray(every)
+    got = np.asarray(transforms._hue(img, factor, 4096))
+    np.testing.assert_array_equal(got, np.asarray(torchvision_adjust_hue(img, factor)))
 
 
 def test_grayscale_equals_pil_luma():
