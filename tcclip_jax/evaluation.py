@@ -32,7 +32,7 @@ from tcclip_jax.data.pipeline import create_eval_dataset, make_reader
 from tcclip_jax.data.readers import entries_from_list
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
 
 TOP_K = 5
 PROTOCOLS = ("fewshot", "zeroshot", "base2novel", "fully_supervised", "demo")
@@ -171,8 +171,11 @@ class Evaluator:
                 raise AnnotationError(f"{e.where}: label {e.label} is not an evaluated class")
         self.class_names = [class_names[i] for i in class_ids]
         cfg = model.config
-        self.tokens = tokenize_prompts(
-            self.class_names, template=cfg.prompt_template, context_length=cfg.context_length
+        # Padding after the longest prompt's EOT is dropped: exact (causal text tower), cheaper.
+        self.tokens = trim_padding(
+            tokenize_prompts(
+                self.class_names, template=cfg.prompt_template, context_length=cfg.context_length
+            )
         )
         self._batch_sharding = sharding.batch_sharding(mesh)
         # One compiled step per model, however it was built: rematerialisation only matters

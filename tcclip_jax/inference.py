@@ -17,7 +17,7 @@ import numpy as np
 from tcclip_jax.checkpoints import load_model
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
 
 
 def _dtype(dtype: Any) -> jnp.dtype:
@@ -69,7 +69,9 @@ class Predictor:
     def encode_classes(self, classnames: Sequence[str]) -> Any:
         key = tuple(classnames)
         if key not in self._text_cache:
-            self._text_cache[key] = self._encode_text(self.params, self.tokens(classnames))
+            self._text_cache[key] = self._encode_text(
+                self.params, trim_padding(self.tokens(classnames))
+            )
         return self._text_cache[key]
 
     def encode_video(self, clips: np.ndarray, return_attention: bool = False) -> dict:

@@ -199,3 +199,14 @@ def tokenize_prompts(
             raise ValueError(f"class name {index} ({raw!r}) is empty")
         prompts.append(template.replace("{}", name))
     return get_tokenizer()(prompts, context_length=context_length, truncate=truncate)
+
+
+def trim_padding(tokens: np.ndarray) -> np.ndarray:
+    """Drop the padding columns after the longest prompt's EOT: [C, L] -> [C, max(EOT) + 1].
+
+    Exact for CLIP's causal text tower: a position attends only to itself and earlier positions,
+    so the rows up to each prompt's EOT (the only rows read) never see the padding. It saves the
+    text tower most of its work (an "a photo of a {}." prompt is ~10 of 30 or 77 tokens).
+    """
+    tokens = np.asarray(tokens)
+    return tokens[:, : int(tokens.argmax(axis=-1).max()) + 1]

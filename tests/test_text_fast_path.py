@@ -10,7 +10,7 @@ import pytest
 
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.layers import causal_mask
-from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
 
 CLASSES = [
     "brush hair",
@@ -100,3 +100,38 @@ def test_class_cache_is_reusable_across_batches():
     emb = model.apply(v, text, video, method="text_embeddings")
     assert emb.shape == (4, len(CLASSES), cfg.embed_dim)
     assert float(jnp.abs(emb[0] - emb[1]).max()) > 1e-4
+
+
+def test_trim_padding_keeps_every_eot():
+    tokens = tokenize_prompts(CLASSES, context_length=30)
+    trimmed = trim_padding(tokens)
+    longest = max(int(np.argmax(row)) for row in tokens) + 1
+    assert trimmed.shape == (len(CLASSES), longest) and longest < 30
+    np.testing.assert_array_equal(trimmed, tokens[:, :longest])
+    np.testing.assert_array_equal(np.argmax(trimmed, -1), np.argmax(tokens, -1))
+
+
+@pytest.mark.parametrize("kind", ["tc_clip", "vifi_clip", "clip"])
+def test_trimmed_prompts_give_the_same_logits_and_gradients(kind):
+    """Dropping the padding after the longest EOT changes nothing (causal text tower), in the
+    forward pass and in every gradient: train, evaluate and predict rely on it. In float64, so
+    that only the summation order may differ."""
+    cfg = _tiny(model=kind)
+    model = VideoCLIP(cfg, dtype=jnp.float64)
+    tokens = tokenize_prompts(CLASSES, context_length=cfg.context_length)
+    trimmed = trim_padding(tokens)
+    assert trimmed.shape[1] < tokens.shape[1]
+    with jax.enable_x64(True):
+        clips = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 32, 32, 3), jnp.float64)
+        params = model.init(jax.random.PRNGKey(0), clips, jnp.asarray(tokens))["params"]
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        loss = jax.jit(
+            jax.value_and_grad(
+                lambda p, t: jnp.sum(jnp.sin(model.apply({"params": p}, clips, t)[0]))
+            )
+        )
+        full, g_full = loss(params, jnp.asarray(tokens))
+        cut, g_cut = loss(params, jnp.asarray(trimmed))
+    np.testing.assert_allclose(float(cut), float(full), rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(g_cut), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12, rtol=1e-10)
