@@ -11,8 +11,9 @@ backend JAX finds. Two phases:
   1e-3, x10 group), jitted with the state donated. The token embedding is frozen, as in the
   published code: it gets neither gradients nor optimiser state.
 
-FLOPs come from XLA's `compiled.cost_analysis()` (2 per multiply-add; elementwise ops count
-too), so the utilisation printed is against the backend's peak from `peak_flops`. Memory comes
+FLOPs come from XLA's cost analysis (2 per multiply-add; elementwise ops count too; with
+`--remat`, of the unrolled program, so recomputation is not counted as useful work), and the
+utilisation printed is against the backend's peak from `peak_flops`. Memory comes
 from `compiled.memory_analysis()` (arguments + outputs + temporaries - donated aliases: what the
 compiled program needs on the device) and, on CPU, from the process's max RSS, which is
 cumulative over the process lifetime (run one `--mode` per process to attribute it).
@@ -42,7 +43,7 @@ import numpy as np
 from tcclip_jax import losses, optim, train_state
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
-from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -104,7 +105,7 @@ def class_tokens(cfg: ModelConfig, num_classes: int) -> np.ndarray:
         f"{words[i % 9]} {words[(i // 9) % 9]} {i}" if i % 2 else f"{words[i % 9]} {i}"
         for i in range(num_classes)
     ]
-    return tokenize_prompts(names, cfg.prompt_template, cfg.context_length)
+    return trim_padding(tokenize_prompts(names, cfg.prompt_template, cfg.context_length))
 
 
 def peak_flops(device: jax.Device, dtype: str) -> tuple[float | None, str]:
@@ -148,17 +149,20 @@ def cpu_peak_flops() -> tuple[float | None, str]:
     )
 
 
-def compiled_stats(compiled: jax.stages.Compiled) -> dict[str, float]:
-    """FLOPs (XLA cost analysis) and the bytes the program needs (memory analysis: arguments +
-    outputs + temporaries - donated aliases).
-
-    XLA counts a `while` body once, so a model that ran its layers in a `lax.scan` would be
-    under-counted; this one unrolls them (the train step's only loops draw the mixup / cutmix
-    random numbers).
-    """
-    cost = compiled.cost_analysis()
+def cost_flops(stage: jax.stages.Lowered | jax.stages.Compiled) -> float:
+    cost = stage.cost_analysis()
     if isinstance(cost, list):  # older jax: one dict per computation.
         cost = cost[0]
+    return float(cost.get("flops", 0.0))
+
+
+def compiled_stats(compiled: jax.stages.Compiled, flops: float | None = None) -> dict[str, float]:
+    """FLOPs (XLA cost analysis, unless given) and the bytes the program needs (memory
+    analysis: arguments + outputs + temporaries - donated aliases).
+
+    XLA counts a `while` body once, so a program with the vision blocks in a rematerialised
+    `lax.scan` is under-counted: its caller passes the FLOPs of the unrolled program instead.
+    """
     mem = compiled.memory_analysis()
     peak = (
         mem.argument_size_in_bytes
@@ -166,7 +170,7 @@ def compiled_stats(compiled: jax.stages.Compiled) -> dict[str, float]:
         + mem.temp_size_in_bytes
         - mem.alias_size_in_bytes
     )
-    return {"flops": float(cost.get("flops", 0.0)), "bytes": float(peak)}
+    return {"flops": cost_flops(compiled) if flops is None else flops, "bytes": float(peak)}
 
 
 def timed(fn: Callable[..., object], steps: int, warmup: int) -> tuple[float, float]:
@@ -266,20 +270,26 @@ def bench_train(
     num_classes = tokens.shape[0]
     schedule = optim.cosine_schedule(1e-5, 1e-7, warmup_steps=1, total_steps=steps + warmup + 1)
     tx = optim.create_optimizer(schedule, weight_decay=1e-3)
-    train_step = train_state.make_train_step(
-        model,
-        tx,
-        schedule,
-        num_classes=num_classes,
-        label_smoothing=0.1,
-        mix=losses.MixConfig(),
-        normalize=normalize_on_device,
-    )
+
+    def make_step(model: VideoCLIP) -> Callable:
+        return train_state.make_train_step(
+            model,
+            tx,
+            schedule,
+            num_classes=num_classes,
+            label_smoothing=0.1,
+            mix=losses.MixConfig(),
+            normalize=normalize_on_device,
+        )
+
     state = train_state.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     labels = jax.random.randint(jax.random.key(2), (1, clips.shape[0]), 0, num_classes)
     batch = {"video": clips[None], "label": labels}
     rng = jax.random.key(3)
-    compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, batch, tokens, rng).compile()
+    step_args = (state, batch, tokens, rng)
+    compiled = jax.jit(make_step(model), donate_argnums=(0,)).lower(*step_args).compile()
+    # Model FLOPs, as utilisation counts them: the unrolled program's, without recomputation.
+    flops = cost_flops(jax.jit(make_step(model.clone(remat=False))).lower(*step_args))
     carry = [state]
 
     def call():
@@ -291,7 +301,7 @@ def bench_train(
         f"train: step ({clips.shape[0]} clips, {num_classes} classes)",
         times,
         clips.shape[0],
-        compiled_stats(compiled),
+        compiled_stats(compiled, flops),
     )
 
 

@@ -117,7 +117,7 @@ def make_train_step(
         full_grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
         updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

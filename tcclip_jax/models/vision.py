@@ -96,35 +96,91 @@ class TCBlock(nn.Module):
 
 
 class TCTransformer(nn.Module):
-    """The stack of vision blocks (`resblocks_{i}`), threading context tokens between them."""
+    """The stack of vision blocks (`resblocks_{i}`), threading context tokens between them.
+
+    With `remat`, every run of two or more consecutive blocks of the same kind (TC-CLIP: blocks
+    2..L; CLIP and ViFi-CLIP: all) goes through `lax.scan` over the run's parameters, stacked at
+    apply time so that the parameter tree keeps PyTorch CLIP's names, with the scan body under
+    `jax.checkpoint`: the backward pass keeps each block's input and recomputes the rest. (An
+    unrolled `nn.remat` saves nothing on XLA:CPU, which merges the recomputation back into the
+    forward pass; a scan's backward loop cannot.) Outputs and gradients equal the unrolled
+    stack's (tests/test_models.py).
+    """
 
     config: ModelConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
 
+    def block_fields(self, i: int) -> dict:
+        """TCBlock fields of vision block i (1-based)."""
+        cfg = self.config
+        return dict(
+            width=cfg.vision_width,
+            heads=cfg.vision_heads,
+            use_context=i in cfg.context_layers,
+            summarize=i in cfg.summary_layers,
+            local_global_bias=cfg.local_global_bias,
+            num_seeds=cfg.seeds_per_frame,
+            num_context=cfg.context_tokens,
+            merge_r=cfg.merge_r,
+            dtype=self.dtype,
+        )
+
+    def runs(self) -> list[list[int]]:
+        """Consecutive blocks of the same kind, split after the VP block (whose context tokens
+        are kept)."""
+        cfg = self.config
+        kind = lambda i: (i in cfg.context_layers, i in cfg.summary_layers)
+        runs = [[1]]
+        for i in range(2, cfg.vision_layers + 1):
+            if kind(i) == kind(i - 1) and i - 1 != cfg.vp_layer:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
+
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None, list[dict]]:
         """x: [B, T, N, W] -> (x, VP block context tokens or None, per-block intermediates)."""
         cfg = self.config
-        block_cls = nn.remat(TCBlock) if self.remat else TCBlock
         context, vp_context, auxes = None, None, []
-        for i in range(1, cfg.vision_layers + 1):
-            x, context, aux = block_cls(
-                cfg.vision_width,
-                cfg.vision_heads,
-                use_context=i in cfg.context_layers,
-                summarize=i in cfg.summary_layers,
-                local_global_bias=cfg.local_global_bias,
-                num_seeds=cfg.seeds_per_frame,
-                num_context=cfg.context_tokens,
-                merge_r=cfg.merge_r,
-                dtype=self.dtype,
-                name=f"resblocks_{i - 1}",
-            )(x, context if i in cfg.context_layers else None)
-            if i == cfg.vp_layer and cfg.is_temporal:
+        for run in self.runs():
+            fields = self.block_fields(run[0])
+            # A run of context blocks carries (x, context); a run of plain blocks carries x.
+            scan = fields["use_context"] == fields["summarize"] and len(run) > 1
+            if self.remat and scan and not self.is_initializing():
+                x, context, run_auxes = self.scan_blocks(run, x, context)
+                auxes.extend(run_auxes)
+            else:
+                block_cls = nn.remat(TCBlock) if self.remat else TCBlock
+                for i in run:
+                    x, context, aux = block_cls(**fields, name=f"resblocks_{i - 1}")(
+                        x, context if fields["use_context"] else None
+                    )
+                    auxes.append(aux)
+            if cfg.is_temporal and cfg.vp_layer in run:
                 vp_context = context
-            auxes.append(aux)
         return x, vp_context, auxes
+
+    def scan_blocks(
+        self, run: list[int], x: jax.Array, context: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array | None, list[dict]]:
+        """Blocks `run` (same kind) by a rematerialised `lax.scan` over their stacked params."""
+        fields = self.block_fields(run[0])
+        template = TCBlock(**fields, parent=None)
+        params = self.variables["params"]
+        stacked = jax.tree.map(
+            lambda *p: jnp.stack(p), *[params[f"resblocks_{i - 1}"] for i in run]
+        )
+
+        def body(carry, block_params):
+            x, context = carry
+            x, context, aux = template.apply({"params": block_params}, x, context)
+            return (x, context), aux
+
+        body = jax.checkpoint(body, prevent_cse=False)  # a scan body needs no CSE barrier.
+        (x, context), aux = jax.lax.scan(body, (x, context), stacked)
+        return x, context, [jax.tree.map(lambda a, j=j: a[j], aux) for j in range(len(run))]
 
 
 class VisionTransformer(nn.Module):
