@@ -112,12 +112,14 @@ def _cpu_seconds() -> float:
 
 
 def measure(cfg, num_workers: int, batches: int, batch_size: int) -> tuple[float, float]:
-    """(clips per second, clips per CPU-second of all processes) after one warm-up batch."""
+    """(clips per second, clips per CPU-second of all processes) after a warm-up batch from
+    every worker (each starts, opens files and builds the hue tables in its first batch)."""
     cfg = cfg.copy_and_resolve_references()
     cfg.num_workers = num_workers
     cfg.num_threads = 1
     it = pipeline.create_train_iterator(cfg, batch_size=batch_size, seed=0)
-    next(it)  # starts workers, opens files
+    for _ in range(max(1, num_workers)):
+        next(it)
     wall, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(batches):
         batch = next(it)
