@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tcclip_jax.convert import check_params
 from tcclip_jax.models.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
@@ -59,7 +60,8 @@ def load_config(directory: str) -> ModelConfig:
 
 
 def load_model(directory: str) -> tuple[ModelConfig, dict]:
-    """Read a checkpoint directory: (ModelConfig, params as a nested dict of NumPy arrays)."""
+    """Read a checkpoint directory: (ModelConfig, params as a nested dict of NumPy arrays),
+    checked against the parameter shapes the config implies."""
     config = load_config(directory)
     path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
     if not os.path.isdir(path):
@@ -68,4 +70,6 @@ def load_model(directory: str) -> tuple[ModelConfig, dict]:
     tree = checkpointer.metadata(path).item_metadata.tree
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     params = checkpointer.restore(path, restore_args=restore_args)
+    # A config edited by hand, or params from another model, fail here, by name.
+    check_params(params, config, os.path.join(directory, PARAMS_DIR), CheckpointError)
     return config, params

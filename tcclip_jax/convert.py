@@ -343,21 +343,23 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def check_params(params: dict, cfg: ModelConfig, source: str) -> None:
-    """Raise a ConversionError naming missing/unexpected keys and shape mismatches."""
+def check_params(
+    params: dict, cfg: ModelConfig, source: str, error: type[Exception] = ConversionError
+) -> None:
+    """Raise `error` naming missing/unexpected keys and shape mismatches."""
     want = expected_shapes(cfg)
     got = {
         k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()
     }
     missing = sorted(set(want) - set(got))
     if missing:
-        raise ConversionError(f"{source}: missing keys for this model config: {missing[:20]}")
+        raise error(f"{source}: missing keys for this model config: {missing[:20]}")
     unexpected = sorted(set(got) - set(want))
     if unexpected:
-        raise ConversionError(f"{source}: unexpected keys for this model config: {unexpected[:20]}")
+        raise error(f"{source}: unexpected keys for this model config: {unexpected[:20]}")
     for k in sorted(want):
         if want[k] != got[k]:
-            raise ConversionError(
+            raise error(
                 f"{source}: shape mismatch for {k}: expected {list(want[k])}, got {list(got[k])}"
             )
 

@@ -4,6 +4,8 @@ against a direct `Predictor` computation on `load_test_views`; and its answers t
 import functools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from tcclip_jax import predict
-from tcclip_jax.checkpoints import save_model
+from tcclip_jax.checkpoints import CheckpointError, save_model
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.pipeline import load_test_views
@@ -219,3 +221,31 @@ def test_bad_arguments_get_one_line_and_status_2(dataset, checkpoints, tmp_path,
     for wrong in (run, run / "checkpoints" / "60"):
         assert predict.main(["--checkpoint", str(wrong), *video, "--classes", "a"]) == 2
         assert str(run / "model") in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            {"vision_layers": 3},
+            "missing keys for this model config: ['visual/transformer/resblocks_2",
+        ),
+        (
+            {"positional_embedding": "joint"},
+            "shape mismatch for visual/positional_embedding: expected [4, 17, 64], got [17, 64]",
+        ),
+    ],
+)
+def test_checkpoint_whose_config_does_not_match_its_params(
+    checkpoints, dataset, tmp_path, capsys, edit, message
+):
+    """A hand-edited model_config.json is caught when the checkpoint is loaded, by name."""
+    path = tmp_path / "edited"
+    shutil.copytree(checkpoints["tc_clip"], path)
+    config = json.loads((path / "model_config.json").read_text())
+    (path / "model_config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path / 'params'}: {message}")):
+        Predictor.from_checkpoint(str(path))
+    args = ["--checkpoint", str(path), "--video", dataset["videos"][0], "--classes", "a"]
+    assert predict.main(args) == 2
+    assert message in error_line(capsys)
