@@ -87,9 +87,8 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.model_variant = "tc_clip"  # tc_clip | tc_clip_light (TC-CLIP§) | vifi_clip
     c.model = _model_overrides()
     c.dtype = "bfloat16"  # compute dtype; parameters and optimiser state are float32
-    c.remat = (
-        False  # scan + recompute vision blocks in the backward: less memory, ~1/3 more compute
-    )
+    # Scan + recompute the vision blocks in the backward pass: less memory, ~1/3 more compute.
+    c.remat = False
 
     # Data (see tcclip_jax/data/config.py for every field).
     c.splits_dir = ""
