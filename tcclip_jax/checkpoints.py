@@ -71,5 +71,5 @@ def load_model(directory: str) -> tuple[ModelConfig, dict]:
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     params = checkpointer.restore(path, restore_args=restore_args)
     # A config edited by hand, or params from another model, fail here, by name.
-    check_params(params, config, os.path.join(directory, PARAMS_DIR), CheckpointError)
+    check_params(params, config, path, CheckpointError)
     return config, params
