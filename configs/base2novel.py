@@ -12,19 +12,15 @@ base classes (training and the base evaluation use those, the novel evaluation t
       --config.data.root=/data/ucf101/videos --config.data.base_class_ids='(0,1,...)'
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402
+from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    args = common.parse_arg(arg, ("dataset", "split"))
+    args = base.parse_arg(arg, ("dataset", "split"))
     name, split = args.get("dataset", "hmdb51"), int(args.get("split", 1))
-    c = common.base_config("base2novel")
-    common.set_dataset(c, name)
-    lists = common.DATASETS[name]["base2novel"]
+    c = base.base_config("base2novel")
+    base.set_dataset(c, name)
+    lists = base.DATASETS[name]["base2novel"]
     c.data.train_list = f"{lists}/fs_base_s{split}_train.txt"
     c.data.val_list = f"{lists}/base_val.txt"
     c.data.novel_val_list = f"{lists}/novel_val.txt"

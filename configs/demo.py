@@ -14,20 +14,23 @@ The `ci` variant makes the smallest run that still goes through every stage (dat
 training, validation, checkpoints, export, final evaluation).
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402
+from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    variant = common.parse_arg(arg, ("variant",)).get("variant", "full")
+    variant = base.parse_arg(arg, ("variant",)).get("variant", "full")
     if variant not in ("full", "ci"):
         raise ValueError(f"configs/demo.py argument must be 'full' or 'ci', got {variant!r}")
-    c = common.base_config("demo")
+    c = base.base_config("demo")
     c.dataset_name = "synthetic"
-    c.synthetic.update(dict(generate=True, videos_per_class=64, val_per_class=16, size=32))
+    c.random_init = True
+    # The synthetic dataset, generated into `data.root` (or WORKDIR/synthetic) if absent.
+    c.prepare_data = "tcclip_jax.data.synthetic:prepare"
+    c.synthetic = ml_collections.ConfigDict(
+        dict(videos_per_class=64, val_per_class=16, num_frames=32, size=32)
+    )
     c.dtype = "float32"  # CPUs have no fast bfloat16
 
     # A CLIP-shaped TC-CLIP sized for a CPU. Each 16x16 frame is one patch, and every frame's

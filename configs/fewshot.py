@@ -9,20 +9,16 @@ Argument `DATASET,K[,SPLIT]` (default `hmdb51,16`); the K-shot list is the publi
       --config.data.root=/data/hmdb51/videos --config.grad_accum_steps=8
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402
+from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    args = common.parse_arg(arg, ("dataset", "shots", "split"))
+    args = base.parse_arg(arg, ("dataset", "shots", "split"))
     name = args.get("dataset", "hmdb51")
     shots, split = int(args.get("shots", 16)), int(args.get("split", 1))
-    c = common.base_config("fewshot")
-    common.set_dataset(c, name, split)
-    c.data.train_list = f"{common.DATASETS[name]['lists']}/train{split}_few_shot_{shots}.txt"
+    c = base.base_config("fewshot")
+    base.set_dataset(c, name, split)
+    c.data.train_list = f"{base.DATASETS[name]['lists']}/train{split}_few_shot_{shots}.txt"
     c.optim.lr, c.optim.min_lr = 2e-6, 2e-8
     c.batch_size, c.num_epochs, c.warmup_epochs = 64, 50, 5
     c.data.test_clips, c.data.test_crops = 2, 1

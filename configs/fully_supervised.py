@@ -7,18 +7,14 @@ Recipe: lr 2.2e-5 -> 2.2e-7, batch 512, 30 epochs (5 warm-up), 4 clips x 3 crops
       --config.data.root=/data/k400/videos --config.grad_accum_steps=8 --config.remat=True
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402
+from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    name = common.parse_arg(arg, ("dataset",)).get("dataset", "k400")
-    c = common.base_config("fully_supervised")
-    common.set_dataset(c, name)
-    c.data.train_list = f"{common.DATASETS[name]['lists']}/train.txt"
+    name = base.parse_arg(arg, ("dataset",)).get("dataset", "k400")
+    c = base.base_config("fully_supervised")
+    base.set_dataset(c, name)
+    c.data.train_list = f"{base.DATASETS[name]['lists']}/train.txt"
     c.optim.lr, c.optim.min_lr = 2.2e-5, 2.2e-7
     c.batch_size, c.num_epochs, c.warmup_epochs = 512, 30, 5
     c.data.test_clips, c.data.test_crops = 4, 3

@@ -13,13 +13,9 @@ class list). Set each evaluation dataset's video folder:
       --config.eval.datasets[2].root=/data/k600/videos
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402
+from tcclip_jax.config import base
 
 
 def _eval_dataset(name: str, splits: list[str], class_list) -> ml_collections.ConfigDict:
@@ -28,8 +24,8 @@ def _eval_dataset(name: str, splits: list[str], class_list) -> ml_collections.Co
 
 def get_config(arg: str | None = None):
     del arg  # one setting: train on K-400
-    c = common.base_config("zeroshot")
-    common.set_dataset(c, "k400")
+    c = base.base_config("zeroshot")
+    base.set_dataset(c, "k400")
     c.data.train_list = "datasets_splits/k400_splits/train.txt"
     c.optim.lr, c.optim.min_lr = 8e-6, 8e-8
     c.batch_size, c.num_epochs, c.warmup_epochs = 256, 10, 5
@@ -39,8 +35,8 @@ def get_config(arg: str | None = None):
     c.eval.datasets = [
         _eval_dataset(
             name,
-            [f"{common.DATASETS[name]['lists']}/val{i}.txt" for i in (1, 2, 3)],
-            common.DATASETS[name]["class_list"],
+            [f"{base.DATASETS[name]['lists']}/val{i}.txt" for i in (1, 2, 3)],
+            base.DATASETS[name]["class_list"],
         )
         for name in ("hmdb51", "ucf101")
     ] + [

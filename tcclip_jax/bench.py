@@ -5,7 +5,7 @@ backend JAX finds. Two phases:
 
 * infer: `encode_text` once per class set (what evaluation caches; timed on its own), then
   `encode_video` + `logits` per batch, timed per clip with the text cache excluded.
-* train: the trainer's own step (`train_state.make_train_step`) on uint8 clips: mixup / cutmix,
+* train: the trainer's own step (`train.step.make_train_step`) on uint8 clips: mixup / cutmix,
   the full forward (`model.apply`, text re-encoded every step since it is trained), soft-target
   cross-entropy, gradients and AdamW (`optim.create_optimizer`: betas (0.9, 0.98), weight decay
   1e-3, x10 group), jitted with the state donated. The token embedding is frozen, as in the
@@ -40,12 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcclip_jax import losses, optim, train_state
 from tcclip_jax.data.normalize import normalize_on_device
+from tcclip_jax.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
-from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from tcclip_jax.train import losses, optim
+from tcclip_jax.train.step import TrainState, make_train_step
 
 # Dense (no sparsity) peak FLOP/s per chip by device-kind substring, in bf16 and fp32.
 # TPUs: Google's published bf16 peak; JAX's default matmul precision runs float32 matmuls as
@@ -105,7 +104,7 @@ def class_tokens(cfg: ModelConfig, num_classes: int) -> np.ndarray:
         f"{words[i % 9]} {words[(i // 9) % 9]} {i}" if i % 2 else f"{words[i % 9]} {i}"
         for i in range(num_classes)
     ]
-    return trim_padding(tokenize_prompts(names, cfg.prompt_template, cfg.context_length))
+    return prompt_tokens(cfg, names)
 
 
 def peak_flops(device: jax.Device, dtype: str) -> tuple[float | None, str]:
@@ -227,7 +226,7 @@ def bench_infer(
     report: Reporter,
 ) -> None:
     """Class-set encoding once (timed alone), then video encoding + logits per batch."""
-    encode_text = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
+    encode_text = text_encoder(model)
 
     def classify(p, x, text):
         video = model.apply({"params": p}, x, method="encode_video")
@@ -262,7 +261,7 @@ def bench_train(
     warmup: int,
     report: Reporter,
 ) -> None:
-    """The trainer's own step (`train_state.make_train_step`: mixup / cutmix, smoothed labels,
+    """The trainer's own step (`train.step.make_train_step`: mixup / cutmix, smoothed labels,
     AdamW with the x10 group, frozen token embedding), jitted with the state donated.
 
     `clips` are uint8 as the data pipeline delivers them; `params` is consumed (donated).
@@ -272,7 +271,7 @@ def bench_train(
     tx = optim.create_optimizer(schedule, weight_decay=1e-3)
 
     def make_step(model: VideoCLIP) -> Callable:
-        return train_state.make_train_step(
+        return make_train_step(
             model,
             tx,
             schedule,
@@ -282,7 +281,7 @@ def bench_train(
             normalize=normalize_on_device,
         )
 
-    state = train_state.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     labels = jax.random.randint(jax.random.key(2), (1, clips.shape[0]), 0, num_classes)
     batch = {"video": clips[None], "label": labels}
     rng = jax.random.key(3)

@@ -7,7 +7,7 @@
       --config.clip_checkpoint=checkpoints/clip_vit_b16 --config.splits_dir=TC-CLIP \
       --config.eval.datasets[0].root=/data/hmdb51/videos ...
 
-The checkpoint is any directory `tcclip_jax.checkpoints.load_model` reads (converted weights or a
+The checkpoint is any directory `weights.checkpoint.load_model` reads (converted weights or a
 run's exported `model/`); its model config overrides the config's model fields. Zero-shot WiSE-FT
 needs CLIP's weights: `--config.clip_checkpoint`. The table is printed, and written with the
 checkpoint path to `WORKDIR/eval_metrics.json`, and the scalars appended to `WORKDIR/metrics.jsonl`
@@ -46,19 +46,19 @@ def main(argv: Sequence[str]) -> None:
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     import jax
 
-    from tcclip_jax import evaluation, sharding, train_lib
-    from tcclip_jax.checkpoints import INFO_FILE, CheckpointError, load_model
+    from tcclip_jax import sharding
+    from tcclip_jax.config.resolve import resolve
+    from tcclip_jax.evaluation.protocols import evaluate_protocol
+    from tcclip_jax.evaluation.tables import flat_metrics, format_results
     from tcclip_jax.metrics import MetricWriter
+    from tcclip_jax.weights.checkpoint import INFO_FILE, CheckpointError, load_model
 
     checkpoint = os.path.abspath(_CHECKPOINT.value)
     workdir = _WORKDIR.value or os.path.dirname(checkpoint)
     try:
         model_config, params = load_model(checkpoint)
-        if _CONFIG.value.protocol == "demo":  # its data is generated on first use
-            config = train_lib.prepare_config(_CONFIG.value, workdir)
-        else:
-            config = train_lib.resolve_paths(_CONFIG.value)
-        metrics = evaluation.evaluate_protocol(
+        config = resolve(_CONFIG.value, workdir)
+        metrics = evaluate_protocol(
             config, params, sharding.create_mesh(), model_config=model_config
         )
     except (CheckpointError, ValueError) as e:  # bad paths, lists or configs: say which
@@ -69,10 +69,10 @@ def main(argv: Sequence[str]) -> None:
         with open(os.path.join(checkpoint, INFO_FILE)) as f:
             step = int(json.load(f).get("step", 0))
     writer = MetricWriter(workdir)
-    writer.write(step, evaluation.flat_metrics(metrics), prefix="eval/")
+    writer.write(step, flat_metrics(metrics), prefix="eval/")
     writer.close()
     if jax.process_index() == 0:
-        print(evaluation.format_table(metrics), flush=True)
+        print(format_results(metrics), flush=True)
         with open(os.path.join(workdir, METRICS_FILE), "w") as f:
             json.dump({**metrics, "checkpoint": checkpoint, "step": step}, f, indent=2)
 

@@ -1,5 +1,9 @@
 """One-call inference: `Predictor.from_checkpoint(DIR).logits(clips, classnames)`.
 
+Also the pieces every consumer of a model shares (training, evaluation, predict, visualize,
+bench): dtype names, prompt tokens for class names, the jitted text encoder, loading a predictor
+with a one-line error, and the test-time view config of a model.
+
 Class embeddings depend on the class names and the weights only, so they are computed once per
 class list and cached; each call then runs the vision tower and (TC-CLIP) VP + the EOT row of
 the last text block.
@@ -7,17 +11,43 @@ the last text block.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from tcclip_jax.checkpoints import load_model
+from tcclip_jax.data.config import default_data_config
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
 from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
+from tcclip_jax.weights.checkpoint import MODEL_CONFIG_FILE, CheckpointError, load_model
+
+# Compute dtypes by name, for command-line flags.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def prompt_tokens(config: ModelConfig, classnames: Sequence[str], trim: bool = True) -> np.ndarray:
+    """Prompt token ids [C, L] of `classnames` (normalised as the published code does).
+
+    With `trim`, the padding after the longest prompt's EOT is dropped: exact (the text tower is
+    causal and reads the EOT row), and the text tower runs on ~30 tokens instead of 77.
+    """
+    tokens = tokenize_prompts(
+        list(classnames), template=config.prompt_template, context_length=config.context_length
+    )
+    return trim_padding(tokens) if trim else tokens
+
+
+def text_encoder(model: VideoCLIP, **jit_kwargs) -> Callable[[Any, jax.Array], Any]:
+    """`encode_text(params, tokens)` under jit: the class-embedding cache of a class set."""
+    return jax.jit(
+        lambda params, tokens: model.apply({"params": params}, tokens, method="encode_text"),
+        **jit_kwargs,
+    )
 
 
 def _dtype(dtype: Any) -> jnp.dtype:
@@ -40,9 +70,7 @@ class Predictor:
         param_dtype = jnp.float64 if self.dtype == jnp.float64 else jnp.float32
         self.params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)
         self.model = VideoCLIP(config, dtype=self.dtype)
-        self._encode_text = jax.jit(
-            lambda p, t: self.model.apply({"params": p}, t, method="encode_text")
-        )
+        self._encode_text = text_encoder(self.model)
         self._encode_video = jax.jit(
             lambda p, c, attn: self.model.apply(
                 {"params": p}, c, return_attention=attn, method="encode_video"
@@ -61,16 +89,13 @@ class Predictor:
 
     def tokens(self, classnames: Sequence[str]) -> np.ndarray:
         """Prompt token ids [C, L] (class names normalised as the published code does)."""
-        cfg = self.config
-        return tokenize_prompts(
-            list(classnames), template=cfg.prompt_template, context_length=cfg.context_length
-        )
+        return prompt_tokens(self.config, classnames, trim=False)
 
     def encode_classes(self, classnames: Sequence[str]) -> Any:
         key = tuple(classnames)
         if key not in self._text_cache:
             self._text_cache[key] = self._encode_text(
-                self.params, trim_padding(self.tokens(classnames))
+                self.params, prompt_tokens(self.config, classnames)
             )
         return self._text_cache[key]
 
@@ -91,3 +116,45 @@ class Predictor:
         video = self.encode_video(clips)
         logits = self._logits(self.params, video, self.encode_classes(classnames))
         return jax.tree.map(np.asarray, video), np.asarray(logits)
+
+
+def _not_a_model_hint(directory: str) -> str:
+    """Where the model probably is, when `directory` is a training run or its state."""
+    run_model = os.path.join(directory, "model")
+    if os.path.isfile(os.path.join(run_model, MODEL_CONFIG_FILE)):
+        return f"it is a training run directory, whose model is {run_model}"
+    parts = os.path.normpath(os.path.abspath(directory)).split(os.sep)
+    if "checkpoints" in parts:
+        run = os.sep.join(parts[: parts.index("checkpoints")]) or os.sep
+        return (
+            "it holds training state (optimizer and data iterator); use the run's exported "
+            f"weights in {os.path.join(run, 'model')}"
+        )
+    return ""
+
+
+def load_predictor(directory: str, dtype: str = "float32") -> Predictor:
+    """A Predictor for a model checkpoint directory; CheckpointError naming the problem."""
+    try:
+        return Predictor.from_checkpoint(directory, dtype=DTYPES[dtype])
+    except CheckpointError:
+        hint = _not_a_model_hint(directory)
+        if not hint:
+            raise
+        raise CheckpointError(f"{directory} is not a model checkpoint: {hint}") from None
+    except (OSError, ValueError, KeyError) as e:  # orbax on a damaged params/ directory
+        raise CheckpointError(f"{directory}: cannot read the parameters: {e}") from None
+
+
+def view_config(
+    model_config: ModelConfig, clips: int = 2, crops: int = 1
+) -> ml_collections.ConfigDict:
+    """Test-time views for `model_config`: its frame count and resolution, resize as released
+    (short side int(256 / 224 * size)), `clips` temporal x `crops` spatial views, normalised."""
+    cfg = default_data_config()
+    cfg.num_frames = model_config.num_frames
+    cfg.image_size = model_config.image_resolution
+    cfg.resize_size = int(256 / 224 * model_config.image_resolution)
+    cfg.test_clips, cfg.test_crops = clips, crops
+    cfg.uint8_output = False
+    return cfg

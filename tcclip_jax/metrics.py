@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
+RUN_CONFIG_FILE = "config.json"
 
 
 def _scalar(value: Any) -> float | int:
@@ -81,5 +81,5 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    with open(os.path.join(workdir, RUN_CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))

@@ -26,17 +26,12 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from tcclip_jax.checkpoints import CONFIG_FILE, CheckpointError
 from tcclip_jax.data.classes import AnnotationError, load_class_names
-from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.inference import Predictor
-from tcclip_jax.models.config import ModelConfig
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from tcclip_jax.inference import DTYPES, Predictor, load_predictor, view_config
+from tcclip_jax.weights.checkpoint import CheckpointError
 
 
 class UsageError(ValueError):
@@ -70,48 +65,6 @@ def check_class_names(names: Sequence[str], origin: str) -> list[str]:
     return names
 
 
-def _not_a_model_hint(directory: str) -> str:
-    """Where the model probably is, when `directory` is a training run or its state."""
-    run_model = os.path.join(directory, "model")
-    if os.path.isfile(os.path.join(run_model, CONFIG_FILE)):
-        return f"it is a training run directory, whose model is {run_model}"
-    parts = os.path.normpath(os.path.abspath(directory)).split(os.sep)
-    if "checkpoints" in parts:
-        run = os.sep.join(parts[: parts.index("checkpoints")]) or os.sep
-        return (
-            "it holds training state (optimizer and data iterator); use the run's exported "
-            f"weights in {os.path.join(run, 'model')}"
-        )
-    return ""
-
-
-def load_predictor(directory: str, dtype: str = "float32") -> Predictor:
-    """A Predictor for a model checkpoint directory; CheckpointError naming the problem."""
-    try:
-        return Predictor.from_checkpoint(directory, dtype=DTYPES[dtype])
-    except CheckpointError:
-        hint = _not_a_model_hint(directory)
-        if not hint:
-            raise
-        raise CheckpointError(f"{directory} is not a model checkpoint: {hint}") from None
-    except (OSError, ValueError, KeyError) as e:  # orbax on a damaged params/ directory
-        raise CheckpointError(f"{directory}: cannot read the parameters: {e}") from None
-
-
-def data_config(
-    model_config: ModelConfig, clips: int = 2, crops: int = 1
-) -> ml_collections.ConfigDict:
-    """Test-time views for `model_config`: its frame count and resolution, resize as released
-    (short side int(256 / 224 * size)), `clips` temporal x `crops` spatial views, normalised."""
-    cfg = default_data_config()
-    cfg.num_frames = model_config.num_frames
-    cfg.image_size = model_config.image_resolution
-    cfg.resize_size = int(256 / 224 * model_config.image_resolution)
-    cfg.test_clips, cfg.test_crops = clips, crops
-    cfg.uint8_output = False
-    return cfg
-
-
 # Scoring -----------------------------------------------------------------------------------
 
 
@@ -136,7 +89,7 @@ def top_classes(probs: np.ndarray, classnames: Sequence[str], k: int) -> list[di
     ]
 
 
-def format_table(results: Sequence[VideoResult]) -> str:
+def format_predictions(results: Sequence[VideoResult]) -> str:
     """One block per classified video: rank, probability, class name."""
     blocks = []
     for result in results:
@@ -189,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             classnames = check_class_names(args.classes, "--classes")
         predictor = load_predictor(args.checkpoint, args.dtype)
-        cfg = data_config(predictor.config, args.clips, args.crops)
+        cfg = view_config(predictor.config, args.clips, args.crops)
     except (UsageError, AnnotationError, CheckpointError) as e:
         _error(str(e))
         return 2
@@ -216,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(document, indent=2))
     else:
-        print(format_table(results))
+        print(format_predictions(results))
     return 1 if any(r.error is not None for r in results) else 0
 
 

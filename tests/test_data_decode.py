@@ -5,8 +5,8 @@ import os
 import av
 import numpy as np
 import pytest
+from data_helpers import frame_index, grey_frames, textured_frames
 from PIL import Image
-from test_data_lib import frame_index, grey_frames, textured_frames
 
 from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader
 from tcclip_jax.data.video_decode import VideoReadError, decode_frames

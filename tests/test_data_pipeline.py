@@ -7,7 +7,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_data_lib import frame_index, no_augmentation, small_config, write_grey_dataset
+from data_helpers import frame_index, no_augmentation, small_config, write_grey_dataset
 
 from tcclip_jax.data import pipeline, sampling, transforms
 from tcclip_jax.data.classes import AnnotationError

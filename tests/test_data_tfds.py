@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from test_data_lib import frame_index, small_config, write_grey_dataset
+from data_helpers import frame_index, small_config, write_grey_dataset
 
 from tcclip_jax.data import pipeline
 from tcclip_jax.data.classes import AnnotationError

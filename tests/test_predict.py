@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from tcclip_jax import predict
-from tcclip_jax.checkpoints import CheckpointError, save_model
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.pipeline import load_test_views
 from tcclip_jax.inference import Predictor
 from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.weights.checkpoint import CheckpointError, save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

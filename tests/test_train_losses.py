@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcclip_jax import losses
+from tcclip_jax.train import losses
 
 
 def test_smooth_labels_values():

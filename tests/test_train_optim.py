@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from tcclip_jax import optim
+from tcclip_jax.train import optim
 
 BASE_LR, MIN_LR, WARMUP, TOTAL = 2e-3, 2e-5, 5, 50
 
@@ -43,15 +43,6 @@ def _tree(rng):
         },
         "token_embedding": {"embedding": rng.standard_normal((5, 3)).astype(np.float32)},
     }
-
-
-def test_param_labels():
-    labels = optim.param_labels(_tree(np.random.default_rng(0)))
-    assert labels["visual"]["proj"] == optim.BASE
-    assert labels["ln_final"]["bias"] == optim.BASE
-    assert labels["prompt_learner"]["ctx"] == optim.FAST
-    assert labels["prompt_generation_layer"]["mlp"]["kernel"] == optim.FAST
-    assert labels["token_embedding"]["embedding"] == optim.FROZEN
 
 
 def test_adamw_steps_match_torch_with_param_groups():

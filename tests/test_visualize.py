@@ -12,13 +12,13 @@ from PIL import Image
 from test_predict import REPO, random_params
 
 from tcclip_jax import visualize
-from tcclip_jax.checkpoints import save_model
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.pipeline import load_test_views
 from tcclip_jax.data.transforms import normalize
-from tcclip_jax.inference import Predictor
+from tcclip_jax.inference import Predictor, view_config
 from tcclip_jax.models import ModelConfig
-from tcclip_jax.predict import data_config
+from tcclip_jax.visualization import explain, render
+from tcclip_jax.weights.checkpoint import save_model
 
 T, RES, PATCH = 8, 64, 8
 GRID = RES // PATCH
@@ -46,7 +46,7 @@ def test_explanation_is_the_models_own_seeds_and_assignment(tiny):
     out = tiny.encode_video(clip[None], return_attention=True)
     assert cfg.summary_layers == (1, 2)
     for block, layer, j in ((-1, 2, 1), (1, 1, 0), (-2, 1, 0)):
-        exp = visualize.explain(tiny, clip, block)
+        exp = explain.explain(tiny, clip, block)
         assert exp.layer == layer
         assert exp.seed_mask.shape == exp.context_id.shape == exp.attention.shape == (4, 4, 4)
         # Seeds: the n_s patches of highest CLS attention of that block, per frame.
@@ -67,9 +67,9 @@ def test_explanation_is_the_models_own_seeds_and_assignment(tiny):
 
 def test_blocks_that_do_not_summarise_are_refused(tiny_config):
     with pytest.raises(ValueError, match=r"block 3 does not summarise.*\[1, 2\]"):
-        visualize.summary_block(tiny_config, 3)
+        explain.summary_block(tiny_config, 3)
     with pytest.raises(ValueError, match=r"'vifi_clip' model has no seed or context tokens"):
-        visualize.summary_block(tiny_config.replace(model="vifi_clip"), -1)
+        explain.summary_block(tiny_config.replace(model="vifi_clip"), -1)
 
 
 def object_patches(frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,12 +138,12 @@ def test_a_context_token_follows_the_moving_object(dataset):
         vision_patch_size=PATCH, context_tokens=16, seed_ratio=1.0,
     )  # fmt: skip
     predictor = Predictor(config, random_params(config, 0))
-    cfg = data_config(config, clips=1, crops=1)
+    cfg = view_config(config, clips=1, crops=1)
     cfg.resize_size, cfg.uint8_output = RES, True  # frames pixel-aligned with the boxes.
     videos = []
     for path, boxes in dataset:
         frames = load_test_views(path, cfg)[0]
-        exp = visualize.explain(predictor, normalize(frames, cfg.mean, cfg.std))
+        exp = explain.explain(predictor, normalize(frames, cfg.mean, cfg.std))
         assert exp.seed_mask.all()
         obj, background = object_patches(frames, boxes)
         if obj.sum() >= 2:  # the smallest shapes cover no patch mostly
@@ -177,7 +177,7 @@ def figures(tiny, dataset, tmp_path_factory):
     return output, result.stdout.split(), data
 
 
-def cells(path: str, num_cells: int, layout: visualize.Layout) -> list[np.ndarray]:
+def cells(path: str, num_cells: int, layout: render.Layout) -> list[np.ndarray]:
     img = np.asarray(Image.open(path).convert("RGB"))
     boxes = [layout.cell_origin(t) for t in range(num_cells)]
     return [img[y : y + layout.cell, x : x + layout.cell] for x, y in boxes]
@@ -200,7 +200,7 @@ def test_cli_writes_images_that_show_the_explanation(figures):
     assert int(data["layer"]) == 2
 
     # 32-pixel frames are drawn 4x larger, 4 in a row: 4 * (128 + 8) + 8 < 640 = minimum width.
-    layout = visualize.Layout(4, 32)
+    layout = render.Layout(4, 32)
     assert (layout.cell, layout.grid_columns, layout.width) == (128, 4, 640)
     for name in names[:3]:
         width, height = Image.open(os.path.join(output, name)).size
@@ -217,12 +217,12 @@ def test_cli_writes_images_that_show_the_explanation(figures):
             if seed_mask[t, i, j]:
                 np.testing.assert_array_equal(shown, frame)
             else:
-                faded = (1 - visualize.FADE) * frame + 255 * visualize.FADE
+                faded = (1 - render.FADE) * frame + 255 * render.FADE
                 np.testing.assert_allclose(shown, faded, atol=0.51)
 
     # Context tokens: every seed patch is filled with its token's average colour over the whole
     # clip (red for the token spread over the most frames); non-seed patches stay faded.
-    exp = visualize.Explanation(2, 4, seed_mask, context_id, data["attention"])
+    exp = explain.Explanation(2, 4, seed_mask, context_id, data["attention"])
     colours, red = exp.token_colours(frames), exp.spread_token()
     assert exp.token_frames()[red] == exp.token_frames().max()
     for t, cell in enumerate(cells(os.path.join(output, "context_tokens.png"), 4, layout)):
@@ -230,7 +230,7 @@ def test_cli_writes_images_that_show_the_explanation(figures):
         for i, j in np.ndindex(4, 4):
             c = context_id[t, i, j]
             if c == red:
-                assert tuple(centres[i, j]) == visualize.HIGHLIGHT
+                assert tuple(centres[i, j]) == render.HIGHLIGHT
             elif c >= 0:
                 np.testing.assert_array_equal(centres[i, j], colours[c])
     # ... that average is over all the token's source patches, in every frame.
@@ -245,9 +245,7 @@ def test_cli_writes_images_that_show_the_explanation(figures):
     cell = cells(os.path.join(output, "attention.png"), 4, layout)[t]
     centre = patch_centres(cell, 4)[i, j].astype(float)
     top = np.array([127.5, 0, 0])  # jet(1.0)
-    expected = (
-        visualize.HEAT_ALPHA * top + (1 - visualize.HEAT_ALPHA) * big[t, 32 * i + 16, 32 * j + 16]
-    )
+    expected = render.HEAT_ALPHA * top + (1 - render.HEAT_ALPHA) * big[t, 32 * i + 16, 32 * j + 16]
     np.testing.assert_allclose(centre, expected, atol=25)
 
 

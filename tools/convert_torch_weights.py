@@ -20,9 +20,9 @@ import sys
 
 import jax
 
-from tcclip_jax.checkpoints import CheckpointError, save_model
-from tcclip_jax.convert import ConversionError, convert
 from tcclip_jax.models.config import MODEL_KINDS
+from tcclip_jax.weights.checkpoint import CheckpointError, save_model
+from tcclip_jax.weights.pytorch import ConversionError, convert
 
 
 def _layers(text: str) -> tuple[int, ...]:

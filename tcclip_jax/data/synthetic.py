@@ -20,6 +20,8 @@ Output layout, in the published code's formats:
 
 Usage:
   python -m tcclip_jax.data.synthetic --output /tmp/synthetic_actions
+
+`prepare` is the data preparation hook of `configs/demo.py` (`config.prepare_data`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import av
+import jax
+import ml_collections
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 from PIL import Image, ImageDraw
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -315,6 +321,29 @@ def generate(
     with open(paths["annotations"], "w") as f:
         json.dump(annotations, f)
     return paths
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Generate the dataset `config.synthetic` describes into `config.data.root` (default
+    WORKDIR/synthetic) unless it is there, and point the config's lists at it."""
+    s = config.synthetic
+    root = os.path.abspath(config.data.root or os.path.join(workdir, "synthetic"))
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(root, "classes.csv")):
+        logging.info("Generating the synthetic dataset in %s", root)
+        generate(
+            root,
+            videos_per_class=s.videos_per_class,
+            val_per_class=s.val_per_class,
+            num_frames=s.num_frames,
+            size=(s.size, s.size),
+            seed=config.seed,
+            overwrite=True,
+        )
+    multihost_utils.sync_global_devices("synthetic data")
+    config.data.root = root
+    config.data.train_list = config.data.train_list or os.path.join(root, "train.txt")
+    config.data.val_list = config.data.val_list or os.path.join(root, "val.txt")
+    config.data.class_list = config.data.class_list or os.path.join(root, "classes.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass that fully describes an architecture.
 
 It is saved as JSON beside the parameters of every converted or trained checkpoint, so a
-checkpoint directory is self-describing (see `tcclip_jax.checkpoints`).
+checkpoint directory is self-describing (see `tcclip_jax.weights.checkpoint`).
 """
 
 from __future__ import annotations

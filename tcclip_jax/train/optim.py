@@ -2,24 +2,20 @@
 
 * AdamW, betas (0.9, 0.98), eps 1e-8, decoupled weight decay on every trainable parameter
   (biases and LayerNorms included), as `torch.optim.AdamW` computes it.
-* The prompt learner and the VP module (`prompt_learner`, `prompt_generation_layer`) learn
-  10x faster; their weight decay is scaled with their learning rate, as in a PyTorch param group.
-* `token_embedding` is frozen (the released code never trains it) and gets no optimiser state.
+* The prompt learner and the VP module (`tcclip_jax.models.params.FAST_MODULES`) learn 10x
+  faster; their weight decay is scaled with their learning rate, as in a PyTorch param group.
+* The token embedding is frozen (`FROZEN_MODULES`: the released code never trains it) and gets
+  no optimiser state.
 * The schedule is timm's `CosineLRScheduler(t_in_epochs=False, warmup_prefix=False)`: counted in
   optimiser steps over the whole run, t from the start of the run, warm-up included.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import jax
 import jax.numpy as jnp
 import optax
 
-FAST_MODULES = ("prompt_learner", "prompt_generation_layer")
-FROZEN_MODULES = ("token_embedding",)
-BASE, FAST, FROZEN = "base", "fast", "frozen"
+from tcclip_jax.models.params import BASE, FAST, FROZEN, param_groups
 
 
 def cosine_schedule(
@@ -41,25 +37,6 @@ def cosine_schedule(
         return jnp.where(t < warmup_steps, warm, cos)
 
     return schedule
-
-
-def param_labels(params: Any) -> Any:
-    """BASE / FAST / FROZEN for every leaf, by the top-level module it belongs to."""
-
-    def label(path, _):
-        top = path[0].key
-        if top in FROZEN_MODULES:
-            return FROZEN
-        return FAST if top in FAST_MODULES else BASE
-
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
-def split_frozen(params: dict) -> tuple[dict, dict]:
-    """(trainable, frozen) top-level modules, so gradients are taken of the trainable ones only."""
-    trainable = {k: v for k, v in params.items() if k not in FROZEN_MODULES}
-    frozen = {k: v for k, v in params.items() if k in FROZEN_MODULES}
-    return trainable, frozen
 
 
 def create_optimizer(
@@ -84,5 +61,5 @@ def create_optimizer(
 
     return optax.multi_transform(
         {BASE: adamw(1.0), FAST: adamw(fast_lr_multiplier), FROZEN: optax.set_to_zero()},
-        param_labels,
+        param_groups,
     )

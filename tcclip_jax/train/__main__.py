@@ -43,7 +43,8 @@ def main(argv: Sequence[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietCheckpointing())
     distributed.initialize()
     # Imported after the distributed runtime is up: nothing may touch devices before it.
-    from tcclip_jax.train_lib import ConfigError, train_and_evaluate
+    from tcclip_jax.config.resolve import ConfigError
+    from tcclip_jax.train.loop import train_and_evaluate
 
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tcclip_jax import train_lib
+from tcclip_jax.config import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,10 +102,10 @@ def test_relative_lists_resolve_against_splits_dir(tmp_path):
     c.splits_dir = str(tmp_path)
     c.init_checkpoint = _fake_checkpoint(tmp_path / "ckpt")
     c.data.root = str(tmp_path)
-    resolved = train_lib.prepare_config(c, str(tmp_path / "work"))
+    resolved = resolve.prepare_config(c, str(tmp_path / "work"))
     assert resolved.data.val_list == str(tmp_path / "datasets_splits/hmdb_splits/val1.txt")
     assert c.data.val_list == "datasets_splits/hmdb_splits/val1.txt"  # the input is untouched
-    zs = train_lib.resolve_paths(get_config("zeroshot"))
+    zs = resolve.resolve_paths(get_config("zeroshot"))
     assert zs.eval.datasets[0].splits[0] == "datasets_splits/hmdb_splits/val1.txt"  # no dir set
 
 
@@ -127,8 +127,8 @@ def test_bad_configs_fail_naming_the_field(tmp_path, change, field):
     c.data.root = change.get("data_root", str(tmp_path))
     c.batch_size = change.get("batch_size", 64)
     c.grad_accum_steps = 2
-    with pytest.raises(train_lib.ConfigError, match=field.replace(".", r"\.")):
-        train_lib.prepare_config(c, str(tmp_path / "work"))
+    with pytest.raises(resolve.ConfigError, match=field.replace(".", r"\.")):
+        resolve.prepare_config(c, str(tmp_path / "work"))
 
 
 def test_base2novel_needs_its_base_classes(tmp_path):
@@ -138,8 +138,8 @@ def test_base2novel_needs_its_base_classes(tmp_path):
     for key in ("train_list", "val_list", "novel_val_list", "class_list"):
         (tmp_path / key).write_text("id,name\n0,a\n" if key == "class_list" else "a.avi 0\n")
         c.data[key] = str(tmp_path / key)
-    with pytest.raises(train_lib.ConfigError, match=r"config\.data\.base_class_ids"):
-        train_lib.prepare_config(c, str(tmp_path / "work"))
+    with pytest.raises(resolve.ConfigError, match=r"config\.data\.base_class_ids"):
+        resolve.prepare_config(c, str(tmp_path / "work"))
 
 
 def test_cli_rejects_unknown_fields_and_missing_paths_before_compiling(tmp_path):

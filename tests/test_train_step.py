@@ -95,8 +95,7 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
 def _setup():
     import jax.numpy as jnp
 
-    from tcclip_jax import initialization
-    from tcclip_jax.models import ModelConfig, VideoCLIP
+    from tcclip_jax.models import ModelConfig, VideoCLIP, initialization
     from tcclip_jax.tokenizer import tokenize_prompts
 
     cfg = ModelConfig(
@@ -126,8 +125,10 @@ def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None)) -> dict:
     import jax
     from jax.experimental import multihost_utils
 
-    from tcclip_jax import losses, optim, sharding, train_state
+    from tcclip_jax import sharding
     from tcclip_jax.data.normalize import normalize_on_device
+    from tcclip_jax.train import losses, optim
+    from tcclip_jax.train import step as train_state
 
     model, params, tokens, video, labels = _setup()
     schedule = optim.cosine_schedule(1e-3, 1e-5, 1, 10)

@@ -22,8 +22,9 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from tcclip_jax import checkpoints, sharding
+from tcclip_jax import sharding
 from tcclip_jax.models import ModelConfig
+from tcclip_jax.weights import checkpoint
 
 VAL_METRIC = "top1"
 
@@ -107,7 +108,7 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 def export_model(directory: str, config: ModelConfig, params: Any, mesh: Any, info: dict) -> None:
-    """Write `params` as a model checkpoint directory (`tcclip_jax.checkpoints`), replacing any.
+    """Write `params` as a model checkpoint directory (`weights.checkpoint`), replacing any.
 
     Parameters sharded over several processes are gathered first; every process takes part.
     """
@@ -116,7 +117,7 @@ def export_model(directory: str, config: ModelConfig, params: Any, mesh: Any, in
     if jax.process_index() == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     multihost_utils.sync_global_devices("export_model:clean")
-    checkpoints.save_model(tmp, config, params, info=info)
+    checkpoint.save_model(tmp, config, params, info=info)
     multihost_utils.sync_global_devices("export_model:written")
     if jax.process_index() == 0:
         if os.path.exists(directory):

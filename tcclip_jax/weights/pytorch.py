@@ -19,14 +19,11 @@ import re
 import zipfile
 from collections.abc import Mapping
 
-import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tcclip_jax.models.config import ModelConfig
-from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.tokenizer import get_tokenizer
+from tcclip_jax.models.initialization import init_from_clip
+from tcclip_jax.models.params import check_params
 
 StateDict = dict[str, np.ndarray]
 
@@ -284,86 +281,6 @@ def finetuned_params(sd: StateDict, cfg: ModelConfig, path: str = "TC-CLIP check
     return params
 
 
-# Initialisation from CLIP ------------------------------------------------------------------
-
-
-def _truncated_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
-    x = rng.standard_normal(shape)
-    while np.any(bad := np.abs(x) > 2):
-        x[bad] = rng.standard_normal(int(bad.sum()))
-    return (x * std).astype(np.float32)
-
-
-def init_from_clip(clip: dict, cfg: ModelConfig, seed: int = 0) -> dict:
-    """A TC-CLIP / ViFi-CLIP tree initialised from CLIP as the published code does before
-    training: prompt vectors = token embeddings of `prompt_init` (random normal(0.02) for any
-    extra vectors), VP = copy of CLIP's last text block (`ln_1_kv` = `ln_1`), local/global bias
-    tables trunc-normal(0.02), a `joint` positional embedding = CLIP's table repeated T times."""
-    params = jax.tree.map(np.array, clip)
-    rng = np.random.default_rng(seed)
-    vis = params["visual"]
-    if cfg.positional_embedding == "joint" and vis["positional_embedding"].ndim == 2:
-        vis["positional_embedding"] = np.repeat(
-            vis["positional_embedding"][None], cfg.num_frames, axis=0
-        )
-    if not cfg.is_temporal:
-        return params
-    for i in cfg.context_layers:
-        if cfg.local_global_bias:
-            attn = vis["transformer"][f"resblocks_{i - 1}"]["attn"]
-            attn["local_global_bias_table"] = _truncated_normal(rng, (cfg.vision_heads, 1, 2), 0.02)
-    words = get_tokenizer().encode(cfg.prompt_init)
-    if len(words) > cfg.prompt_length:
-        raise ConversionError(
-            f"prompt_init {cfg.prompt_init!r} has {len(words)} tokens, more than prompt_length "
-            f"{cfg.prompt_length}"
-        )
-    table = params["token_embedding"]["embedding"]
-    ctx = table[np.asarray(words, int)]
-    extra = rng.normal(0.0, 0.02, (cfg.prompt_length - len(words), table.shape[1]))
-    params["prompt_learner"] = {"ctx": np.concatenate([ctx, extra.astype(ctx.dtype)])}
-    last = params["transformer"][f"resblocks_{cfg.text_layers - 1}"]
-    vp = jax.tree.map(np.array, last)
-    vp["ln_1_kv"] = jax.tree.map(np.array, last["ln_1"])
-    params["prompt_generation_layer"] = vp
-    return params
-
-
-# Checking ----------------------------------------------------------------------------------
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    model = VideoCLIP(cfg)
-    clips = jax.ShapeDtypeStruct(
-        (1, cfg.num_frames, cfg.image_resolution, cfg.image_resolution, 3), jnp.float32
-    )
-    tokens = jax.ShapeDtypeStruct((2, cfg.context_length), jnp.int32)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), clips, tokens)["params"]
-    flat = flax.traverse_util.flatten_dict(shapes, sep="/")
-    return {k: tuple(v.shape) for k, v in flat.items()}
-
-
-def check_params(
-    params: dict, cfg: ModelConfig, source: str, error: type[Exception] = ConversionError
-) -> None:
-    """Raise `error` naming missing/unexpected keys and shape mismatches."""
-    want = expected_shapes(cfg)
-    got = {
-        k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()
-    }
-    missing = sorted(set(want) - set(got))
-    if missing:
-        raise error(f"{source}: missing keys for this model config: {missing[:20]}")
-    unexpected = sorted(set(got) - set(want))
-    if unexpected:
-        raise error(f"{source}: unexpected keys for this model config: {unexpected[:20]}")
-    for k in sorted(want):
-        if want[k] != got[k]:
-            raise error(
-                f"{source}: shape mismatch for {k}: expected {list(want[k])}, got {list(got[k])}"
-            )
-
-
 def convert(
     clip_path: str,
     *,
@@ -387,10 +304,13 @@ def convert(
         raise ConversionError(f"invalid model options: {e}") from e
     clip = clip_params(clip_sd, cfg, clip_path)
     if tcclip_path is None:
-        params = init_from_clip(clip, cfg, seed)
-        check_params(params, cfg, clip_path)
+        try:
+            params = init_from_clip(clip, cfg, seed)
+        except ValueError as e:
+            raise ConversionError(str(e)) from e
+        check_params(params, cfg, clip_path, ConversionError)
         return cfg, params
     params = finetuned_params(read_torch_file(tcclip_path), cfg, tcclip_path)
     params["token_embedding"] = clip["token_embedding"]
-    check_params(params, cfg, tcclip_path)
+    check_params(params, cfg, tcclip_path, ConversionError)
     return cfg, params

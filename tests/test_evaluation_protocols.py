@@ -16,16 +16,18 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tcclip_jax.checkpoints import save_model
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_annotations
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset
-from tcclip_jax.evaluation import Evaluator, evaluate_protocol, wise_ft
+from tcclip_jax.evaluation.accuracy import Evaluator
+from tcclip_jax.evaluation.protocols import evaluate_protocol
+from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.sharding import create_mesh
 from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.weights.checkpoint import save_model
 
 
 def init_params(config: ModelConfig, seed: int) -> dict:

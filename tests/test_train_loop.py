@@ -19,9 +19,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tcclip_jax.checkpoints import load_model
 from tcclip_jax.data import synthetic
 from tcclip_jax.metrics import read_metrics
+from tcclip_jax.weights.checkpoint import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH, EPOCHS = 4, 5  # 32 training videos, batch 8

@@ -6,7 +6,8 @@ accumulation) of b clips each, the clip axis split over the mesh. The step
 1. draws mixup / cutmix from `fold_in(rng, step)` (so a resumed run repeats the same draws),
 2. smooths and mixes the labels and mixes the clips (each with the previous clip of the batch),
 3. accumulates float32 gradients over the A micro-batches with `lax.scan` (A = 1: no scan),
-4. applies AdamW to the trainable parameters (`token_embedding` is frozen: no gradient).
+4. applies AdamW to the trainable parameters (frozen ones, `models.params.FROZEN_MODULES`, get
+   no gradient).
 
 Parameters are float32; the model computes in its own `dtype` (bfloat16 on accelerators).
 """
@@ -22,8 +23,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from tcclip_jax import losses, optim, sharding
+from tcclip_jax import sharding
 from tcclip_jax.models import VideoCLIP
+from tcclip_jax.models.params import split_frozen
+from tcclip_jax.train import losses
 
 
 @flax.struct.dataclass
@@ -93,7 +96,7 @@ def make_train_step(
             micro["partner_video"] = losses.previous_sample(video)
             micro["partner_targets"] = losses.previous_sample(micro["targets"])
         mixing = losses.sample_mix(rng, height, width, mix)
-        trainable, frozen = optim.split_frozen(state.params)
+        trainable, frozen = split_frozen(state.params)
         num_micro = video.shape[0]
         if num_micro == 1:
             first = jax.tree.map(lambda x: x[0], micro)
@@ -101,7 +104,7 @@ def make_train_step(
         else:
             grad_shardings = None
             if param_shardings is not None:
-                grad_shardings = optim.split_frozen(param_shardings)[0]
+                grad_shardings = split_frozen(param_shardings)[0]
 
             def accumulate(carry, m):
                 loss_sum, grad_sum = carry

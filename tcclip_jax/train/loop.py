@@ -1,12 +1,12 @@
 """`train_and_evaluate(config, workdir)`: the paper's recipe on any number of devices and hosts.
 
-1. Check the config (paths, batch divisibility) before anything compiles; name the field to fix.
+1. Resolve and check the config (`tcclip_jax.config.resolve`) before anything compiles.
 2. Build the model (`config.model_variant` on the initial checkpoint's towers) and its weights.
 3. Train: one jitted step per global batch, data parallel over a mesh of all devices (FSDP on
    request), gradient accumulation to reach the protocol's batch on few devices; validation every
    `eval.every_epochs` epochs; asynchronous checkpoints; SIGTERM saves and exits.
 4. Export the best (else last) weights to `workdir/model` and evaluate them as the protocol
-   prescribes (`tcclip_jax.evaluation.evaluate_protocol`), printing the table.
+   prescribes (`tcclip_jax.evaluation.protocols.evaluate_protocol`), printing the table.
 
 A run resumes from the latest checkpoint in its workdir: rerunning the same command after a
 preemption or crash continues where it stopped, with the same batches and the same result.
@@ -27,186 +27,31 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tcclip_jax import initialization, losses, optim, sharding, train_state
-from tcclip_jax.checkpoints import CheckpointError, load_model
+from tcclip_jax import sharding
+from tcclip_jax.config.resolve import ConfigError, prepare_config
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
-from tcclip_jax.data.config import FORMATS
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
-from tcclip_jax.evaluation import (
-    PROTOCOLS,
-    Evaluator,
-    evaluate_protocol,
-    flat_metrics,
-    format_table,
-)
+from tcclip_jax.evaluation.accuracy import Evaluator
+from tcclip_jax.evaluation.protocols import evaluate_protocol
+from tcclip_jax.evaluation.tables import flat_metrics, format_results
+from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.metrics import MetricWriter, drop_after, save_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
-from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
-from tcclip_jax.train_checkpoints import TrainCheckpoints, export_model, with_shardings
+from tcclip_jax.models.initialization import adapt_params, random_params
+from tcclip_jax.models.variants import variant_config
+from tcclip_jax.train import losses, optim
+from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
+from tcclip_jax.train.step import (
+    abstract_state,
+    create_train_state,
+    jit_train_step,
+    make_train_step,
+)
+from tcclip_jax.weights.checkpoint import CheckpointError, load_model
 
 MODEL_DIR = "model"
 FINAL_METRICS_FILE = "final_metrics.json"
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the field to set."""
-
-
-# Config ------------------------------------------------------------------------------------
-
-
-def _resolve(config: ml_collections.ConfigDict, path: str) -> str:
-    if not path or os.path.isabs(path) or not config.splits_dir:
-        return path
-    return os.path.join(config.splits_dir, path)
-
-
-def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of `config` whose relative list / class-list paths are joined to `splits_dir`."""
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for key in ("train_list", "val_list", "class_list", "novel_val_list"):
-            config.data[key] = _resolve(config, config.data[key])
-        for dataset in config.eval.datasets:
-            dataset.splits = [_resolve(config, s) for s in dataset.splits]
-            if isinstance(dataset.class_list, str):
-                dataset.class_list = _resolve(config, dataset.class_list)
-            else:
-                dataset.class_list = [_resolve(config, c) for c in dataset.class_list]
-    return config
-
-
-def _prepare_synthetic(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Demo: generate the synthetic dataset on first use and point `data` at it."""
-    from tcclip_jax.data import synthetic
-
-    s = config.synthetic
-    root = os.path.abspath(config.data.root or os.path.join(workdir, "synthetic"))
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(root, "classes.csv")):
-        logging.info("Generating the synthetic dataset in %s", root)
-        synthetic.generate(
-            root,
-            videos_per_class=s.videos_per_class,
-            val_per_class=s.val_per_class,
-            num_frames=s.num_frames,
-            size=(s.size, s.size),
-            seed=config.seed,
-            overwrite=True,
-        )
-    multihost_utils.sync_global_devices("synthetic data")
-    config.data.root = root
-    config.data.train_list = config.data.train_list or os.path.join(root, "train.txt")
-    config.data.val_list = config.data.val_list or os.path.join(root, "val.txt")
-    config.data.class_list = config.data.class_list or os.path.join(root, "classes.csv")
-
-
-def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """Resolved paths (and the demo's data generated), then `check_config`."""
-    config = resolve_paths(config)
-    if config.synthetic.generate:
-        with config.unlocked():
-            _prepare_synthetic(config, workdir)
-    check_config(config)
-    return config
-
-
-def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
-    if not path:
-        raise ConfigError(f"config.{field} is not set: the {what}")
-    if not os.path.isfile(path):
-        if splits_dir and path.startswith(splits_dir):
-            hint = f" (under config.splits_dir={splits_dir!r})"
-        elif not os.path.isabs(path):
-            hint = (
-                " (relative list paths are taken from config.splits_dir: set it to the folder "
-                "holding datasets_splits/ and labels/)"
-            )
-        else:
-            hint = ""
-        raise ConfigError(f"config.{field}: {what} {path!r} does not exist{hint}")
-
-
-def _need_dir(path: str, field: str, what: str) -> None:
-    if not path:
-        raise ConfigError(f"config.{field} is not set: the {what}")
-    if not os.path.isdir(path):
-        raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raise a ConfigError naming the field for anything that would fail later."""
-    if config.protocol not in PROTOCOLS:
-        raise ConfigError(f"config.protocol must be one of {PROTOCOLS}, got {config.protocol!r}")
-    if config.model_variant not in initialization.VARIANTS:
-        raise ConfigError(
-            f"config.model_variant must be one of {initialization.VARIANTS}, "
-            f"got {config.model_variant!r}"
-        )
-    if config.dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(
-            f"config.dtype must be float32, bfloat16 or float16, not {config.dtype!r}"
-        )
-    if config.init_checkpoint:
-        _need_dir(config.init_checkpoint, "init_checkpoint", "converted checkpoint directory")
-        if not os.path.isfile(os.path.join(config.init_checkpoint, "model_config.json")):
-            raise ConfigError(
-                f"config.init_checkpoint: {config.init_checkpoint!r} is not a converted "
-                "checkpoint (no model_config.json); convert weights with "
-                "tools/convert_torch_weights.py"
-            )
-    elif config.protocol != "demo":
-        raise ConfigError(
-            "config.init_checkpoint is not set: the converted CLIP (or TC-CLIP) checkpoint "
-            "directory to start from (tools/convert_torch_weights.py)"
-        )
-    if config.clip_checkpoint:
-        _need_dir(config.clip_checkpoint, "clip_checkpoint", "CLIP checkpoint directory")
-    data, splits_dir = config.data, config.splits_dir
-    if data.format not in FORMATS:
-        raise ConfigError(f"config.data.format must be one of {FORMATS}, got {data.format!r}")
-    if data.format != "tfds":
-        _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
-        _need_file(data.train_list, "data.train_list", "training list", splits_dir)
-    _need_file(data.class_list, "data.class_list", "class list", splits_dir)
-    if config.eval.every_epochs > 0 or config.protocol != "zeroshot":
-        _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
-    if config.protocol == "base2novel":
-        if not data.base_class_ids:
-            raise ConfigError(
-                "config.data.base_class_ids is not set: the ids (in data.class_list) of the base "
-                "classes trained on"
-            )
-        _need_file(data.novel_val_list, "data.novel_val_list", "novel-class list", splits_dir)
-    if config.protocol == "zeroshot":
-        if not config.eval.datasets:
-            raise ConfigError("config.eval.datasets is empty: zero-shot needs datasets to test")
-        for i, ds in enumerate(config.eval.datasets):
-            field = f"eval.datasets[{i}]"
-            if ds.get("format", data.format) != "tfds":
-                _need_dir(ds.get("root", data.root), f"{field}.root", f"{ds.name} video folder")
-            for j, split in enumerate(ds.splits):
-                _need_file(split, f"{field}.splits[{j}]", f"{ds.name} list", splits_dir)
-            lists = [ds.class_list] if isinstance(ds.class_list, str) else ds.class_list
-            for c in lists:
-                _need_file(c, f"{field}.class_list", f"{ds.name} class list", splits_dir)
-    if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
-        raise ConfigError(
-            f"config.batch_size {config.batch_size} must be a multiple of "
-            f"config.grad_accum_steps {config.grad_accum_steps}"
-        )
-    micro = config.batch_size // config.grad_accum_steps
-    if micro % jax.device_count() or micro % jax.process_count():
-        raise ConfigError(
-            f"config.batch_size / config.grad_accum_steps = {micro} clips per micro-batch must be "
-            f"a multiple of the {jax.device_count()} devices (and {jax.process_count()} "
-            "processes); change config.grad_accum_steps or config.batch_size"
-        )
-    if config.eval.batch_size % jax.device_count():
-        raise ConfigError(
-            f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "
-            f"{jax.device_count()} devices"
-        )
 
 
 # Model and data ----------------------------------------------------------------------------
@@ -224,10 +69,9 @@ def _model_overrides(config: ml_collections.ConfigDict) -> dict:
 def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict, dict | None]:
     """(model config, initial weights, CLIP weights for WiSE-FT or None), all on the host."""
     overrides = _model_overrides(config)
-    if not config.init_checkpoint:
-        variant = config.model_variant
-        model_config = initialization.variant_config(ModelConfig(), variant, **overrides)
-        return model_config, initialization.random_params(model_config, config.seed), None
+    if not config.init_checkpoint:  # config.random_init (checked by prepare_config)
+        model_config = variant_config(ModelConfig(), config.model_variant, **overrides)
+        return model_config, random_params(model_config, config.seed), None
     try:
         source_config, source_params = load_model(config.init_checkpoint)
     except CheckpointError as e:
@@ -239,8 +83,8 @@ def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict,
             f"config.data.image_size is {config.data.image_size} but the checkpoint "
             f"{config.init_checkpoint} was trained at {source_config.image_resolution}"
         )
-    model_config = initialization.variant_config(source_config, config.model_variant, **overrides)
-    params = initialization.adapt_params(source_config, source_params, model_config, config.seed)
+    model_config = variant_config(source_config, config.model_variant, **overrides)
+    params = adapt_params(source_config, source_params, model_config, config.seed)
     clip_params = None
     if config.wise_ft is not None and not config.clip_checkpoint:
         clip_params = params  # the weights fine-tuning started from
@@ -350,15 +194,7 @@ def _train_and_evaluate(
 
     model_config, init_params, clip_params = initial_model(config)
     model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype), remat=config.remat)
-    # Padding after the longest prompt's EOT is dropped: exact (causal text tower), and the
-    # text tower, run every step since it is trained, does ~1/3 of the work at 30 tokens.
-    tokens = trim_padding(
-        tokenize_prompts(
-            class_names,
-            template=model_config.prompt_template,
-            context_length=model_config.context_length,
-        )
-    )
+    tokens = prompt_tokens(model_config, class_names)
     schedule = optim.cosine_schedule(
         config.optim.lr, config.optim.min_lr, warmup_steps, total_steps
     )
@@ -371,13 +207,13 @@ def _train_and_evaluate(
         fast_lr_multiplier=config.optim.fast_lr_multiplier,
     )
     mesh = sharding.create_mesh()
-    abstract = train_state.abstract_state(init_params, tx)
+    abstract = abstract_state(init_params, tx)
     state_shardings = sharding.state_shardings(
         abstract, mesh, config.sharding.fsdp, config.sharding.fsdp_min_size
     )
     mean, std = tuple(config.data.mean), tuple(config.data.std)
-    step_fn = train_state.jit_train_step(
-        train_state.make_train_step(
+    step_fn = jit_train_step(
+        make_train_step(
             model,
             tx,
             schedule,
@@ -425,7 +261,7 @@ def _train_and_evaluate(
         drop_after(workdir, start)
         state = ckpt.restore(start, with_shardings(abstract, state_shardings), data_iterator)
     else:
-        state = train_state.create_train_state(init_params, tx, state_shardings)
+        state = create_train_state(init_params, tx, state_shardings)
     del init_params
     start = int(start or 0)
 
@@ -510,7 +346,7 @@ def _train_and_evaluate(
     metrics = evaluate_protocol(
         config, params, mesh, model_config=model_config, clip_params=clip_params
     )
-    table = format_table(metrics)
+    table = format_results(metrics)
     if jax.process_index() == 0:
         print(table, flush=True)
         with open(os.path.join(workdir, FINAL_METRICS_FILE), "w") as f:

@@ -1,7 +1,8 @@
 """What every training config shares: the recipe's fields, defaults and the dataset layout.
 
-The protocol configs (`fewshot.py`, `zeroshot.py`, `base2novel.py`, `fully_supervised.py`,
-`demo.py`) start from `base_config` and set the recipe of the TC-CLIP paper (spec, "Training and
+The protocol configs (`configs/fewshot.py`, `zeroshot.py`, `base2novel.py`, `fully_supervised.py`,
+`demo.py`) import this module (`from tcclip_jax.config import base`), start from `base_config` and
+set the recipe of the TC-CLIP paper (spec, "Training and
 evaluation recipe"). Every field can be overridden on the command line
 (`--config.optim.lr=1e-5`); configs are locked, so a misspelt field is an error.
 
@@ -19,6 +20,10 @@ from ml_collections.config_dict import placeholder
 
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.models.config import ModelConfig
+
+# The protocols `tcclip_jax.evaluation.protocols.evaluate_protocol` knows; `demo` is evaluated as
+# a single validation list, like few-shot.
+PROTOCOLS = ("fewshot", "zeroshot", "base2novel", "fully_supervised", "demo")
 
 # The published split lists and class lists, relative to `splits_dir`.
 DATASETS = {
@@ -64,6 +69,11 @@ def _model_overrides() -> ml_collections.ConfigDict:
     return c
 
 
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"config.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
 def dataset_names() -> tuple[str, ...]:
     return tuple(DATASETS)
 
@@ -76,6 +86,7 @@ def check_dataset(name: str) -> dict:
 
 def base_config(protocol: str) -> ml_collections.ConfigDict:
     """Defaults shared by every protocol (unlocked; the protocol config fills it and locks)."""
+    check_protocol(protocol)
     c = ml_collections.ConfigDict()
     c.protocol = protocol  # fewshot | zeroshot | base2novel | fully_supervised | demo
     c.dataset_name = ""  # name in the final table
@@ -84,6 +95,7 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     # Model. A converted checkpoint directory (tools/convert_torch_weights.py): OpenAI CLIP to
     # fine-tune as the paper does, or a TC-CLIP / ViFi-CLIP checkpoint.
     c.init_checkpoint = ""
+    c.random_init = False  # no init_checkpoint: start from random weights (the demo)
     c.model_variant = "tc_clip"  # tc_clip | tc_clip_light (TC-CLIP§) | vifi_clip
     c.model = _model_overrides()
     c.dtype = "bfloat16"  # compute dtype; parameters and optimiser state are float32
@@ -92,6 +104,9 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
 
     # Data (see tcclip_jax/data/config.py for every field).
     c.splits_dir = ""
+    # "module:function" called as function(config, workdir) before any list is read, on a copy of
+    # the config it may fill in (the demo generates its dataset: tcclip_jax.data.synthetic:prepare).
+    c.prepare_data = ""
     c.data = default_data_config()
     c.data.novel_val_list = ""  # base-to-novel: the novel classes' evaluation list
     c.data.base_class_ids = placeholder(tuple)  # base-to-novel: class ids trained on
@@ -132,11 +147,6 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep_last=2, keep_best=1))
     c.log_every_steps = 10
     c.progress_bar = True
-
-    # Demo only: the synthetic dataset generated into `data.root` (or workdir/synthetic) if absent.
-    c.synthetic = ml_collections.ConfigDict(
-        dict(generate=False, videos_per_class=24, val_per_class=8, num_frames=32, size=64)
-    )
     return c
 
 

@@ -1,12 +1,12 @@
-"""Model variants and the carrying of checkpoint weights into them (initialization.py)."""
+"""Carrying checkpoint weights into model variants (models/initialization.py)."""
 
 import flax.traverse_util
 import numpy as np
 import pytest
 
-from tcclip_jax import initialization
-from tcclip_jax.convert import expected_shapes
-from tcclip_jax.models import ModelConfig
+from tcclip_jax.models import ModelConfig, initialization
+from tcclip_jax.models.params import expected_shapes
+from tcclip_jax.models.variants import variant_config
 from tcclip_jax.tokenizer import get_tokenizer
 
 TINY = dict(
@@ -43,22 +43,10 @@ def bias_blocks(params) -> set[int]:
     }
 
 
-def test_light_layers_and_variant_configs():
-    assert initialization.light_tc_layers(12) == (4, 8, 12)
-    assert initialization.light_tc_layers(24) == (8, 16, 24)
-    base = ModelConfig(**TINY)
-    light = initialization.variant_config(base, "tc_clip_light")
-    assert light.model == "tc_clip" and light.tc_layers == (2, 4, 6) and light.context_length == 30
-    vifi = initialization.variant_config(base, "vifi_clip", num_frames=8)
-    assert vifi.model == "vifi_clip" and vifi.context_length == 77 and vifi.num_frames == 8
-    with pytest.raises(ValueError, match="model_variant"):
-        initialization.variant_config(base, "tc-clip")
-
-
 def test_clip_checkpoint_initialises_tc_clip_as_the_published_code():
     clip_cfg = ModelConfig(model="clip", context_length=77, **TINY)
     clip = fake_params(clip_cfg)
-    cfg = initialization.variant_config(clip_cfg, "tc_clip", positional_embedding="joint")
+    cfg = variant_config(clip_cfg, "tc_clip", positional_embedding="joint")
     params = initialization.adapt_params(clip_cfg, clip, cfg)
     got, src = flat(params), flat(clip)
     for key, value in src.items():
@@ -85,7 +73,7 @@ def test_clip_checkpoint_initialises_tc_clip_as_the_published_code():
 def test_tc_clip_to_light_keeps_the_bias_tables_of_its_tc_blocks():
     full_cfg = ModelConfig(**TINY)
     full = fake_params(full_cfg)
-    light_cfg = initialization.variant_config(full_cfg, "tc_clip_light")
+    light_cfg = variant_config(full_cfg, "tc_clip_light")
     light = initialization.adapt_params(full_cfg, full, light_cfg)
     assert bias_blocks(light) == {2, 4, 6}
     got = flat(light)
@@ -104,7 +92,7 @@ def test_tc_clip_to_light_keeps_the_bias_tables_of_its_tc_blocks():
 
 def test_tc_clip_to_vifi_clip_drops_prompting():
     cfg = ModelConfig(**TINY)
-    vifi_cfg = initialization.variant_config(cfg, "vifi_clip")
+    vifi_cfg = variant_config(cfg, "vifi_clip")
     params = initialization.adapt_params(cfg, fake_params(cfg), vifi_cfg)
     assert "prompt_learner" not in params and "prompt_generation_layer" not in params
     assert not bias_blocks(params)

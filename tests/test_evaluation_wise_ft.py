@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tcclip_jax.evaluation import wise_ft
+from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models import VideoCLIP
 
 T, N, W = 3, 5, 4

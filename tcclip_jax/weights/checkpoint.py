@@ -16,10 +16,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tcclip_jax.convert import check_params
 from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.params import check_params
 
-CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 INFO_FILE = "info.json"
 
@@ -36,7 +36,7 @@ def save_model(directory: str, config: ModelConfig, params: Any, info: dict | No
     os.makedirs(directory, exist_ok=True)
     params = jax.tree.map(np.asarray, jax.device_get(params))
     ocp.PyTreeCheckpointer().save(os.path.join(directory, PARAMS_DIR), params)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+    with open(os.path.join(directory, MODEL_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     if info is not None:
         with open(os.path.join(directory, INFO_FILE), "w") as f:
@@ -44,12 +44,12 @@ def save_model(directory: str, config: ModelConfig, params: Any, info: dict | No
 
 
 def load_config(directory: str) -> ModelConfig:
-    path = os.path.join(directory, CONFIG_FILE)
+    path = os.path.join(directory, MODEL_CONFIG_FILE)
     if not os.path.isdir(directory):
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     if not os.path.isfile(path):
         raise CheckpointError(
-            f"{directory} is not a tcclip_jax checkpoint (no {CONFIG_FILE}); convert PyTorch "
+            f"{directory} is not a tcclip_jax checkpoint (no {MODEL_CONFIG_FILE}); convert PyTorch "
             "weights with tools/convert_torch_weights.py"
         )
     try:

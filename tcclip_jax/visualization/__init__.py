@@ -1,0 +1,1 @@
+"""Explanations of a TC-CLIP model (`explain`: arrays) and their pictures (`render`)."""

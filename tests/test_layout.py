@@ -1,0 +1,139 @@
+"""The package layout's rules, read from the source: imports point one way, no cycles, no command
+line imports another, only `models/` and `weights/` name parameters, and the README lists every
+module."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "tcclip_jax")
+CLI = {
+    "tcclip_jax.train.__main__",
+    "tcclip_jax.evaluate",
+    "tcclip_jax.predict",
+    "tcclip_jax.visualize",
+    "tcclip_jax.bench",
+    "tcclip_jax.data.bench",
+}
+LOWER = ("tcclip_jax.ops", "tcclip_jax.models", "tcclip_jax.data")
+UPPER = ("tcclip_jax.train", "tcclip_jax.evaluation", "tcclip_jax.config")
+# Parameter names (top-level modules and leaves of the tree) that only models/ and the foreign
+# format readers may spell out.
+PARAM_NAMES = (
+    "prompt_learner",
+    "prompt_generation_layer",
+    "local_global_bias_table",
+    "token_embedding",
+    "positional_embedding",
+    "resblocks_",
+)
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(root, f)
+                name = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+                out[name.removesuffix(".__init__")] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: str) -> set[str]:
+    """Every tcclip_jax module `path` imports (anywhere in the file), resolved to a module."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in MODULES and n.startswith("tcclip_jax.")}
+    return found - {"tcclip_jax"}
+
+
+GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
+
+
+def test_the_graph_is_not_empty():
+    assert "tcclip_jax.models.params" in GRAPH["tcclip_jax.train.optim"]
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in GRAPH[node]:
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*stack, node, dep]))
+            if dep not in state:
+                visit(dep, [*stack, node])
+        state[node] = 2
+
+    for name in GRAPH:
+        if name not in state:
+            visit(name, [])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if n.startswith(LOWER)))
+def test_lower_packages_never_import_upward(name):
+    upward = sorted(d for d in GRAPH[name] if d.startswith(UPPER) or d in CLI)
+    assert not upward, f"{name} imports {upward}"
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_no_module_imports_a_command_line(name):
+    assert not GRAPH[name] & CLI, f"{name} imports {sorted(GRAPH[name] & CLI)}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n
+        for n in MODULES
+        if not n.startswith(("tcclip_jax.models", "tcclip_jax.weights", "tcclip_jax.ops"))
+    ),
+)
+def test_only_models_and_weights_name_parameters(name):
+    code = open(MODULES[name]).read()
+    strings = [
+        n.value
+        for n in ast.walk(ast.parse(code))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+    docstrings = {
+        ast.get_docstring(n, clean=False)
+        for n in ast.walk(ast.parse(code))
+        if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef)
+    }
+    named = [s for s in strings if s not in docstrings and any(p in s for p in PARAM_NAMES)]
+    assert not named, f"{name} names parameters: {named}"
+
+
+def test_readme_layout_lists_every_module():
+    with open(os.path.join(REPO, "README.md")) as f:
+        layout = f.read().split("## Layout", 1)[1]
+    listed = set()
+    for row in re.findall(r"^\| `([^|]+)\|", layout, flags=re.M):
+        listed |= {p.strip().strip("`").strip() for p in row.split(",")}
+    missing = []
+    for name, path in MODULES.items():
+        rel = os.path.relpath(path, REPO)
+        base = os.path.basename(rel)
+        if base == "__init__.py":
+            continue
+        folder = os.path.dirname(rel) + "/"
+        if not ({rel, base} & listed) and folder not in listed:
+            missing.append(rel)
+    assert not missing, f"README Layout does not list {missing}"
