@@ -371,14 +371,22 @@ def convert(
     seed: int = 0,
     **options,
 ) -> tuple[ModelConfig, dict]:
-    """Convert OpenAI CLIP weights (+ optionally a released TC-CLIP / ViFi-CLIP checkpoint).
+    """Convert CLIP weights (+ optionally a released TC-CLIP / ViFi-CLIP checkpoint).
+
+    `clip_path`: OpenAI CLIP (TorchScript archive or state dict), or a Hugging Face CLIP model
+    directory or a model id in the local Hugging Face cache (`tcclip_jax.weights.hf`).
 
     `options` are ModelConfig fields (model, num_frames, positional_embedding, context_tokens,
     seed_ratio, merge_r, tc_layers, context_length, ...); tower sizes come from the CLIP weights.
     Returns (config, params as NumPy arrays).
     """
-    clip_sd = read_torch_file(clip_path)
-    arch = clip_architecture(clip_sd, clip_path)
+    from tcclip_jax.weights import hf  # Hugging Face CLIP directories and cached model ids.
+
+    if hf.is_hf_source(clip_path):
+        clip_sd, arch = hf.read_hf_clip(clip_path)  # OpenAI layout, heads from config.json.
+    else:
+        clip_sd = read_torch_file(clip_path)
+        arch = clip_architecture(clip_sd, clip_path)
     if options.get("model") == "clip" or options.get("model") == "vifi_clip":
         options.setdefault("context_length", arch["positional_table_length"])
     try:

@@ -1,0 +1,1 @@
+"""Reading and writing model weights in other frameworks' formats."""
