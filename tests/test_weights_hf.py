@@ -344,6 +344,26 @@ def test_openai_sizes(name, tmp_path):
                 hf.check_arch(cfg, other, "src")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-B/32", "ViT-B/16"])
+def test_full_depth_through_the_tool(name, tmp_path, capsys):
+    """OpenAI's sizes at full depth (random weights), through the tool with --arch."""
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(HUB_CONFIGS[name]))
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(transformers.CLIPConfig.from_pretrained(tmp_path / "hf"))
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.eval().save_pretrained(tmp_path / "hf")
+    args = ["--clip", str(tmp_path / "hf"), "--arch", name, "--model", "clip", "--output"]
+    assert convert_tool.main([*args, str(tmp_path / "ckpt")]) == 0, capsys.readouterr().err
+    cfg, params = load_model(str(tmp_path / "ckpt"))
+    images, tokens = _inputs(cfg)
+    _assert_close(_ours(cfg, params, images, tokens), _reference(model, images, tokens), 1e-5)
+
+
 def test_defaults_are_transformers_defaults():
     text, vision = transformers.CLIPTextConfig(), transformers.CLIPVisionConfig()
     assert {k: getattr(text, k) for k in hf.TEXT_DEFAULTS} == hf.TEXT_DEFAULTS
