@@ -36,9 +36,8 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {args.output}: the CLIP towers of {cfg.model}")
     if left_out:
-        groups = sorted({k.split("/")[0] if "bias_table" not in k else k for k in left_out})
-        tables = [k for k in groups if k.endswith("local_global_bias_table")]
-        named = [k for k in groups if k not in tables]
+        tables = [k for k in left_out if k.endswith("/local_global_bias_table")]
+        named = sorted({k.split("/")[0] for k in left_out if k not in tables})
         if tables:
             named.append(f"local_global_bias_table x{len(tables)}")
         print(f"left out (no place in a CLIPModel): {', '.join(named)}")

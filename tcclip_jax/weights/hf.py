@@ -167,31 +167,27 @@ def clip_state_dict(params: dict, source: str = "checkpoint") -> tuple[StateDict
         return {theirs + "weight": get(ours + "scale"), theirs + "bias": get(ours + "bias")}
 
     def block(ours: str, theirs: str) -> dict:
-        width = get(ours + "attn/out_proj/bias").shape[0]
+        attn, mlp = ours + "attn/", ours + "mlp/"
+        width = get(attn + "out_proj/bias").shape[0]
         qkv = ("q_proj", "k_proj", "v_proj")
-        return {
-            # [in, heads, head_dim] kernels -> [out, in] weights, stacked as q, k, v.
-            theirs + "attn.in_proj_weight": np.concatenate(
-                [get(f"{ours}attn/{n}/kernel").reshape(width, width).T for n in qkv]
-            ),
+        # q, k, v kernels [in, heads, head_dim] -> [out, in] weights, stacked as in_proj.
+        in_proj = [get(f"{attn}{n}/kernel").reshape(width, width).T for n in qkv]
+        # out_proj kernel [heads, head_dim, out] -> [out, in].
+        out_proj = get(attn + "out_proj/kernel").reshape(width, width).T
+        sd = {
+            theirs + "attn.in_proj_weight": np.concatenate(in_proj),
             theirs + "attn.in_proj_bias": np.concatenate(
-                [get(f"{ours}attn/{n}/bias").reshape(-1) for n in qkv]
+                [get(f"{attn}{n}/bias").ravel() for n in qkv]
             ),
-            # [heads, head_dim, out] -> [out, in].
-            theirs + "attn.out_proj.weight": get(ours + "attn/out_proj/kernel")
-            .reshape(width, width)
-            .T,
-            theirs + "attn.out_proj.bias": get(ours + "attn/out_proj/bias"),
+            theirs + "attn.out_proj.weight": out_proj,
+            theirs + "attn.out_proj.bias": get(attn + "out_proj/bias"),
             **ln(ours + "ln_1/", theirs + "ln_1."),
             **ln(ours + "ln_2/", theirs + "ln_2."),
-            **{
-                f"{theirs}mlp.{n}.{kind}": get(f"{ours}mlp/{n}/{src}").T
-                if kind == "weight"
-                else get(f"{ours}mlp/{n}/{src}")
-                for n in ("c_fc", "c_proj")
-                for kind, src in (("weight", "kernel"), ("bias", "bias"))
-            },
         }
+        for n in ("c_fc", "c_proj"):
+            sd[f"{theirs}mlp.{n}.weight"] = get(f"{mlp}{n}/kernel").T
+            sd[f"{theirs}mlp.{n}.bias"] = get(f"{mlp}{n}/bias")
+        return sd
 
     pos = get("visual/positional_embedding")
     if pos.ndim != 2:
