@@ -1,10 +1,11 @@
 """Hugging Face CLIP in and out, with transformers as the independent oracle.
 
 `transformers.CLIPModel`s are built offline from random `CLIPConfig`s (every parameter
-perturbed, eager attention) at a small size and at ViT-B/16 widths with 2 blocks per tower (the
-full depth adds nothing the mapping could get wrong: blocks are renamed one by one, and the
-block count is checked against config.json). After `save_pretrained` and conversion, our image
-and text embeddings and one-frame logits must equal transformers'.
+perturbed; eager attention, SDPA in float64) at a small size and at ViT-B/16 widths, heads,
+patches and resolution with 2 blocks per tower: blocks are renamed one by one and their count is
+checked against config.json, so full depth adds time, not coverage (`--runslow` runs ViT-B/32 and
+ViT-B/16 at full depth). After `save_pretrained` and conversion, our image and text embeddings and
+one-frame logits must equal transformers'.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import flax
 import jax
@@ -265,6 +267,22 @@ def test_torch_bin_sharded_and_bfloat16_files(hf_dirs, tmp_path):
         lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32)), want
     )
     _assert_same_params(got, expect)
+
+
+def test_safetensors_need_no_torch(hf_dirs, tmp_path, monkeypatch):
+    """With `import torch` failing, model.safetensors converts (bfloat16 too); a
+    pytorch_model.bin gets one line saying torch is needed."""
+    model, path = hf_dirs["small"]
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model.to(torch.float32)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy(os.path.join(path, "config.json"), bin_dir)
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now raises
+    _assert_same_params(convert(path, model="clip")[1], _clip(path)[1])
+    convert(str(tmp_path / "bf16"), model="clip")
+    _one_line_error(bin_dir, r"pytorch_model.bin: reading a pytorch_model.bin needs torch")
 
 
 def test_model_id_from_the_local_cache_only(hf_dirs, tmp_path, monkeypatch, capsys):
