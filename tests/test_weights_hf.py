@@ -309,7 +309,8 @@ def test_model_id_from_the_local_cache_only(hf_dirs, tmp_path, monkeypatch, caps
 
 # Sizes -----------------------------------------------------------------------------------------
 
-# config.json of OpenAI's models on the Hugging Face hub (B/32 in the legacy `*_config_dict` form).
+# OpenAI's sizes as config.json files: the published values that differ from transformers'
+# defaults, written here (nothing is downloaded); B/32 in the legacy `*_config_dict` form.
 HUB_CONFIGS = {
     "ViT-B/32": {
         "model_type": "clip", "projection_dim": 512,
