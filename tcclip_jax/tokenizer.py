@@ -4,8 +4,13 @@ A re-implementation of `clip/simple_tokenizer.py` and `clip.tokenize` from opena
 text encoder's weights only make sense for ids produced by that exact pipeline: ftfy `fix_text`,
 HTML unescaping (twice), whitespace collapsing, lower-casing, CLIP's pre-tokenisation regex, then
 BPE over UTF-8 bytes mapped to printable characters, with `</w>` marking the end of a word.
-`transformers.CLIPTokenizer` skips ftfy and HTML unescaping (different ids on `&amp;`, curly quotes,
-mojibake) and pads with EOT instead of 0, so it is not used.
+`transformers.CLIPTokenizer` (checked against transformers 5.24, where it is backed by the
+`tokenizers` library) normalises with NFC, whitespace collapsing and lower-casing only. Without ftfy
+and HTML unescaping its ids differ on HTML entities (`&amp;`), curly quotes, mojibake, ligatures
+(`ﬁ`), full-width and control characters; its pre-tokenisation pattern lacks OpenAI's IGNORECASE
+flag (`'ſ` splits differently); and it pads with EOT (49407, with an attention mask) where
+`clip.tokenize` pads with 0. On plain class names and prompts, truncated ones included, the ids
+agree (tests/test_weights_hf.py). It is not used here.
 
 The vocabulary ships as package data (identical to OpenAI's file), so nothing is downloaded.
 """

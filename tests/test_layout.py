@@ -51,7 +51,9 @@ MODULES = _modules()
 def _imports(path: str) -> set[str]:
     """Every tcclip_jax module `path` imports (anywhere in the file), resolved to a module."""
     found = set()
-    for node in ast.walk(ast.parse(open(path).read())):
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -106,7 +108,8 @@ def test_no_module_imports_a_command_line(name):
     ),
 )
 def test_only_models_and_weights_name_parameters(name):
-    code = open(MODULES[name]).read()
+    with open(MODULES[name]) as f:
+        code = f.read()
     strings = [
         n.value
         for n in ast.walk(ast.parse(code))
@@ -128,7 +131,7 @@ def test_readme_layout_lists_every_module():
     for row in re.findall(r"^\| `([^|]+)\|", layout, flags=re.M):
         listed |= {p.strip().strip("`").strip() for p in row.split(",")}
     missing = []
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         rel = os.path.relpath(path, REPO)
         base = os.path.basename(rel)
         if base == "__init__.py":

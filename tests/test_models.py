@@ -40,6 +40,7 @@ OPENAI_ARCHS = {
     "ViT-L/14": dict(embed_dim=768, vision_layers=24, vision_width=1024, vision_patch_size=14,
                      transformer_width=768, transformer_heads=12, transformer_layers=12),
 }  # fmt: skip
+OPENAI_ARCHS["ViT-L/14-336"] = OPENAI_ARCHS["ViT-L/14"]
 
 
 def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -70,7 +71,10 @@ def openai_clip_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     spec.loader.exec_module(module)
     with torch.device("meta"):
         model = module.CLIP(
-            image_resolution=224, context_length=77, vocab_size=49408, **OPENAI_ARCHS[arch]
+            image_resolution=arch_config(arch).image_resolution,
+            context_length=77,
+            vocab_size=49408,
+            **OPENAI_ARCHS[arch],
         )
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 from tcclip_jax.models import VideoCLIP  # noqa: E402
 from tcclip_jax.weights.checkpoint import load_model  # noqa: E402
-from tcclip_jax.weights.pytorch import ConversionError, convert, read_torch_file  # noqa: E402
+from tcclip_jax.weights.convert import convert  # noqa: E402
+from tcclip_jax.weights.pytorch import ConversionError, read_torch_file  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = os.path.join(REPO, "tools", "convert_torch_weights.py")

@@ -8,8 +8,15 @@ released TC-CLIP (or ViFi-CLIP) checkpoint:
   python tools/convert_torch_weights.py --clip ViT-B-16.pt --tcclip zero_shot_k400.pth \
       --output ckpt/tcclip_k400
 
+--clip also takes a Hugging Face CLIP model directory (config.json + model.safetensors or
+pytorch_model.bin), or a model id already in the local Hugging Face cache (nothing is downloaded):
+
+  python tools/convert_torch_weights.py --clip openai/clip-vit-base-patch16 --arch ViT-B/16 \
+      --output ckpt/tcclip_init
+
 Without --tcclip, TC-CLIP / ViFi-CLIP is initialised from CLIP as the published code does
-before training. Model options default to the released TC-CLIP.
+before training. Model options default to the released TC-CLIP. The reverse, our CLIP towers as
+a Hugging Face directory: tools/export_hf_weights.py.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import sys
 
 import jax
 
-from tcclip_jax.models.config import MODEL_KINDS
+from tcclip_jax.models.config import ARCH_NAMES, MODEL_KINDS, check_arch
 from tcclip_jax.weights.checkpoint import CheckpointError, save_model
-from tcclip_jax.weights.pytorch import ConversionError, convert
+from tcclip_jax.weights.convert import convert
+from tcclip_jax.weights.pytorch import ConversionError
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -35,8 +43,12 @@ def _layers(text: str) -> tuple[int, ...]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--clip", required=True, help="OpenAI CLIP weights (.pt TorchScript or state dict)"
+        "--clip",
+        required=True,
+        help="OpenAI CLIP weights (.pt TorchScript or state dict), or a Hugging Face CLIP\n"
+        "directory or model id (local cache only)",
     )
+    p.add_argument("--arch", choices=ARCH_NAMES, help="fail unless the CLIP towers are these")
     p.add_argument("--tcclip", help="released TC-CLIP / ViFi-CLIP checkpoint (.pth)")
     p.add_argument("--output", required=True, help="new checkpoint directory to write")
     p.add_argument("--model", choices=MODEL_KINDS, default="tc_clip")
@@ -66,7 +78,13 @@ def main(argv=None) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     try:
         cfg, params = convert(args.clip, tcclip_path=args.tcclip, seed=args.seed, **options)
-        info = {"clip": os.path.abspath(args.clip), "seed": args.seed}
+        if args.arch:
+            try:
+                check_arch(cfg, args.arch, args.clip)
+            except ValueError as e:
+                raise ConversionError(str(e)) from None
+        clip = os.path.abspath(args.clip) if os.path.exists(args.clip) else args.clip  # model id
+        info = {"clip": clip, "seed": args.seed}
         if args.tcclip:
             info["tcclip"] = os.path.abspath(args.tcclip)
         save_model(args.output, cfg, params, info=info)

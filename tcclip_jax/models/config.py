@@ -186,8 +186,15 @@ _ARCHS = {
         text_width=768, text_layers=12, text_heads=12,
     ),
 }  # fmt: skip
+_ARCHS["ViT-L/14-336"] = {**_ARCHS["ViT-L/14"], "image_resolution": 336}
 
 ARCH_NAMES = tuple(_ARCHS)
+# What makes a checkpoint's towers one of the architectures (the frame and prompt settings don't).
+_TOWER_FIELDS = (
+    "embed_dim", "image_resolution", "vision_patch_size", "vision_width", "vision_layers",
+    "vision_heads", "vocab_size", "text_width", "text_layers", "text_heads",
+    "positional_table_length",
+)  # fmt: skip
 
 
 def arch_config(name: str, **overrides) -> ModelConfig:
@@ -195,3 +202,15 @@ def arch_config(name: str, **overrides) -> ModelConfig:
     if name not in _ARCHS:
         raise ValueError(f"unknown architecture {name!r}; known: {ARCH_NAMES}")
     return ModelConfig(**{**_ARCHS[name], **overrides})
+
+
+def check_arch(config: ModelConfig, name: str, source: str) -> None:
+    """ValueError unless the towers of `config` are OpenAI's `name`, naming the first field
+    that differs (e.g. weights given as ViT-B/16 that are ViT-B/32)."""
+    want = arch_config(name)
+    for field in _TOWER_FIELDS:
+        if getattr(config, field) != getattr(want, field):
+            raise ValueError(
+                f"{source}: architecture {name} has {field} {getattr(want, field)}, these "
+                f"weights {getattr(config, field)}"
+            )

@@ -3,9 +3,9 @@
 The model's parameter names follow the PyTorch state dict, so conversion is a rename table plus
 transposes: linear weights [out, in] -> kernels [in, out] (attention: [in, heads, head_dim] and
 [heads, head_dim, out]), the fused `in_proj` split into q, k, v, `conv1` OIHW -> HWIO, and
-LayerNorm `weight` -> `scale`. Every converted tree is checked against the shapes the model
-expects (missing keys listed, shape mismatches named), so a wrong option fails at conversion,
-not in the middle of a training run.
+LayerNorm `weight` -> `scale`. Unused or missing keys are named (`weights.convert` then checks
+the whole tree against the model's shapes), so a wrong option fails at conversion, not in the
+middle of a training run.
 
 Pickled checkpoints are read with `torch.load(weights_only=True)`; OpenAI's TorchScript archives
 with `torch.jit.load`, which deserialises the archive without running any of its code (only
@@ -22,8 +22,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from tcclip_jax.models.config import ModelConfig
-from tcclip_jax.models.initialization import init_from_clip
-from tcclip_jax.models.params import check_params
 
 StateDict = dict[str, np.ndarray]
 
@@ -279,38 +277,3 @@ def finetuned_params(sd: StateDict, cfg: ModelConfig, path: str = "TC-CLIP check
     if unused:
         raise ConversionError(f"{path}: unexpected keys for this model config: {unused[:20]}")
     return params
-
-
-def convert(
-    clip_path: str,
-    *,
-    tcclip_path: str | None = None,
-    seed: int = 0,
-    **options,
-) -> tuple[ModelConfig, dict]:
-    """Convert OpenAI CLIP weights (+ optionally a released TC-CLIP / ViFi-CLIP checkpoint).
-
-    `options` are ModelConfig fields (model, num_frames, positional_embedding, context_tokens,
-    seed_ratio, merge_r, tc_layers, context_length, ...); tower sizes come from the CLIP weights.
-    Returns (config, params as NumPy arrays).
-    """
-    clip_sd = read_torch_file(clip_path)
-    arch = clip_architecture(clip_sd, clip_path)
-    if options.get("model") == "clip" or options.get("model") == "vifi_clip":
-        options.setdefault("context_length", arch["positional_table_length"])
-    try:
-        cfg = ModelConfig(**{**arch, **options})
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"invalid model options: {e}") from e
-    clip = clip_params(clip_sd, cfg, clip_path)
-    if tcclip_path is None:
-        try:
-            params = init_from_clip(clip, cfg, seed)
-        except ValueError as e:
-            raise ConversionError(str(e)) from e
-        check_params(params, cfg, clip_path, ConversionError)
-        return cfg, params
-    params = finetuned_params(read_torch_file(tcclip_path), cfg, tcclip_path)
-    params["token_embedding"] = clip["token_embedding"]
-    check_params(params, cfg, tcclip_path, ConversionError)
-    return cfg, params

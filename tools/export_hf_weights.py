@@ -1,0 +1,48 @@
+"""Write the CLIP towers of a tcclip_jax checkpoint as a Hugging Face CLIP model directory.
+
+  python tools/export_hf_weights.py --checkpoint ckpt/tcclip_k400 --output hf/tcclip_k400
+
+The directory (config.json + model.safetensors) loads with
+`transformers.CLIPModel.from_pretrained("hf/tcclip_k400")`: vision and text towers, projections
+and logit scale. TC-CLIP's prompt vectors, VP layer and local/global bias tables have no place in
+a CLIPModel and are left out (listed); a `joint` positional embedding (one table per frame) is
+refused. Needs safetensors (`pip install -e ".[hf]"`), not torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tcclip_jax.weights.checkpoint import CheckpointError, load_model
+from tcclip_jax.weights.hf import export_hf
+from tcclip_jax.weights.pytorch import ConversionError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="tcclip_jax checkpoint directory")
+    p.add_argument("--output", required=True, help="new Hugging Face model directory to write")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, params = load_model(args.checkpoint)
+        left_out = export_hf(args.output, cfg, params, source=args.checkpoint)
+    except (ConversionError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: the CLIP towers of {cfg.model}")
+    if left_out:
+        tables = [k for k in left_out if k.endswith("/local_global_bias_table")]
+        named = sorted({k.split("/")[0] for k in left_out if k not in tables})
+        if tables:
+            named.append(f"local_global_bias_table x{len(tables)}")
+        print(f"left out (no place in a CLIPModel): {', '.join(named)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
