@@ -20,7 +20,7 @@ from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    variant = base.parse_arg(arg, ("variant",)).get("variant", "full")
+    variant = base.parse_arg(arg, ("variant",))[0].get("variant", "full")
     if variant not in ("full", "ci"):
         raise ValueError(f"configs/demo.py argument must be 'full' or 'ci', got {variant!r}")
     c = base.base_config("demo")
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None):
     c.optim.lr, c.optim.min_lr = 1e-3, 1e-5  # from scratch: far above fine-tuning rates
     c.optim.weight_decay = 0.01
     c.eval.batch_size = 32
-    c.eval.every_epochs = 10
+    c.eval.every_epochs = 10  # after epochs 1, 11, ..., 71 and 80
     c.log_every_steps = 16
     c.checkpoint.every_steps = 320
 

@@ -1,11 +1,13 @@
 """Few-shot: fine-tune on K = 2, 4, 8 or 16 videos per class (HMDB-51, UCF-101, SSv2).
 
-Argument `DATASET,K[,SPLIT]` (default `hmdb51,16`); the K-shot list is the published
-`train{SPLIT}_few_shot_{K}.txt`. Recipe: lr 2e-6 -> 2e-8, batch 64, 50 epochs (5 warm-up),
-2 clips x 1 crop at test.
+Argument `DATASET,K[,SPLIT][,llm]` (default `hmdb51,16`); the K-shot list is the published
+`train{SPLIT}_few_shot_{K}.txt` (the paper and the published files: split 1); `llm`: FROSTER's
+LLM-rephrased class names (HMDB-51, UCF-101), context length 77. Recipe: lr 2e-6 -> 2e-8, batch
+64, 50 epochs (5 warm-up), validation after epochs 1, 11, 21, 31, 41 and 50, 2 clips x 1 crop at
+test on the best.
 
   python -m tcclip_jax.train --config configs/fewshot.py:hmdb51,16 --workdir runs/fs_hmdb_16 \
-      --config.init_checkpoint=checkpoints/clip_vit_b16 --config.splits_dir=TC-CLIP \
+      --config.init_checkpoint=ckpt/tcclip_init --config.splits_dir=TC-CLIP \
       --config.data.root=/data/hmdb51/videos --config.grad_accum_steps=8
 """
 
@@ -13,15 +15,20 @@ from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    args = base.parse_arg(arg, ("dataset", "shots", "split"))
+    args, llm = base.parse_arg(arg, ("dataset", "shots", "split"))
     name = args.get("dataset", "hmdb51")
     shots, split = int(args.get("shots", 16)), int(args.get("split", 1))
+    if shots not in (2, 4, 8, 16):
+        raise ValueError(f"configs/fewshot.py: K must be 2, 4, 8 or 16, not {shots}")
     c = base.base_config("fewshot")
     base.set_dataset(c, name, split)
     c.data.train_list = f"{base.DATASETS[name]['lists']}/train{split}_few_shot_{shots}.txt"
+    if llm:
+        c.data.class_list = base.llm_class_list(name)
+        base.use_llm_names(c)
     c.optim.lr, c.optim.min_lr = 2e-6, 2e-8
     c.batch_size, c.num_epochs, c.warmup_epochs = 64, 50, 5
     c.data.test_clips, c.data.test_crops = 2, 1
-    c.eval.every_epochs = 5
+    c.eval.every_epochs = 10
     c.lock()
     return c

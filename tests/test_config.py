@@ -63,6 +63,13 @@ def test_dataset_arguments_pick_the_published_lists():
     b2n = get_config("base2novel", "hmdb51,3")
     assert b2n.data.train_list.endswith("hmdb_splits/fs_base_s3_train.txt")
     assert b2n.data.novel_val_list.endswith("hmdb_splits/novel_val.txt")
+    assert b2n.data.class_list == "labels/hmdb_51_base_labels.csv"  # labels 0..B-1 as published
+    assert b2n.data.novel_class_list == "labels/hmdb_51_novel_labels.csv"
+    llm = get_config("base2novel", "ucf101,1,llm")
+    assert llm.data.class_list == "labels/labels_froster/ucf_101_base_llm_labels.json"
+    assert llm.model.context_length == 77 and get_config("fewshot").model.context_length is None
+    with pytest.raises(ValueError, match="ssv2 has no LLM-rephrased class names"):
+        get_config("fewshot", "ssv2,16,llm")
     zs = get_config("zeroshot")
     assert [d.name for d in zs.eval.datasets] == ["hmdb51", "ucf101", "k600"]
     assert len(zs.eval.datasets[2].class_list) == 3  # K-600: one class list per split
@@ -131,14 +138,15 @@ def test_bad_configs_fail_naming_the_field(tmp_path, change, field):
         resolve.prepare_config(c, str(tmp_path / "work"))
 
 
-def test_base2novel_needs_its_base_classes(tmp_path):
+def test_base2novel_needs_its_novel_class_list(tmp_path):
     c = get_config("base2novel", "hmdb51,1")
     c.init_checkpoint = _fake_checkpoint(tmp_path / "ckpt")
     c.data.root = str(tmp_path)
     for key in ("train_list", "val_list", "novel_val_list", "class_list"):
         (tmp_path / key).write_text("id,name\n0,a\n" if key == "class_list" else "a.avi 0\n")
         c.data[key] = str(tmp_path / key)
-    with pytest.raises(resolve.ConfigError, match=r"config\.data\.base_class_ids"):
+    c.data.novel_class_list = ""
+    with pytest.raises(resolve.ConfigError, match=r"config\.data\.novel_class_list is not set"):
         resolve.prepare_config(c, str(tmp_path / "work"))
 
 

@@ -6,6 +6,7 @@ so that only the first run compiles.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.metrics import read_metrics
+from tcclip_jax.train.loop import validation_data, validation_epochs
 from tcclip_jax.weights.checkpoint import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,3 +223,30 @@ def test_two_process_run(shared, tmp_path):
     saved = _state_params(tmp_path, last)
     for key, value in _flatten(params).items():
         np.testing.assert_array_equal(value, saved[key], err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "config,arg,epochs,views",
+    [
+        # Few-shot: after epochs 1, 11, 21, ... and the last, with the test views.
+        ("fewshot", "hmdb51,16", [1, 11, 21, 31, 41, 50], (2, 1)),
+        # Zero-shot and fully supervised: every epoch, on K-400 val with 1x1 views.
+        ("zeroshot", None, list(range(1, 11)), (1, 1)),
+        ("fully_supervised", None, list(range(1, 31)), (1, 1)),
+        ("base2novel", "ssv2,2", list(range(1, 13)), (2, 1)),
+    ],
+)
+def test_validation_schedule_per_protocol(config, arg, epochs, views):
+    spec = importlib.util.spec_from_file_location(
+        "c", os.path.join(REPO, "configs", f"{config}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(arg)
+    assert validation_epochs(c.num_epochs, c.eval.every_epochs) == epochs
+    data = validation_data(c)
+    assert (data.test_clips, data.test_crops) == views
+    assert (c.data.test_clips, c.data.test_crops) != (1, 1)  # the final test keeps its views
+    if config in ("zeroshot", "fully_supervised"):
+        assert c.data.val_list == "datasets_splits/k400_splits/val.txt"
+    assert validation_epochs(7, 0) == [] and validation_epochs(5, 10) == [1, 5]

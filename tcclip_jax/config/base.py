@@ -25,33 +25,63 @@ from tcclip_jax.models.config import ModelConfig
 # a single validation list, like few-shot.
 PROTOCOLS = ("fewshot", "zeroshot", "base2novel", "fully_supervised", "demo")
 
-# The published split lists and class lists, relative to `splits_dir`.
+# The published split lists and class lists, relative to `splits_dir`. Base-to-novel lists number
+# the base classes 0..B-1 against `base_classes` and the novel ones 0..N-1 against `novel_classes`;
+# `llm` holds FROSTER's LLM-rephrased names of the same classes (none for SSv2: the paper does
+# not rephrase its labels).
+_LLM = "labels/labels_froster"
 DATASETS = {
     "hmdb51": dict(
         class_list="labels/hmdb_51_labels.csv",
+        base_classes="labels/hmdb_51_base_labels.csv",
+        novel_classes="labels/hmdb_51_novel_labels.csv",
+        llm=dict(
+            class_list=f"{_LLM}/hmdb_51_llm_labels.json",
+            base_classes=f"{_LLM}/hmdb_51_base_llm_labels.json",
+            novel_classes=f"{_LLM}/hmdb_51_novel_llm_labels.json",
+        ),
         lists="datasets_splits/hmdb_splits",
         base2novel="datasets_splits/base2novel_splits/hmdb_splits",
         val="val{split}.txt",
     ),
     "ucf101": dict(
         class_list="labels/ucf_101_labels.csv",
+        base_classes="labels/ucf_101_base_labels.csv",
+        novel_classes="labels/ucf_101_novel_labels.csv",
+        llm=dict(
+            class_list=f"{_LLM}/ucf_101_llm_labels.json",
+            base_classes=f"{_LLM}/ucf_101_base_llm_labels.json",
+            novel_classes=f"{_LLM}/ucf_101_novel_llm_labels.json",
+        ),
         lists="datasets_splits/ucf_splits",
         base2novel="datasets_splits/base2novel_splits/ucf_splits",
         val="val{split}.txt",
     ),
     "ssv2": dict(
         class_list="labels/ssv2_labels.csv",
+        base_classes="labels/ssv2_174_base_labels.csv",
+        novel_classes="labels/ssv2_174_novel_labels.csv",
+        llm=None,
         lists="datasets_splits/ssv2_splits",
         base2novel="datasets_splits/base2novel_splits/ssv2_splits",
         val="validation.txt",
     ),
     "k400": dict(
         class_list="labels/kinetics_400_labels.csv",
+        base_classes="labels/kinetics_400_base_labels.csv",
+        novel_classes="labels/kinetics_400_novel_labels.csv",
+        llm=dict(
+            class_list=f"{_LLM}/kinetics_400_llm_labels.json",
+            base_classes=f"{_LLM}/kinetics_400_base_llm_labels.json",
+            novel_classes=f"{_LLM}/kinetics_400_novel_llm_labels.json",
+        ),
         lists="datasets_splits/k400_splits",
         base2novel="datasets_splits/base2novel_splits/k400_splits",
         val="val.txt",
     ),
 }
+# LLM-rephrased names are sentences: prompts get CLIP's full 77 tokens.
+LLM_CONTEXT_LENGTH = 77
 # Something-Something v2's classes say "left" and "right": never flip its clips.
 NO_FLIP = ("ssv2",)
 
@@ -108,8 +138,10 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     # the config it may fill in (the demo generates its dataset: tcclip_jax.data.synthetic:prepare).
     c.prepare_data = ""
     c.data = default_data_config()
-    c.data.novel_val_list = ""  # base-to-novel: the novel classes' evaluation list
-    c.data.base_class_ids = placeholder(tuple)  # base-to-novel: class ids trained on
+    # Base-to-novel: `class_list` holds the base classes (training, base evaluation); the novel
+    # classes' list and its class list, numbered 0..N-1 on their own as published.
+    c.data.novel_val_list = ""
+    c.data.novel_class_list = ""
     c.shots = 0  # > 0: train on that many videos per class drawn from data.train_list
 
     # Optimisation: global batch = batch_size = per-device batch x devices x grad_accum_steps.
@@ -131,11 +163,15 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.label_smoothing = 0.1
     c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5))
 
-    # Evaluation: validation on data.val_list during training (0 = only at the end) picks the
-    # best checkpoint; the protocol's evaluation runs on the best weights at the end.
+    # Model selection as published: validation on data.val_list after epochs 1, 1 + N, 1 + 2N,
+    # ... and the last (N = every_epochs; 0 = no validation, the last weights are kept) picks
+    # the best checkpoint by top-1; the protocol's full-view test runs on it at the end.
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16  # videos per evaluation step, all devices together
     c.eval.every_epochs = 1
+    # Views of that validation (temporal clips, spatial crops); None: the test views.
+    c.eval.val_clips = placeholder(int)
+    c.eval.val_crops = placeholder(int)
     c.eval.datasets = []  # zero-shot: [{name, splits: [lists], class_list, root, ...}]
     c.wise_ft = placeholder(float)  # WiSE-FT weight of the fine-tuned model (zero-shot: 0.7)
     c.clip_checkpoint = ""  # CLIP weights for WiSE-FT; "" = init_checkpoint's
@@ -159,9 +195,29 @@ def set_dataset(c: ml_collections.ConfigDict, name: str, split: int = 1) -> None
     c.data.val_list = f"{DATASETS[name]['lists']}/{DATASETS[name]['val'].format(split=split)}"
 
 
-def parse_arg(arg: str | None, names: tuple[str, ...]) -> dict[str, str]:
-    """'hmdb51,16' -> {'dataset': 'hmdb51', 'shots': '16'} for names ('dataset', 'shots')."""
+def llm_class_list(name: str, key: str = "class_list") -> str:
+    """The LLM-rephrased version of DATASETS[name][key]; an error for datasets without one."""
+    llm = check_dataset(name)["llm"]
+    if llm is None:
+        raise ValueError(f"{name} has no LLM-rephrased class names (the paper uses none for it)")
+    return llm[key]
+
+
+def use_llm_names(c: ml_collections.ConfigDict) -> None:
+    """Prompts of CLIP's full length, for the LLM-rephrased class lists the caller set."""
+    c.model.context_length = LLM_CONTEXT_LENGTH
+
+
+def parse_arg(arg: str | None, names: tuple[str, ...]) -> tuple[dict[str, str], bool]:
+    """'hmdb51,16,llm' -> ({'dataset': 'hmdb51', 'shots': '16'}, True) for names
+    ('dataset', 'shots'): the values in order, and whether `llm` (LLM-rephrased class names)
+    was among them."""
     values = [v.strip() for v in arg.split(",")] if arg else []
+    llm = "llm" in values
+    values = [v for v in values if v != "llm"]
     if len(values) > len(names):
-        raise ValueError(f"config argument {arg!r}: expected at most {len(names)} values {names}")
-    return dict(zip(names, values, strict=False))
+        raise ValueError(
+            f"config argument {arg!r}: expected at most {len(names)} values {names} and "
+            "optionally 'llm'"
+        )
+    return dict(zip(names, values, strict=False)), llm

@@ -6,6 +6,7 @@ each error names the config field to set.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import jax
 import ml_collections
 
 from tcclip_jax.config.base import check_protocol
+from tcclip_jax.data.classes import AnnotationError, ListSummary, check_list
 from tcclip_jax.data.config import FORMATS
 from tcclip_jax.models.variants import VARIANTS
 
@@ -35,7 +37,7 @@ def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     """A copy of `config` whose relative list / class-list paths are joined to `splits_dir`."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        for key in ("train_list", "val_list", "class_list", "novel_val_list"):
+        for key in ("train_list", "val_list", "class_list", "novel_val_list", "novel_class_list"):
             config.data[key] = _resolve(config, config.data[key])
         for dataset in config.eval.datasets:
             dataset.splits = [_resolve(config, s) for s in dataset.splits]
@@ -100,8 +102,11 @@ def _need_dir(path: str, field: str, what: str) -> None:
         raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raise a ConfigError naming the field for anything that would fail later."""
+def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:
+    """Raise a ConfigError naming the field for anything that would fail later.
+
+    `need_videos=False` (the dry run) accepts unset video folders; set ones must exist.
+    """
     if config.model_variant not in VARIANTS:
         raise ConfigError(
             f"config.model_variant must be one of {VARIANTS}, got {config.model_variant!r}"
@@ -129,30 +134,33 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if data.format not in FORMATS:
         raise ConfigError(f"config.data.format must be one of {FORMATS}, got {data.format!r}")
     if data.format != "tfds":
-        _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
+        if need_videos or data.root:
+            _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
         _need_file(data.train_list, "data.train_list", "training list", splits_dir)
     _need_file(data.class_list, "data.class_list", "class list", splits_dir)
     if config.eval.every_epochs > 0 or config.protocol != "zeroshot":
         _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
     if config.protocol == "base2novel":
-        if not data.base_class_ids:
-            raise ConfigError(
-                "config.data.base_class_ids is not set: the ids (in data.class_list) of the base "
-                "classes trained on"
-            )
         _need_file(data.novel_val_list, "data.novel_val_list", "novel-class list", splits_dir)
+        _need_file(
+            data.novel_class_list, "data.novel_class_list", "novel classes' class list", splits_dir
+        )
     if config.protocol == "zeroshot":
         if not config.eval.datasets:
             raise ConfigError("config.eval.datasets is empty: zero-shot needs datasets to test")
         for i, ds in enumerate(config.eval.datasets):
             field = f"eval.datasets[{i}]"
-            if ds.get("format", data.format) != "tfds":
-                _need_dir(ds.get("root", data.root), f"{field}.root", f"{ds.name} video folder")
+            root = ds.get("root", data.root)
+            if ds.get("format", data.format) != "tfds" and (need_videos or root):
+                _need_dir(root, f"{field}.root", f"{ds.name} video folder")
             for j, split in enumerate(ds.splits):
                 _need_file(split, f"{field}.splits[{j}]", f"{ds.name} list", splits_dir)
             lists = [ds.class_list] if isinstance(ds.class_list, str) else ds.class_list
             for c in lists:
                 _need_file(c, f"{field}.class_list", f"{ds.name} class list", splits_dir)
+    for key in ("val_clips", "val_crops"):
+        if config.eval[key] is not None and config.eval[key] < 1:
+            raise ConfigError(f"config.eval.{key} must be >= 1 (or None: the test views)")
     if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
         raise ConfigError(
             f"config.batch_size {config.batch_size} must be a multiple of "
@@ -170,3 +178,73 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "
             f"{jax.device_count()} devices"
         )
+
+
+# Lists -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ListUse:
+    """One annotation list a protocol reads, the class list its labels index, where its videos
+    are, and the config fields that name them (for messages)."""
+
+    field: str
+    annotation_file: str
+    class_field: str
+    class_list: str
+    root: str
+    format: str
+
+
+def protocol_lists(config: ml_collections.ConfigDict, *, training: bool = True) -> list[ListUse]:
+    """Every list `config` will read, training (`training`) and evaluation, in use order.
+
+    Shards (`format` tfds) carry their own labels: their lists are not read.
+    """
+    data = config.data
+    out = []
+
+    def add(field, path, class_field, class_list, root=data.root, fmt=data.format):
+        if fmt != "tfds":
+            out.append(ListUse(field, path, class_field, class_list, root, fmt))
+
+    if training:
+        add("data.train_list", data.train_list, "data.class_list", data.class_list)
+    if config.protocol != "zeroshot" or (training and config.eval.every_epochs > 0):
+        add("data.val_list", data.val_list, "data.class_list", data.class_list)
+    if config.protocol == "base2novel":
+        add("data.novel_val_list", data.novel_val_list, "data.novel_class_list",
+            data.novel_class_list)  # fmt: skip
+    if config.protocol == "zeroshot":
+        for i, ds in enumerate(config.eval.datasets):
+            classes = ds.class_list
+            one = isinstance(classes, str)
+            if not one and len(classes) != len(ds.splits):
+                raise ConfigError(
+                    f"config.eval.datasets[{i}].class_list: {len(classes)} class lists for "
+                    f"{len(ds.splits)} splits (give one, or one per split)"
+                )
+            for j, split in enumerate(ds.splits):
+                add(
+                    f"eval.datasets[{i}].splits[{j}]",
+                    split,
+                    f"eval.datasets[{i}].class_list" + ("" if one else f"[{j}]"),
+                    classes if one else classes[j],
+                    ds.get("root", data.root),
+                    ds.get("format", data.format),
+                )
+    return out
+
+
+def check_lists(
+    config: ml_collections.ConfigDict, *, training: bool = True
+) -> list[tuple[ListUse, ListSummary]]:
+    """Reads every list of `protocol_lists` against its class list (`data.classes.check_list`);
+    the first inconsistency raises a ConfigError naming both config fields."""
+    out = []
+    for use in protocol_lists(config, training=training):
+        try:
+            out.append((use, check_list(use.annotation_file, use.class_list)))
+        except AnnotationError as e:
+            raise ConfigError(f"config.{use.field} / config.{use.class_field}: {e}") from None
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import json
 import os
 
@@ -173,3 +174,44 @@ def few_shot_subset(
             )
         chosen.extend(rng.choice(members, size=shots, replace=False).tolist())
     return [annotations[i] for i in sorted(chosen)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ListSummary:
+    """What an annotation list holds, checked against the class list its labels index."""
+
+    annotation_file: str
+    class_list: str
+    class_names: list[str]
+    annotations: list[tuple[str, int]]
+    labels_used: int  # distinct labels in the list
+
+    @property
+    def label_range(self) -> tuple[int, int]:
+        labels = [label for _, label in self.annotations]
+        return min(labels), max(labels)
+
+
+def check_list(annotation_file: str, class_list: str, *, every_class: bool = True) -> ListSummary:
+    """Reads `annotation_file` against `class_list`; raises AnnotationError (one line) when a
+    label is outside the class list or, with `every_class`, when a class has no video.
+
+    Every published list (training, few-shot, validation, base and novel halves, zero-shot
+    splits, temporal/static subsets) has videos of every class of its class file, so a class
+    without any is how a list paired with the wrong class file shows when its labels fit: e.g. a
+    base-to-novel base list (26 HMDB classes) read against the full 51-class file.
+    """
+    names = load_class_names(class_list)
+    try:
+        annotations = read_annotations(annotation_file, len(names))
+    except AnnotationError as e:
+        raise AnnotationError(f"{e} (class list {class_list}: {len(names)} classes)") from None
+    used = {label for _, label in annotations}
+    if every_class and len(used) != len(names):
+        unused = sorted(set(range(len(names))) - used)
+        raise AnnotationError(
+            f"{annotation_file}: no video of {len(unused)} of the {len(names)} classes of "
+            f"{class_list} (first: {unused[0]} {names[unused[0]]!r}): is it paired with the "
+            "right class list?"
+        )
+    return ListSummary(annotation_file, class_list, names, annotations, len(used))

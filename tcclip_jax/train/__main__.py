@@ -5,12 +5,17 @@
 
   python -m tcclip_jax.train --config configs/demo.py --workdir runs/demo   # CPU, minutes
 
+  # Check every list and class list (and count missing videos) without training:
+  python -m tcclip_jax.train --config configs/base2novel.py:hmdb51,1 --workdir runs/b2n \
+      --config.splits_dir=TC-CLIP --config.init_checkpoint=ckpt/tcclip_init --dry_run
+
 Rerun the same command to resume an interrupted run. See configs/*.py for each protocol.
 """
 
 from __future__ import annotations
 
 import logging as pylogging
+import sys
 from collections.abc import Sequence
 
 from absl import app, flags, logging
@@ -22,6 +27,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Resolve the config, check every list against its class list, count missing videos, print "
+    "a table per list, write config.json and exit (no video or device needed).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,13 +54,18 @@ def main(argv: Sequence[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietCheckpointing())
     distributed.initialize()
     # Imported after the distributed runtime is up: nothing may touch devices before it.
+    from tcclip_jax.config.dry_run import dry_run
     from tcclip_jax.config.resolve import ConfigError
     from tcclip_jax.train.loop import train_and_evaluate
 
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
-        raise app.UsageError(str(e)) from e
+        if _DRY_RUN.value:
+            print(dry_run(_CONFIG.value, _WORKDIR.value), flush=True)
+        else:
+            train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:  # one line naming the field, not a traceback or the usage text
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 1. Resolve and check the config (`tcclip_jax.config.resolve`) before anything compiles.
 2. Build the model (`config.model_variant` on the initial checkpoint's towers) and its weights.
 3. Train: one jitted step per global batch, data parallel over a mesh of all devices (FSDP on
-   request), gradient accumulation to reach the protocol's batch on few devices; validation every
-   `eval.every_epochs` epochs; asynchronous checkpoints; SIGTERM saves and exits.
-4. Export the best (else last) weights to `workdir/model` and evaluate them as the protocol
-   prescribes (`tcclip_jax.evaluation.protocols.evaluate_protocol`), printing the table.
+   request), gradient accumulation to reach the protocol's batch on few devices; validation after
+   the published epochs (`validation_epochs`); asynchronous checkpoints; SIGTERM saves and exits.
+4. Export the best weights by validation top-1 (else the last) to `workdir/model` and test them
+   with the full views as the protocol prescribes
+   (`tcclip_jax.evaluation.protocols.evaluate_protocol`), printing the table.
 
 A run resumes from the latest checkpoint in its workdir: rerunning the same command after a
 preemption or crash continues where it stopped, with the same batches and the same result.
@@ -28,7 +29,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from tcclip_jax import sharding
-from tcclip_jax.config.resolve import ConfigError, prepare_config
+from tcclip_jax.config.resolve import ConfigError, check_lists, prepare_config
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
@@ -93,30 +94,38 @@ def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict,
 
 def training_set(
     config: ml_collections.ConfigDict,
-) -> tuple[list[str], list[tuple[str, int]] | None, list[int] | None]:
-    """(class names trained on, annotations overriding the list or None, their ids or None).
+) -> tuple[list[str], list[tuple[str, int]] | None]:
+    """(class names trained on, annotations overriding the list or None).
 
-    Base-to-novel trains on the base classes only (labels renumbered 0..B-1); `shots` > 0 draws
-    that many videos per class from the training list.
+    `data.class_list` is the class list of the training list's labels (base-to-novel: the base
+    classes, numbered 0..B-1 as published); `shots` > 0 draws that many videos per class.
     """
     names = load_class_names(config.data.class_list)
-    annotations, class_ids = None, None
-    if config.shots > 0 or config.protocol == "base2novel":
-        annotations = read_annotations(config.data.train_list, len(names))
-    if config.protocol == "base2novel":
-        class_ids = [int(i) for i in config.data.base_class_ids]
-        position = {c: i for i, c in enumerate(class_ids)}
-        bad = sorted({label for _, label in annotations if label not in position})
-        if bad:
-            raise ConfigError(
-                f"config.data.train_list has labels {bad[:10]} that are not in "
-                "config.data.base_class_ids"
-            )
-        annotations = [(path, position[label]) for path, label in annotations]
-        names = [names[i] for i in class_ids]
+    annotations = None
     if config.shots > 0:
-        annotations = few_shot_subset(annotations, config.shots, config.seed)
-    return names, annotations, class_ids
+        annotations = few_shot_subset(
+            read_annotations(config.data.train_list, len(names)), config.shots, config.seed
+        )
+    return names, annotations
+
+
+def validation_epochs(num_epochs: int, every_epochs: int) -> list[int]:
+    """The epochs (1-based) after which the published code validates: 1, 1 + N, 1 + 2N, ...
+    and the last (N = `every_epochs`; every epoch for N = 1, none for N = 0)."""
+    if every_epochs <= 0:
+        return []
+    return sorted({*range(1, num_epochs + 1, every_epochs), num_epochs})
+
+
+def validation_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.data` with the validation views (`eval.val_clips` x `eval.val_crops`, e.g. the
+    published 1x1 on K-400 val) in place of the test views."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    if config.eval.val_clips is not None:
+        data.test_clips = config.eval.val_clips
+    if config.eval.val_crops is not None:
+        data.test_crops = config.eval.val_crops
+    return data
 
 
 def _count_training_videos(config: ml_collections.ConfigDict, annotations) -> int:
@@ -183,10 +192,11 @@ def _train_and_evaluate(
 ) -> dict:
     workdir = os.path.abspath(workdir)
     config = prepare_config(config, workdir)
+    check_lists(config)  # every list against its class list, before anything compiles
     os.makedirs(workdir, exist_ok=True)
     save_config(workdir, config)
 
-    class_names, annotations, base_ids = training_set(config)
+    class_names, annotations = training_set(config)
     num_videos = _count_training_videos(config, annotations)
     steps_per_epoch = max(1, num_videos // config.batch_size)
     total_steps = config.num_epochs * steps_per_epoch
@@ -265,15 +275,14 @@ def _train_and_evaluate(
     del init_params
     start = int(start or 0)
 
-    validate = None
-    if config.eval.every_epochs > 0:
+    validate, val_epochs = None, set(validation_epochs(config.num_epochs, config.eval.every_epochs))
+    if val_epochs:
         validate = Evaluator(
             model,
             mesh,
-            config.data,
+            validation_data(config),
             annotation_file=config.data.val_list,
-            class_names=load_class_names(config.data.class_list),
-            class_ids=base_ids,
+            class_names=class_names,
             batch_size=config.eval.batch_size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
@@ -312,11 +321,7 @@ def _train_and_evaluate(
             if not np.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
         val_metrics = None
-        if (
-            validate is not None
-            and epoch_end
-            and (epoch % config.eval.every_epochs == 0 or step == total_steps)
-        ):
+        if validate is not None and epoch_end and epoch in val_epochs:
             val_metrics = validate(state.params)
             writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
             logging.info("Epoch %d validation: %s", epoch, val_metrics)
