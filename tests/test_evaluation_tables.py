@@ -45,8 +45,13 @@ def test_format_table_rows():
             }
         },
     }
+    metrics["with_wise_ft"] = {
+        "results": {"hmdb51": {**metrics["results"]["hmdb51"], "top1": 60.0}}
+    }
     lines = format_results(metrics).splitlines()
-    assert lines[0] == "protocol: zeroshot (WiSE-FT weight 0.7)"
+    assert lines[0] == "protocol: zeroshot"
+    wise = lines.index("protocol: zeroshot, with WiSE-FT (weight 0.7)")
+    assert lines[wise + 5].split()[5] == "60.00"
     assert lines[1].split() == ["dataset", "split", "videos", "top-1", "top-5"]
     assert lines[3].split() == ["hmdb51", "split1", "10", "50.00", "80.00"]
     assert lines[5].split() == ["hmdb51", "mean", "±", "std", "33", "54.00", "±", "3.27"] + [

@@ -112,8 +112,7 @@ class Evaluator:
 
     `batch_size` is the global number of videos per step (each process loads
     `batch_size // process_count`); a video of V views costs V clips of model batch.
-    `class_ids` restricts the candidates to those classes of `class_names` (base-to-novel:
-    each half is scored over its own class set); labels of the list must then be among them.
+    Labels of the list index `class_names`, the candidates every video is scored over.
     """
 
     def __init__(
@@ -127,7 +126,6 @@ class Evaluator:
         batch_size: int,
         process_index: int = 0,
         process_count: int = 1,
-        class_ids: Sequence[int] | None = None,
     ):
         devices = mesh.shape[sharding.DATA_AXIS]
         if batch_size % process_count or batch_size % devices:
@@ -150,19 +148,13 @@ class Evaluator:
         # The denominator: every entry of the list, whatever the loader does.
         self.num_videos = len(entries)
         self._where = [e.where for e in entries]
-        class_ids = list(range(len(class_names))) if class_ids is None else list(class_ids)
-        if len(set(class_ids)) != len(class_ids) or not all(
-            0 <= i < len(class_names) for i in class_ids
-        ):
-            raise ValueError(
-                f"class_ids must be distinct ids in 0..{len(class_names) - 1}, got {class_ids}"
-            )
-        self._label_map = np.full(len(class_names), -1, np.int32)
-        self._label_map[class_ids] = np.arange(len(class_ids))
         for e in entries:
-            if not 0 <= e.label < len(class_names) or self._label_map[e.label] < 0:
-                raise AnnotationError(f"{e.where}: label {e.label} is not an evaluated class")
-        self.class_names = [class_names[i] for i in class_ids]
+            if not 0 <= e.label < len(class_names):
+                raise AnnotationError(
+                    f"{e.where}: label {e.label} is outside the {len(class_names)} evaluated "
+                    "classes"
+                )
+        self.class_names = list(class_names)
         self.tokens = prompt_tokens(model.config, self.class_names)
         self._batch_sharding = sharding.batch_sharding(mesh)
         # One compiled step per model, however it was built: rematerialisation only matters
@@ -193,7 +185,7 @@ class Evaluator:
         try:
             for batch in batches:
                 valid = np.asarray(batch["valid"], bool)
-                labels = np.where(valid, self._label_map[np.where(valid, batch["label"], 0)], 0)
+                labels = np.where(valid, batch["label"], 0)
                 inputs = sharding.put_process_batch(
                     {"video": batch["video"], "label": labels}, self._batch_sharding
                 )

@@ -61,13 +61,24 @@ def evaluate_protocol(
     """Evaluates `params` as `config.protocol` prescribes (layout: `tables.format_results`).
 
     zero-shot: every split of every `config.eval.datasets` entry, and mean / std per dataset;
-    few-shot, fully supervised, demo: `config.data.val_list`; base-to-novel: the base and novel
-    lists, each over its own classes, and their harmonic mean. With `config.wise_ft` set, the
-    weights are first ensembled with CLIP's: `clip_params`, else those of
-    `config.clip_checkpoint`, else of `config.init_checkpoint` (where fine-tuning started).
+    few-shot, fully supervised, demo: `config.data.val_list`; base-to-novel: the base list
+    (`data.val_list` against `data.class_list`) and the novel list (`data.novel_val_list` against
+    `data.novel_class_list`), and their harmonic mean. With `config.wise_ft` set, the weights are
+    evaluated as they are and again ensembled with CLIP's (the paper reports both, under
+    `with_wise_ft`): `clip_params`, else those of `config.clip_checkpoint`, else of
+    `config.init_checkpoint` (where fine-tuning started).
     """
-    protocol = config.protocol
-    check_protocol(protocol)
+    check_protocol(config.protocol)
+    model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype))
+    metrics = {
+        "protocol": config.protocol,
+        # What `python -m tcclip_jax.report` groups runs by (seeds of one setting).
+        "dataset": config.get("dataset_name", ""),
+        "train_list": os.path.basename(config.data.get("train_list", "")),
+        "class_list": os.path.basename(config.data.class_list),
+        "wise_ft": config.get("wise_ft"),
+        **_evaluate_weights(config, place_params(params, mesh), model, mesh),
+    }
     weight = config.get("wise_ft")
     if weight is not None:
         if clip_params is None:
@@ -77,28 +88,34 @@ def evaluate_protocol(
                     f"config.wise_ft={weight} needs CLIP's weights: set config.clip_checkpoint"
                 )
             _, clip_params = load_model(source)
-        params = wise_ft(clip_params, params, weight)
-    params = place_params(params, mesh)
-    model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype))
+        ensembled = place_params(wise_ft(clip_params, params, weight), mesh)
+        metrics["with_wise_ft"] = _evaluate_weights(config, ensembled, model, mesh)
+    return metrics
 
-    def evaluate(data_cfg, annotation_file, class_names, class_ids=None) -> dict:
+
+def _evaluate_weights(
+    config: ml_collections.ConfigDict, params: Any, model: VideoCLIP, mesh: Mesh
+) -> dict:
+    """{'results': {name: accuracy}} (+ 'harmonic_mean' for base-to-novel) of one set of weights."""
+
+    def evaluate(data_cfg, annotation_file, class_names) -> dict:
         evaluator = Evaluator(
             model,
             mesh,
             data_cfg,
             annotation_file=annotation_file,
             class_names=class_names,
-            class_ids=class_ids,
             batch_size=config.eval.batch_size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
         return {**evaluator(params), "annotation_file": evaluator.annotation_file}
 
-    metrics: dict[str, Any] = {"protocol": protocol, "wise_ft": weight, "results": {}}
-    if protocol == "zeroshot":
+    data = config.data
+    if config.protocol == "zeroshot":
+        results = {}
         for k, dataset in enumerate(config.eval.datasets):
-            data_cfg = _dataset_data_config(config.data, dataset)
+            data_cfg = _dataset_data_config(data, dataset)
             if data_cfg.format != "tfds" and not os.path.isdir(data_cfg.root):
                 raise ValueError(
                     f"config.eval.datasets[{k}].root ({dataset.name} videos): {data_cfg.root!r} "
@@ -110,24 +127,21 @@ def evaluate_protocol(
             ):
                 data_cfg.class_list = class_list
                 splits[f"split{i + 1}"] = evaluate(data_cfg, split, load_class_names(class_list))
-            summary = summarize_splits(list(splits.values()))
-            metrics["results"][dataset.name] = {**summary, "splits": splits}
-    elif protocol == "base2novel":
-        data = config.data
-        class_names = load_class_names(data.class_list)
-        if not data.get("base_class_ids") or not data.get("novel_val_list"):
+            results[dataset.name] = {**summarize_splits(list(splits.values())), "splits": splits}
+        return {"results": results}
+    if config.protocol == "base2novel":
+        if not data.get("novel_val_list") or not data.get("novel_class_list"):
             raise ValueError(
-                "base-to-novel needs config.data.base_class_ids (ids of the base classes in "
-                "data.class_list) and config.data.novel_val_list (the novel classes' list)"
+                "base-to-novel needs config.data.novel_val_list and config.data.novel_class_list "
+                "(the novel classes' list and class list)"
             )
-        base_ids = list(data.base_class_ids)
-        novel_ids = [i for i in range(len(class_names)) if i not in set(base_ids)]
-        base = evaluate(data, data.val_list, class_names, base_ids)
-        novel = evaluate(data, data.novel_val_list, class_names, novel_ids)
-        metrics["results"] = {"base": base, "novel": novel}
-        metrics["harmonic_mean"] = harmonic_mean(base["top1"], novel["top1"])
-    else:
-        data = config.data
-        name = config.get("dataset_name") or os.path.splitext(os.path.basename(data.val_list))[0]
-        metrics["results"][name] = evaluate(data, data.val_list, load_class_names(data.class_list))
-    return metrics
+        base = evaluate(data, data.val_list, load_class_names(data.class_list))
+        novel_cfg = ml_collections.ConfigDict(data.to_dict())
+        novel_cfg.class_list = data.novel_class_list
+        novel = evaluate(novel_cfg, data.novel_val_list, load_class_names(data.novel_class_list))
+        return {
+            "results": {"base": base, "novel": novel},
+            "harmonic_mean": harmonic_mean(base["top1"], novel["top1"]),
+        }
+    name = config.get("dataset_name") or os.path.splitext(os.path.basename(data.val_list))[0]
+    return {"results": {name: evaluate(data, data.val_list, load_class_names(data.class_list))}}

@@ -22,7 +22,8 @@ def summarize_splits(splits: Sequence[dict]) -> dict:
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
-    """The scalars of `evaluate_protocol`'s output as `dataset/top1`-style names, for logs."""
+    """The scalars of `evaluate_protocol`'s output as `dataset/top1`-style names, for logs
+    (`wise_ft/dataset/top1` for the WiSE-FT ensemble)."""
     out = {
         f"{name}/{key}": value
         for name, result in metrics["results"].items()
@@ -31,6 +32,8 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     }
     if "harmonic_mean" in metrics:
         out["harmonic_mean"] = metrics["harmonic_mean"]
+    if "with_wise_ft" in metrics:
+        out.update({f"wise_ft/{k}": v for k, v in flat_metrics(metrics["with_wise_ft"]).items()})
     return out
 
 
@@ -41,7 +44,16 @@ def _cell(result: dict, key: str) -> str:
 
 
 def format_results(metrics: dict) -> str:
-    """The metrics of `evaluate_protocol` as a plain-text table, one row per evaluated list."""
+    """The metrics of `evaluate_protocol` as plain-text tables, one row per evaluated list: the
+    weights as trained, then (if evaluated) their WiSE-FT ensemble."""
+    tables = [_format_table(metrics, f"protocol: {metrics['protocol']}")]
+    if "with_wise_ft" in metrics:
+        title = f"protocol: {metrics['protocol']}, with WiSE-FT (weight {metrics['wise_ft']})"
+        tables.append(_format_table(metrics["with_wise_ft"], title))
+    return "\n\n".join(tables)
+
+
+def _format_table(metrics: dict, title: str) -> str:
     rows = [("dataset", "split", "videos", "top-1", "top-5")]
     for name, result in metrics["results"].items():
         splits = result.get("splits", {})
@@ -60,7 +72,4 @@ def format_results(metrics: dict) -> str:
         for row in rows
     ]
     aligned.insert(1, ["-" * w for w in widths])
-    title = f"protocol: {metrics['protocol']}"
-    if metrics.get("wise_ft") is not None:
-        title += f" (WiSE-FT weight {metrics['wise_ft']})"
     return "\n".join([title, *("  ".join(row).rstrip() for row in aligned)])
