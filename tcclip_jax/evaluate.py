@@ -7,11 +7,18 @@
       --config.clip_checkpoint=checkpoints/clip_vit_b16 --config.splits_dir=TC-CLIP \
       --config.eval.datasets[0].root=/data/hmdb51/videos ...
 
-The checkpoint is any directory `weights.checkpoint.load_model` reads (converted weights or a
-run's exported `model/`); its model config overrides the config's model fields. Zero-shot WiSE-FT
-needs CLIP's weights: `--config.clip_checkpoint`. The table is printed, and written with the
-checkpoint path to `WORKDIR/eval_metrics.json`, and the scalars appended to `WORKDIR/metrics.jsonl`
-under `eval/`. WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`.
+  python -m tcclip_jax.evaluate --config configs/base2novel.py:hmdb51,1 --checkpoint ckpt/b2n \
+      --config.splits_dir=TC-CLIP --config.data.root=/data/hmdb51/videos   # base and novel
+
+The checkpoint is any directory `weights.checkpoint.load_model` reads (converted weights, e.g.
+the authors' released files, or a run's exported `model/`); its model config overrides the
+config's model fields. The protocol's test lists and views are used (zero-shot: HMDB-51, UCF-101
+and K-600, three splits each), every list checked against its class list first. Zero-shot is
+evaluated as the weights are and with WiSE-FT, which needs CLIP's weights
+(`--config.clip_checkpoint`; `--config.wise_ft=None` skips it). The table is printed, and
+written with the checkpoint path to `WORKDIR/eval_metrics.json` (what `python -m
+tcclip_jax.report` reads), and the scalars appended to `WORKDIR/metrics.jsonl` under `eval/`.
+WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ def main(argv: Sequence[str]) -> None:
     import jax
 
     from tcclip_jax import sharding
-    from tcclip_jax.config.resolve import resolve
+    from tcclip_jax.config.resolve import check_lists, resolve
     from tcclip_jax.evaluation.protocols import evaluate_protocol
     from tcclip_jax.evaluation.tables import flat_metrics, format_results
     from tcclip_jax.metrics import MetricWriter
@@ -58,6 +65,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         model_config, params = load_model(checkpoint)
         config = resolve(_CONFIG.value, workdir)
+        check_lists(config, training=False)  # each test list against its class list, first
         metrics = evaluate_protocol(
             config, params, sharding.create_mesh(), model_config=model_config
         )

@@ -15,6 +15,7 @@ PACKAGE = os.path.join(REPO, "tcclip_jax")
 CLI = {
     "tcclip_jax.train.__main__",
     "tcclip_jax.evaluate",
+    "tcclip_jax.report",
     "tcclip_jax.predict",
     "tcclip_jax.visualize",
     "tcclip_jax.bench",

@@ -20,10 +20,11 @@ from tcclip_jax.evaluation.tables import harmonic_mean, summarize_splits
 
 # A run directory's metrics, most specific first: an explicit `evaluate` over the training's own.
 METRICS_FILES = ("eval_metrics.json", "final_metrics.json")
+# In the paper's order (Tables 2-5).
 PROTOCOL_TITLES = {
-    "base2novel": "Base-to-novel",
     "zeroshot": "Zero-shot",
     "fewshot": "Few-shot",
+    "base2novel": "Base-to-novel",
     "fully_supervised": "Fully supervised",
     "demo": "Demo",
 }
@@ -45,6 +46,8 @@ def load_run(path: str) -> dict:
         raise ValueError(f"{file}: cannot read the run's metrics ({e})") from None
     if not isinstance(metrics, dict) or "protocol" not in metrics or "results" not in metrics:
         raise ValueError(f"{file}: not the metrics of a run (no 'protocol' and 'results')")
+    if metrics["protocol"] not in PROTOCOL_TITLES:
+        raise ValueError(f"{file}: unknown protocol {metrics['protocol']!r}")
     return {**metrics, "run": path}
 
 
@@ -121,8 +124,10 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def markdown(summary: dict[str, list[dict]]) -> str:
     """The tables as the paper lays them out (top-1, %), one per protocol present."""
     parts = []
-    for protocol, rows in summary.items():
-        title = f"### {PROTOCOL_TITLES.get(protocol, protocol)}"
+    for protocol, title in PROTOCOL_TITLES.items():
+        if protocol not in summary:
+            continue
+        rows, title = summary[protocol], f"### {title}"
         if protocol == "base2novel":
             table = _markdown_table(
                 ["dataset", "class names", "seeds", "base", "novel", "HM"],
