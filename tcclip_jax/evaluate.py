@@ -15,7 +15,7 @@ the authors' released files, or a run's exported `model/`); its model config ove
 config's model fields. The protocol's test lists and views are used (zero-shot: HMDB-51, UCF-101
 and K-600, three splits each), every list checked against its class list first. Zero-shot is
 evaluated as the weights are and with WiSE-FT, which needs CLIP's weights
-(`--config.clip_checkpoint`; `--config.wise_ft=None` skips it). The table is printed, and
+(`--config.clip_checkpoint`, a converted OpenAI CLIP). The table is printed, and
 written with the checkpoint path to `WORKDIR/eval_metrics.json` (what `python -m
 tcclip_jax.report` reads), and the scalars appended to `WORKDIR/metrics.jsonl` under `eval/`.
 WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`.

@@ -354,3 +354,64 @@ def test_two_processes_share_the_videos_and_agree(data, checkpoint, reference, t
     top1, top5 = expected_accuracy(data, reference)
     assert (saved["top1"], saved["top5"], saved["num_videos"]) == (top1, top5, 16)
     assert "protocol" not in outputs[1][0]  # only process 0 reports
+
+
+@pytest.mark.slow
+def test_cli_zeroshot_protocol_on_a_converted_checkpoint(
+    data, model_config, checkpoint, reference, tmp_path, capsys
+):
+    """`evaluate --config configs/zeroshot.py` on the published layout (HMDB-51, UCF-101 and
+    K-600 lists, three splits each; synthetic videos): every split without and with WiSE-FT,
+    then `report` gives mean ± std over the splits for both."""
+    from tcclip_jax import report
+
+    annotations = read_annotations(data.val_list)
+    splits_dir = tmp_path / "TC-CLIP"
+    (splits_dir / "labels").mkdir(parents=True)
+    with open(data.class_list) as f:
+        classes = f.read()
+    layout = {
+        "hmdb": ("hmdb_splits/val{}.txt", "hmdb_51_labels.csv"),
+        "ucf": ("ucf_splits/val{}.txt", "ucf_101_labels.csv"),
+        "k600": ("k600_splits/ZS_split{}_K600_eval.txt", "ZS_split{}_K600.csv"),
+    }
+    rows = {1: list(range(0, 16, 2)), 2: list(range(1, 16, 2)), 3: list(range(0, 16))}
+    for lists, labels in layout.values():
+        for i, chosen in rows.items():
+            path = splits_dir / "datasets_splits" / lists.format(i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_list(path, [annotations[j] for j in chosen])
+            (splits_dir / "labels" / labels.format(i)).write_text(classes)
+    clip_dir = tmp_path / "clip"
+    save_model(str(clip_dir), model_config.replace(model="clip"), init_params(
+        model_config.replace(model="clip"), 1))  # fmt: skip
+    command = [
+        sys.executable, "-m", "tcclip_jax.evaluate",
+        "--config", os.path.join(REPO, "configs", "zeroshot.py"),
+        "--checkpoint", str(checkpoint), "--workdir", str(tmp_path / "zs"),
+        f"--config.splits_dir={splits_dir}", f"--config.clip_checkpoint={clip_dir}",
+        *(f"--config.eval.datasets[{k}].root={data.root}" for k in range(3)),
+        "--config.data.num_frames=4", "--config.data.image_size=32",
+        "--config.data.resize_size=32", "--config.eval.batch_size=6", "--config.dtype=float32",
+    ]  # fmt: skip
+    (tmp_path / "zs").mkdir()
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "zs" / "eval_metrics.json") as f:
+        saved = json.load(f)
+    scores = fused(reference)
+    for name in ("hmdb51", "ucf101", "k600"):
+        for i, chosen in rows.items():
+            got = saved["results"][name]["splits"][f"split{i}"]
+            expected = accuracy(scores[chosen], [annotations[j][1] for j in chosen])
+            assert (got["top1"], got["top5"]) == expected
+        assert set(saved["with_wise_ft"]["results"][name]["splits"]) == {
+            "split1",
+            "split2",
+            "split3",
+        }
+    assert report.main([str(tmp_path / "zs")]) == 0
+    table = capsys.readouterr().out
+    top1 = [saved["results"]["hmdb51"]["splits"][f"split{i}"]["top1"] for i in rows]
+    wise = [saved["with_wise_ft"]["results"]["hmdb51"]["splits"][f"split{i}"]["top1"] for i in rows]
+    assert f"| hmdb51 | {np.mean(top1):.1f} ± {np.std(top1):.1f} | {np.mean(wise):.1f} ± " in table
