@@ -145,6 +145,9 @@ def test_a_list_paired_with_the_wrong_class_file_fails_at_start(
     with pytest.raises(resolve.ConfigError, match=message):
         dry_run(c, str(tmp_path))
     assert not (tmp_path / "config.json").exists()  # nothing written before the check
+    if "no video of" in message:  # lists of one's own may lack classes: a switch lets them run
+        c.data.require_every_class = False
+        dry_run(c, str(tmp_path))
 
 
 def test_missing_videos_are_counted_under_the_root(tmp_path):

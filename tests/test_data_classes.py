@@ -7,6 +7,7 @@ import pytest
 
 from tcclip_jax.data.classes import (
     AnnotationError,
+    check_list,
     few_shot_subset,
     load_class_names,
     read_annotations,
@@ -116,3 +117,24 @@ def test_entries_index_like_a_list_and_pickle_compactly(tmp_path):
         entries[3]
     assert list(pickle.loads(pickle.dumps(entries))) == list(entries)
     assert entries_from_pairs([("v.mp4", 4)], "subset")[0] == Entry("v.mp4", 4, "subset[0]")
+
+
+def test_check_list_against_its_class_list(tmp_path):
+    classes = tmp_path / "base.csv"
+    classes.write_text("id,name\n0,pour\n1,pullup\n2,punch\n")
+    good = tmp_path / "base_val.txt"
+    good.write_text("a.avi 2\nb.avi 0\nc.avi 1\nd.avi 1\n")
+    summary = check_list(str(good), str(classes))
+    assert summary.class_names == ["pour", "pullup", "punch"]
+    assert summary.label_range == (0, 2) and summary.labels_used == 3
+    assert summary.annotations[0] == ("a.avi", 2)
+    out_of_range = tmp_path / "other.txt"
+    out_of_range.write_text("a.avi 0\nb.avi 3\n")
+    with pytest.raises(AnnotationError, match=r"other\.txt:2: label 3 is outside .*3 classes\)$"):
+        check_list(str(out_of_range), str(classes))
+    # Labels in range, but a class without a single video: the list belongs to another class file.
+    subset = tmp_path / "subset.txt"
+    subset.write_text("a.avi 0\nb.avi 2\n")
+    with pytest.raises(AnnotationError, match=r"no video of 1 of the 3 classes .*1 'pullup'"):
+        check_list(str(subset), str(classes))
+    assert check_list(str(subset), str(classes), every_class=False).labels_used == 2

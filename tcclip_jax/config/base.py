@@ -142,6 +142,10 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     # classes' list and its class list, numbered 0..N-1 on their own as published.
     c.data.novel_val_list = ""
     c.data.novel_class_list = ""
+    # Every list must have videos of every class of its class list (true of all published
+    # lists): how a list paired with the wrong class file shows when its labels fit. False for
+    # lists of your own that lack some classes.
+    c.data.require_every_class = True
     c.shots = 0  # > 0: train on that many videos per class drawn from data.train_list
 
     # Optimisation: global batch = batch_size = per-device batch x devices x grad_accum_steps.

@@ -239,12 +239,18 @@ def protocol_lists(config: ml_collections.ConfigDict, *, training: bool = True) 
 def check_lists(
     config: ml_collections.ConfigDict, *, training: bool = True
 ) -> list[tuple[ListUse, ListSummary]]:
-    """Reads every list of `protocol_lists` against its class list (`data.classes.check_list`);
-    the first inconsistency raises a ConfigError naming both config fields."""
+    """Reads every list of `protocol_lists` against its class list (`data.classes.check_list`,
+    every class needing a video unless `data.require_every_class` is False); the first
+    inconsistency raises a ConfigError naming both config fields."""
     out = []
     for use in protocol_lists(config, training=training):
         try:
-            out.append((use, check_list(use.annotation_file, use.class_list)))
+            summary = check_list(
+                use.annotation_file,
+                use.class_list,
+                every_class=config.data.get("require_every_class", True),
+            )
+            out.append((use, summary))
         except AnnotationError as e:
             raise ConfigError(f"config.{use.field} / config.{use.class_field}: {e}") from None
     return out
