@@ -150,6 +150,16 @@ def test_a_list_paired_with_the_wrong_class_file_fails_at_start(
         dry_run(c, str(tmp_path))
 
 
+def test_llm_names_need_the_llm_context_length(tmp_path):
+    c = _config("fewshot", "hmdb51,2,llm")
+    c.model.context_length = 30  # TC-CLIP's usual prompt length: the sentences do not fit
+    with pytest.raises(
+        resolve.ConfigError,
+        match=r"llm_labels\.json\) / config\.model\.context_length: .* than context_length=30",
+    ):
+        dry_run(c, str(tmp_path))
+
+
 def test_missing_videos_are_counted_under_the_root(tmp_path):
     c = _config("base2novel", "hmdb51,1")
     checked = resolve.check_lists(resolve.resolve_paths(c))

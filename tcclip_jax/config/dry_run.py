@@ -2,9 +2,10 @@
 
 `python -m tcclip_jax.train --config ... --workdir DIR --dry_run` resolves the config, reads every
 list and class list the protocol uses (training and evaluation), checks every label against its
-class list, counts the listed videos missing under their folder (where one is set), prints a
-table per list and writes `config.json` to the workdir. Users check a pod job's data this way
-before paying for it; the first inconsistency is a ConfigError of one line.
+class list and every class name against the prompt length, counts the listed videos missing under
+their folder (where one is set), prints a table per list and writes `config.json` to the workdir.
+Users check a pod job's data this way before paying for it; the first inconsistency is a
+ConfigError of one line.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import os
 
 import ml_collections
 
-from tcclip_jax.config.resolve import ListUse, check_config, check_lists, resolve
+from tcclip_jax.config.resolve import ConfigError, ListUse, check_config, check_lists, resolve
 from tcclip_jax.data.classes import ListSummary
 from tcclip_jax.metrics import save_config
+from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.variants import variant_config
+from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.weights.checkpoint import CheckpointError, load_config
 
 FIRST_NAMES = 3
 NAME_WIDTH = 40  # LLM-rephrased names are sentences: shown cut
@@ -27,6 +32,32 @@ def missing_videos(use: ListUse, summary: ListSummary) -> int | None:
         return None
     exists = os.path.isdir if use.format == "frames" else os.path.isfile
     return sum(not exists(os.path.join(use.root, rel)) for rel, _ in summary.annotations)
+
+
+def check_prompts(config: ml_collections.ConfigDict, checked) -> None:
+    """Every class name fits the prompt length the run will use (the variant's, or
+    `model.context_length`): e.g. LLM-rephrased names need 77 tokens, not TC-CLIP's 30."""
+    try:
+        base = load_config(config.init_checkpoint) if config.init_checkpoint else ModelConfig()
+    except CheckpointError as e:
+        raise ConfigError(f"config.init_checkpoint: {e}") from None
+    prompts = variant_config(
+        base,
+        config.model_variant,
+        context_length=config.model.context_length,
+        prompt_template=config.model.prompt_template,
+    )
+    for use, summary in checked:
+        try:
+            tokenize_prompts(
+                summary.class_names,
+                template=prompts.prompt_template,
+                context_length=prompts.context_length,
+            )
+        except ValueError as e:
+            raise ConfigError(
+                f"config.{use.class_field} ({use.class_list}) / config.model.context_length: {e}"
+            ) from None
 
 
 def _table(use: ListUse, summary: ListSummary, missing: int | None) -> str:
@@ -53,6 +84,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
     config = resolve(config, workdir)
     check_config(config, need_videos=False)
     checked = check_lists(config)
+    check_prompts(config, checked)
     tables, counts = [], []
     for use, summary in checked:
         missing = missing_videos(use, summary)
