@@ -222,7 +222,6 @@ def save_torch(path: str, state_dict: StateDict, wrap: bool) -> None:
     no epoch, so the published code fine-tunes it from its first epoch)."""
     import torch
 
-    sd = {
-        k: torch.from_numpy(np.require(v, requirements="C")) for k, v in state_dict.items()
-    }  # 0-d stays 0-d
+    # np.require keeps 0-d arrays 0-d (np.ascontiguousarray makes them 1-d).
+    sd = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in state_dict.items()}
     torch.save({"model": sd} if wrap else sd, path)
