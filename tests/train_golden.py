@@ -149,6 +149,33 @@ def run_worker(checkpoint: str, fixture: str, dtype: str, output: str) -> dict:
         return {k: d[k] for k in d.files}
 
 
+def norms_and_projections(grads: dict, fixture: dict) -> tuple[np.ndarray, np.ndarray]:
+    """[P, 4]: each gradient's norm and its 3 projections, ours and the fixture's (grad_names
+    order; `fixture["grad_names"]` parsed)."""
+    seed, ours = fixture["case"]["proj_seed"], []
+    for name in fixture["grad_names"]:
+        g, key = grads[name], name.removeprefix("module.")
+        ours.append([np.linalg.norm(g)] + [
+            np.sum(g * direction(seed, key, j, g.shape)) for j in range(3)
+        ])  # fmt: skip
+    return np.array(ours), np.concatenate([fixture["grad_norm"][:, None], fixture["grad_proj"]], 1)
+
+
+def deviation(grads: dict, fixture: dict) -> dict:
+    """Largest deviations from the fixture: loss and full gradients (absolute), norms and
+    projections (relative; absolute where the fixture's is below 1e-12: k_proj biases, whose
+    gradient is zero but for rounding, as softmax ignores a constant shift of the keys)."""
+    ours, want = norms_and_projections(grads, fixture)
+    rel = np.abs(ours - want) / np.where(np.abs(want) > 1e-12, np.abs(want), 1.0)
+    full = [np.abs(grads[k[6:]] - fixture[k]).max() for k in fixture if k.startswith("grad__")]
+    return {
+        "loss": float(abs(grads["loss"] - fixture["loss"])),
+        "norm_rel": float(rel[:, 0].max()),
+        "proj_rel": float(rel[:, 1:].max()),
+        "full_abs": float(max(full)),
+    }
+
+
 def group(name: str) -> str:
     """The tensor group of a released gradient name, for the precision report."""
     if "prompt_learner" in name or "prompt_generation_layer" in name:
@@ -164,7 +191,8 @@ def _report(args) -> None:
         runs = {
             t: run_worker(ckpt, args.fixture, t, os.path.join(d, f"{t}.npz")) for t in args.dtype
         }
-    names = json.loads(str(np.load(args.fixture)["grad_names"]))
+    names = fixture["grad_names"] = json.loads(str(fixture["grad_names"]))
+    print(f"float64 against the fixture: {json.dumps(deviation(ref, fixture))}")
     print(
         f"fixture {args.fixture}: float64 loss {ref['loss']:.15f} (fixture {fixture['loss']:.15f})"
     )
