@@ -172,7 +172,7 @@ def deviation(grads: dict, fixture: dict) -> dict:
         "loss": float(abs(grads["loss"] - fixture["loss"])),
         "norm_rel": float(rel[:, 0].max()),
         "proj_rel": float(rel[:, 1:].max()),
-        "full_abs": float(max(full)),
+        "full_abs": float(max(full, default=0.0)),
     }
 
 
