@@ -468,7 +468,7 @@ def test_tc_clip_towers_round_trip(tiny_config, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"error: {tmp_path / 'joint'}: positional_embedding 'joint' ([4, 17, 64]) holds a table "
-        "per frame; CLIPModel holds one"
+        "per frame; CLIP holds one"
     ]
     assert not (tmp_path / "j").exists()
 

@@ -16,7 +16,7 @@ import sys
 
 from tcclip_jax.weights.checkpoint import CheckpointError, load_model
 from tcclip_jax.weights.hf import export_hf
-from tcclip_jax.weights.pytorch import ConversionError
+from tcclip_jax.weights.pytorch import ConversionError, summarize_paths
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,11 +36,7 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {args.output}: the CLIP towers of {cfg.model}")
     if left_out:
-        tables = [k for k in left_out if k.endswith("/local_global_bias_table")]
-        named = sorted({k.split("/")[0] for k in left_out if k not in tables})
-        if tables:
-            named.append(f"local_global_bias_table x{len(tables)}")
-        print(f"left out (no place in a CLIPModel): {', '.join(named)}")
+        print(f"left out (no place in a CLIPModel): {summarize_paths(left_out)}")
     return 0
 
 

@@ -34,15 +34,17 @@ class MixConfig:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
-def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-    """One-hot [..., C] float32 with 1 - smoothing + smoothing / C on, smoothing / C off."""
+def smooth_labels(
+    labels: jax.Array, num_classes: int, smoothing: float, dtype=jnp.float32
+) -> jax.Array:
+    """One-hot [..., C] with 1 - smoothing + smoothing / C on, smoothing / C off."""
     off = smoothing / num_classes
-    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (1.0 - smoothing) + off
+    return jax.nn.one_hot(labels, num_classes, dtype=dtype) * (1.0 - smoothing) + off
 
 
 def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean over the batch of -sum_c targets_c * log_softmax(logits)_c."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    """Mean over the batch of -sum_c targets_c * log_softmax(logits)_c, in >= float32."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
     return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
 
 

@@ -57,6 +57,27 @@ def create_train_state(
     return init(params)
 
 
+def batch_loss(
+    model: VideoCLIP, trainable: Any, frozen: Any, clips: jax.Array, targets: jax.Array,
+    tokens: jax.Array,
+) -> jax.Array:  # fmt: skip
+    """The training loss of one batch: soft-target cross-entropy of the logits of `clips` [B, T,
+    H, W, 3] (model input) against `targets` [B, C] (smoothed, mixed) for the prompts `tokens`."""
+    logits, _ = model.apply({"params": {**trainable, **frozen}}, clips, tokens)
+    return losses.soft_target_cross_entropy(logits, targets)
+
+
+def loss_and_grads(
+    model: VideoCLIP, trainable: Any, frozen: Any, clips: jax.Array, targets: jax.Array,
+    tokens: jax.Array,
+) -> tuple[jax.Array, Any]:  # fmt: skip
+    """(`batch_loss`, its gradient with respect to `trainable`): what every train step computes
+    per micro-batch. `trainable, frozen = models.params.split_frozen(params)`."""
+    return jax.value_and_grad(batch_loss, argnums=1)(
+        model, trainable, frozen, clips, targets, tokens
+    )
+
+
 def make_train_step(
     model: VideoCLIP,
     tx: optax.GradientTransformation,
@@ -74,16 +95,12 @@ def make_train_step(
     `param_shardings` (optional) pins the accumulated gradients to the parameters' sharding.
     """
 
-    def loss_fn(trainable, frozen, clips, targets, tokens):
-        logits, _ = model.apply({"params": {**trainable, **frozen}}, clips, tokens)
-        return losses.soft_target_cross_entropy(logits, targets)
-
     def micro_grads(trainable, frozen, micro, mixing, tokens):
         clips, targets = normalize(micro["video"]), micro["targets"]
         if mix.enabled:
             clips = mixing.clips(clips, normalize(micro["partner_video"]))
             targets = mixing.targets(targets, micro["partner_targets"])
-        return jax.value_and_grad(loss_fn)(trainable, frozen, clips, targets, tokens)
+        return loss_and_grads(model, trainable, frozen, clips, targets, tokens)
 
     def train_step(state: TrainState, batch: dict, tokens: jax.Array, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)

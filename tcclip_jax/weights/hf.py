@@ -4,12 +4,13 @@ In: a directory holding `config.json` and `model.safetensors` (read as NumPy, wi
 `pytorch_model.bin` (read with torch), sharded or not, or a model id such as
 `openai/clip-vit-base-patch16` found in the local Hugging Face cache (nothing is downloaded).
 The keys are renamed to OpenAI's state-dict layout (q/k/v concatenated into `in_proj`, the two
-projections transposed), and `weights.pytorch` turns that into our parameters with its one
-rename table. The architecture comes from `config.json` and is checked against the tensors.
+projections transposed), and `weights.pytorch` turns that into our parameters with the one
+layout table (`weights.layout`). The architecture comes from `config.json` and is checked
+against the tensors.
 
 Out: `export_hf` writes the CLIP towers of one of our checkpoints as a directory that
-`transformers.CLIPModel.from_pretrained` loads: our parameters -> OpenAI layout (the inverse of
-`tcclip_jax.weights.pytorch.clip_params`) -> Hugging Face keys (the same table, read backwards).
+`transformers.CLIPModel.from_pretrained` loads: our parameters -> OpenAI layout (the layout
+table of `weights.layout`, read backwards) -> Hugging Face keys (the table here, read backwards).
 
 Text pooling: our text tower reads the row of the largest token id, OpenAI's EOT (49407, the
 last id). transformers pools at the argmax of the ids for legacy configs (`eos_token_id=2`) and
@@ -23,7 +24,6 @@ import json
 import os
 import re
 
-import flax
 import numpy as np
 
 from tcclip_jax.models.config import ModelConfig
@@ -32,6 +32,7 @@ from tcclip_jax.weights.pytorch import (
     StateDict,
     _count_blocks,
     clip_architecture,
+    openai_state_dict,
     read_torch_file,
 )
 
@@ -148,74 +149,6 @@ def openai_to_hf(sd: StateDict) -> StateDict:
                 for k, part in zip(hf_keys, np.split(sd[o + openai_key], 3), strict=True):
                     out[h + k] = part
     return out
-
-
-def clip_state_dict(params: dict, source: str = "checkpoint") -> tuple[StateDict, list[str]]:
-    """The OpenAI CLIP state dict of the CLIP towers in our `params` (the inverse of
-    `weights.pytorch.clip_params`), and the parameter paths it leaves out (TC-CLIP's prompt
-    vectors, VP and local/global bias tables, which CLIP has no place for)."""
-    flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
-    used = set()
-
-    def get(path: str) -> np.ndarray:
-        if path not in flat:
-            raise ConversionError(f"{source}: missing parameter {path}")
-        used.add(path)
-        return flat[path]
-
-    def ln(ours: str, theirs: str) -> dict:
-        return {theirs + "weight": get(ours + "scale"), theirs + "bias": get(ours + "bias")}
-
-    def block(ours: str, theirs: str) -> dict:
-        attn, mlp = ours + "attn/", ours + "mlp/"
-        width = get(attn + "out_proj/bias").shape[0]
-        qkv = ("q_proj", "k_proj", "v_proj")
-        # q, k, v kernels [in, heads, head_dim] -> [out, in] weights, stacked as in_proj.
-        in_proj = [get(f"{attn}{n}/kernel").reshape(width, width).T for n in qkv]
-        # out_proj kernel [heads, head_dim, out] -> [out, in].
-        out_proj = get(attn + "out_proj/kernel").reshape(width, width).T
-        sd = {
-            theirs + "attn.in_proj_weight": np.concatenate(in_proj),
-            theirs + "attn.in_proj_bias": np.concatenate(
-                [get(f"{attn}{n}/bias").ravel() for n in qkv]
-            ),
-            theirs + "attn.out_proj.weight": out_proj,
-            theirs + "attn.out_proj.bias": get(attn + "out_proj/bias"),
-            **ln(ours + "ln_1/", theirs + "ln_1."),
-            **ln(ours + "ln_2/", theirs + "ln_2."),
-        }
-        for n in ("c_fc", "c_proj"):
-            sd[f"{theirs}mlp.{n}.weight"] = get(f"{mlp}{n}/kernel").T
-            sd[f"{theirs}mlp.{n}.bias"] = get(f"{mlp}{n}/bias")
-        return sd
-
-    pos = get("visual/positional_embedding")
-    if pos.ndim != 2:
-        raise ConversionError(
-            f"{source}: positional_embedding 'joint' ({list(pos.shape)}) holds a table per frame; "
-            "CLIPModel holds one"
-        )
-    sd = {
-        "visual.class_embedding": get("visual/class_embedding"),
-        "visual.conv1.weight": get("visual/conv1/kernel").transpose(3, 2, 0, 1),  # HWIO -> OIHW
-        "visual.positional_embedding": pos,
-        **ln("visual/ln_pre/", "visual.ln_pre."),
-        **ln("visual/ln_post/", "visual.ln_post."),
-        "visual.proj": get("visual/proj"),
-        "token_embedding.weight": get("token_embedding/embedding"),
-        "positional_embedding": get("positional_embedding"),
-        **ln("ln_final/", "ln_final."),
-        "text_projection": get("text_projection"),
-        "logit_scale": get("logit_scale"),
-    }
-    for ours, theirs in (
-        ("visual/transformer/resblocks_", "visual.transformer.resblocks."),
-        ("transformer/resblocks_", "transformer.resblocks."),
-    ):
-        n = len({k[len(ours) :].split("/")[0] for k in flat if k.startswith(ours)})
-        for i in range(n):
-            sd.update(block(f"{ours}{i}/", f"{theirs}{i}."))
-    return sd, sorted(set(flat) - used)
 
 
 # Reading -------------------------------------------------------------------------------------
@@ -475,7 +408,7 @@ def export_hf(
     directory: str, cfg: ModelConfig, params: dict, source: str = "checkpoint"
 ) -> list[str]:
     """Write `config.json` and `model.safetensors` for the CLIP towers of `params` into a new
-    `directory`. Returns the parameter paths left out (see `clip_state_dict`)."""
+    `directory`. Returns the parameter paths left out (see `weights.pytorch.openai_state_dict`)."""
     try:
         from safetensors.numpy import save_file
     except ImportError as e:
@@ -484,7 +417,7 @@ def export_hf(
         ) from e
     if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
         raise ConversionError(f"{directory} exists and is not empty; choose a new directory")
-    openai_sd, left_out = clip_state_dict(params, source)
+    openai_sd, left_out = openai_state_dict(cfg, params, source)
     sd = openai_to_hf(openai_sd)
     dtype = "float64" if any(v.dtype == np.float64 for v in sd.values()) else "float32"
     sd = {k: np.require(v, dtype, "C") for k, v in sd.items()}  # 0-d stays 0-d

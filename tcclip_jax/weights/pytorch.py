@@ -1,11 +1,10 @@
-"""PyTorch -> JAX weight conversion: OpenAI CLIP and released TC-CLIP / ViFi-CLIP checkpoints.
+"""PyTorch weights in and out: OpenAI CLIP and released TC-CLIP / ViFi-CLIP checkpoints.
 
-The model's parameter names follow the PyTorch state dict, so conversion is a rename table plus
-transposes: linear weights [out, in] -> kernels [in, out] (attention: [in, heads, head_dim] and
-[heads, head_dim, out]), the fused `in_proj` split into q, k, v, `conv1` OIHW -> HWIO, and
-LayerNorm `weight` -> `scale`. Unused or missing keys are named (`weights.convert` then checks
-the whole tree against the model's shapes), so a wrong option fails at conversion, not in the
-middle of a training run.
+Both directions go through the one rename-and-transpose table of `weights.layout`. Import names
+unused or missing keys (`weights.convert` then checks the whole tree against the model's shapes),
+so a wrong option fails at conversion, not in the middle of a training run. Export writes what
+the published code loads: the released `{"model": {"module.*": ...}}` checkpoint and OpenAI
+CLIP's state dict, whose conversion gives back identical parameters.
 
 Pickled checkpoints are read with `torch.load(weights_only=True)`; OpenAI's TorchScript archives
 with `torch.jit.load`, which deserialises the archive without running any of its code (only
@@ -22,13 +21,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from tcclip_jax.models.config import ModelConfig
-
-StateDict = dict[str, np.ndarray]
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message says what and where."""
-
+from tcclip_jax.models.params import flatten, unflatten
+from tcclip_jax.weights import layout
+from tcclip_jax.weights.layout import ConversionError, StateDict
 
 # Reading -----------------------------------------------------------------------------------
 
@@ -124,7 +119,18 @@ def clip_architecture(sd: StateDict, path: str = "CLIP weights") -> dict:
     )
 
 
-# Renaming ----------------------------------------------------------------------------------
+# Import ------------------------------------------------------------------------------------
+
+# Scalars in OpenAI's TorchScript state dict, not parameters.
+_CLIP_SCALARS = ("input_resolution", "context_length", "vocab_size")
+# Buffers of released checkpoints that depend on the training class names (the published
+# loader drops them too): TC-CLIP's prompt prefix / suffix, ViFi-CLIP's prompt embeddings.
+_CLASS_BUFFERS = (
+    "prompt_learner.token_prefix",
+    "prompt_learner.token_suffix",
+    "prompt_learner.complete_text_embeddings",
+)
+_PREFIX = "module."  # the released checkpoints were saved from DistributedDataParallel.
 
 
 def _dtype(a: np.ndarray) -> np.ndarray:
@@ -132,148 +138,90 @@ def _dtype(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64 if a.dtype == np.float64 else np.float32)
 
 
-def _linear(w: np.ndarray) -> np.ndarray:
-    return w.T
-
-
-def _heads_in(w: np.ndarray, heads: int) -> np.ndarray:
-    """q/k/v weight [out, in] -> kernel [in, heads, head_dim]."""
-    return w.T.reshape(w.shape[1], heads, w.shape[0] // heads)
-
-
-def _heads_out(w: np.ndarray, heads: int) -> np.ndarray:
-    """out_proj weight [out, in] -> kernel [heads, head_dim, out]."""
-    return w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
-
-
-class _Reader:
-    """Takes tensors out of a state dict by key, remembering which were used."""
-
-    def __init__(self, sd: StateDict, path: str):
-        self.sd, self.path, self.used = sd, path, set()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.sd
-
-    def __call__(self, key: str) -> np.ndarray:
-        if key not in self.sd:
-            raise ConversionError(f"{self.path}: missing key {key}")
-        self.used.add(key)
-        return _dtype(self.sd[key])
-
-    def unused(self) -> list[str]:
-        return sorted(set(self.sd) - self.used)
-
-
-def _attention(r: _Reader, prefix: str, heads: int) -> dict:
-    """`attn` params from fused `in_proj_*` or separate `q_proj/k_proj/v_proj`."""
-    out = {}
-    if prefix + "in_proj_weight" in r:
-        ws = np.split(r(prefix + "in_proj_weight"), 3)
-        bs = np.split(r(prefix + "in_proj_bias"), 3)
-    else:
-        ws = [r(f"{prefix}{n}_proj.weight") for n in "qkv"]
-        bs = [r(f"{prefix}{n}_proj.bias") for n in "qkv"]
-    for name, w, b in zip(("q_proj", "k_proj", "v_proj"), ws, bs, strict=True):
-        out[name] = {"kernel": _heads_in(w, heads), "bias": b.reshape(heads, -1)}
-    out["out_proj"] = {
-        "kernel": _heads_out(r(prefix + "out_proj.weight"), heads),
-        "bias": r(prefix + "out_proj.bias"),
-    }
-    if prefix + "local_global_bias_table" in r:
-        out["local_global_bias_table"] = r(prefix + "local_global_bias_table")
-    return out
-
-
-def _ln(r: _Reader, prefix: str) -> dict:
-    return {"scale": r(prefix + "weight"), "bias": r(prefix + "bias")}
-
-
-def _block(r: _Reader, prefix: str, heads: int, extra_ln: tuple[str, ...] = ()) -> dict:
-    out = {
-        "attn": _attention(r, prefix + "attn.", heads),
-        "ln_1": _ln(r, prefix + "ln_1."),
-        "ln_2": _ln(r, prefix + "ln_2."),
-        "mlp": {
-            n: {"kernel": _linear(r(f"{prefix}mlp.{n}.weight")), "bias": r(f"{prefix}mlp.{n}.bias")}
-            for n in ("c_fc", "c_proj")
-        },
-    }
-    for name in extra_ln:
-        out[name] = _ln(r, prefix + name + ".")
-    return out
-
-
-def _vision(r: _Reader, prefix: str, cfg: ModelConfig) -> dict:
-    out = {
-        "conv1": {"kernel": r(prefix + "conv1.weight").transpose(2, 3, 1, 0)},
-        "class_embedding": r(prefix + "class_embedding"),
-        "positional_embedding": r(prefix + "positional_embedding"),
-        "ln_pre": _ln(r, prefix + "ln_pre."),
-        "ln_post": _ln(r, prefix + "ln_post."),
-        "proj": r(prefix + "proj"),
-        "transformer": {
-            f"resblocks_{i}": _block(r, f"{prefix}transformer.resblocks.{i}.", cfg.vision_heads)
-            for i in range(cfg.vision_layers)
-        },
-    }
-    return out
-
-
-def _text(r: _Reader, prefix: str, cfg: ModelConfig) -> dict:
-    return {
-        "positional_embedding": r(prefix + "positional_embedding"),
-        "ln_final": _ln(r, prefix + "ln_final."),
-        "text_projection": r(prefix + "text_projection"),
-        "transformer": {
-            f"resblocks_{i}": _block(r, f"{prefix}transformer.resblocks.{i}.", cfg.text_heads)
-            for i in range(cfg.text_layers)
-        },
-    }
+def _unexpected(sd: StateDict, table: list, path: str, what: str, ignored=()) -> None:
+    unused = sorted(set(sd) - set(layout.torch_keys(table)) - set(ignored))
+    if unused:
+        raise ConversionError(f"{path}: unexpected keys for {what}: {unused[:20]}")
 
 
 def clip_params(sd: StateDict, cfg: ModelConfig, path: str = "CLIP weights") -> dict:
     """The CLIP part of the parameter tree, from an OpenAI CLIP state dict."""
-    r = _Reader(sd, path)
-    params = {
-        "visual": _vision(r, "visual.", cfg),
-        "token_embedding": {"embedding": r("token_embedding.weight")},
-        "logit_scale": r("logit_scale"),
-        **_text(r, "", cfg),
-    }
-    ignored = {"input_resolution", "context_length", "vocab_size"}
-    unused = [k for k in r.unused() if k not in ignored]
-    if unused:
-        raise ConversionError(f"{path}: unexpected keys for this architecture: {unused[:20]}")
-    return params
+    table = layout.clip_table(cfg)
+    flat = layout.to_ours(sd, table, path, _dtype)
+    _unexpected(sd, table, path, "this architecture", _CLIP_SCALARS)
+    return unflatten(flat)
 
 
 def finetuned_params(sd: StateDict, cfg: ModelConfig, path: str = "TC-CLIP checkpoint") -> dict:
     """Parameters of a released TC-CLIP / ViFi-CLIP checkpoint (`module.` keys).
 
-    The token embedding is not in these checkpoints (it comes from CLIP), and the
-    `prompt_learner.token_prefix/token_suffix` buffers depend on the training class names: both
-    are left out.
+    The token embedding is not in these checkpoints (it comes from CLIP), and the class-name
+    buffers are left out. Vision attention may be q/k/v_proj or a fused in_proj.
     """
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith("prompt_learner.token_")}
+    sd = {k.removeprefix(_PREFIX): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if k not in _CLASS_BUFFERS}
     if not any(k.startswith("image_encoder.") for k in sd):
         raise ConversionError(
             f"{path}: unknown architecture: expected 'module.image_encoder.*' keys of a released "
             "TC-CLIP / ViFi-CLIP checkpoint"
         )
-    r = _Reader(sd, path)
-    params = {
-        "visual": _vision(r, "image_encoder.", cfg),
-        "logit_scale": r("logit_scale"),
-        **_text(r, "text_encoder.", cfg),
-    }
-    if cfg.is_temporal:
-        params["prompt_learner"] = {"ctx": r("prompt_learner.ctx")}
-        params["prompt_generation_layer"] = _block(
-            r, "text_encoder.prompt_generation_layer.0.", cfg.text_heads, extra_ln=("ln_1_kv",)
+    fused = "image_encoder.transformer.resblocks.0.attn.in_proj_weight" in sd
+    table = layout.released_table(cfg, fused_vision=fused)
+    flat = layout.to_ours(sd, table, path, _dtype)
+    _unexpected(sd, table, path, "this model config")
+    return unflatten(flat)
+
+
+# Export ------------------------------------------------------------------------------------
+
+
+def _flat(params: dict) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in flatten(params).items()}
+
+
+def openai_state_dict(
+    cfg: ModelConfig, params: dict, source: str = "checkpoint"
+) -> tuple[StateDict, list[str]]:
+    """OpenAI CLIP's state dict of the CLIP towers in `params`, and the parameter paths it leaves
+    out (TC-CLIP's prompt vectors, VP and local/global bias tables: CLIP has no place for them)."""
+    flat = _flat(params)
+    pos = flat.get("visual/positional_embedding")
+    if pos is not None and pos.ndim != 2:
+        raise ConversionError(
+            f"{source}: positional_embedding 'joint' ({list(pos.shape)}) holds a table per frame; "
+            "CLIP holds one"
         )
-    unused = r.unused()
-    if unused:
-        raise ConversionError(f"{path}: unexpected keys for this model config: {unused[:20]}")
-    return params
+    table = layout.clip_table(cfg)
+    sd = layout.to_torch(flat, table, source)
+    return sd, sorted(set(flat) - set(layout.our_paths(table)))
+
+
+def summarize_paths(paths: list[str]) -> str:
+    """Parameter paths as their top-level modules, bias tables counted: for messages."""
+    tables = [k for k in paths if k.endswith("/local_global_bias_table")]
+    named = sorted({k.split("/")[0] for k in paths if k not in tables})
+    if tables:
+        named.append(f"local_global_bias_table x{len(tables)}")
+    return ", ".join(named)
+
+
+def released_state_dict(cfg: ModelConfig, params: dict, source: str = "checkpoint") -> StateDict:
+    """The `model` dict of a released-format checkpoint (`module.` keys): TC-CLIP's for tc_clip,
+    ViFi-CLIP's for vifi_clip and clip. Like the released files it holds no token embedding."""
+    flat = _flat(params)
+    table = layout.released_table(cfg)
+    sd = layout.to_torch(flat, table, source)
+    extra = sorted(set(flat) - set(layout.our_paths(table)) - {"token_embedding/embedding"})
+    if extra:
+        raise ConversionError(f"{source}: parameters the {cfg.model} layout lacks: {extra[:20]}")
+    return {_PREFIX + k: v for k, v in sd.items()}
+
+
+def save_torch(path: str, state_dict: StateDict, wrap: bool) -> None:
+    """`torch.save` of `state_dict` (as `{"model": ...}` when `wrap`, as the released files are;
+    no epoch, so the published code fine-tunes it from its first epoch)."""
+    import torch
+
+    # np.require keeps 0-d arrays 0-d (np.ascontiguousarray makes them 1-d).
+    sd = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in state_dict.items()}
+    torch.save({"model": sd} if wrap else sd, path)
