@@ -129,7 +129,12 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
         )
     )
     c.label_smoothing = 0.1
-    c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5))
+    # One mixup / cutmix draw and partner permutation per group of `group_size` consecutive clips
+    # of a step, as the published code draws per GPU batch of 4 (see train/losses.py); set it to
+    # batch_size for one draw per step.
+    c.mixup = ml_collections.ConfigDict(
+        dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, group_size=4)
+    )
 
     # Evaluation: validation on data.val_list during training (0 = only at the end) picks the
     # best checkpoint; the protocol's evaluation runs on the best weights at the end.
