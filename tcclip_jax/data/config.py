@@ -52,9 +52,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.hflip = True  # set False for Something-Something v2 (left/right matter there)
     c.color_jitter_p = 0.8
     c.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue strengths
-    # One draw of jitter parameters per clip (consistent over time). The released code draws
-    # per frame (torchvision ColorJitter called frame by frame); True reproduces that.
-    c.color_jitter_per_frame = False
+    # Jitter factors and op order drawn for every frame, as the released code calls torchvision's
+    # ColorJitter frame by frame (whether to jitter is drawn per clip); False: one draw per clip.
+    c.color_jitter_per_frame = True
     c.grayscale_p = 0.2
     c.mean = CLIP_MEAN  # on the 0..1 scale; IMAGENET_MEAN/STD reproduce the released code
     c.std = CLIP_STD
