@@ -168,8 +168,8 @@ def test_training_stops_past_the_bad_video_limit(root, bad_list):
     assert "missing.mp4" in str(e.value) and "junk.mp4" in str(e.value)
 
 
-def test_eval_batches_are_padded_sharded_and_sample_centres(root):
-    cfg = small_config(root, test_clips=2, test_crops=1)
+def test_eval_batches_are_padded_sharded_and_sample_evenly(root):
+    cfg = small_config(root, test_clips=2, test_crops=1, test_clip_sampling="uniform")
     seen = []
     for p in range(3):
         ds = pipeline.create_eval_dataset(cfg, batch_size=3, process_index=p, process_count=3)
@@ -191,12 +191,37 @@ def test_eval_batches_are_padded_sharded_and_sample_centres(root):
     assert sorted(seen) == list(range(10))
 
 
-def test_eval_is_deterministic_with_three_crops_and_random_clips(root):
-    cfg = small_config(root, test_clips=2, test_crops=3, test_clip_sampling="tsn_random")
-    ds = pipeline.create_eval_dataset(cfg, batch_size=4)
-    first, second = list(ds), list(ds)
-    assert first[0]["video"].shape == (4, 6, 4, 32, 32, 3)
-    assert_same_batches(first, second)
+def _views_by_index(cfg, batch_size: int, process_count: int) -> dict[int, np.ndarray]:
+    views = {}
+    for p in range(process_count):
+        ds = pipeline.create_eval_dataset(
+            cfg, batch_size=batch_size, process_index=p, process_count=process_count
+        )
+        for b in ds:
+            views.update({int(i): v for i, v in zip(b["index"], b["video"], strict=True) if i >= 0})
+    return views
+
+
+def test_eval_views_take_random_offsets_seeded_per_video(root):
+    """The default test views: the published random temporal offsets, drawn from an rng seeded
+    by the video's position in the list, so every batch / process layout sees the same views."""
+    cfg = small_config(root, test_clips=2, test_crops=3)
+    assert cfg.test_clip_sampling == "tsn_random"
+    views = _views_by_index(cfg, batch_size=4, process_count=1)
+    assert views[0].shape == (6, 4, 32, 32, 3)
+    again = _views_by_index(cfg, batch_size=3, process_count=3)
+    assert views.keys() == again.keys() == set(range(10))
+    for index, video in views.items():
+        np.testing.assert_array_equal(again[index], video)
+        expected = sampling.view_indices(
+            LENGTHS[index], 4, 2, "tsn_random", np.random.default_rng(index)
+        )
+        assert [indices(v) for v in video[::3]] == expected.tolist()  # clip-major, crop 0
+    offsets = [indices(v) for i in range(10) for v in views[i][::3]]
+    uniform = [
+        v.tolist() for i in range(10) for v in sampling.view_indices(LENGTHS[i], 4, 2, "uniform")
+    ]
+    assert offsets != uniform
 
 
 def test_an_unreadable_eval_video_is_an_error(root, bad_list):
@@ -209,11 +234,11 @@ def test_an_unreadable_eval_video_is_an_error(root, bad_list):
 
 
 def test_load_test_views_matches_evaluation(root):
-    cfg = small_config(root, uint8_output=False)
-    views = pipeline.load_test_views(os.path.join(root, "videos", "v04.mp4"), cfg)
+    cfg = small_config(root, uint8_output=False)  # random offsets seeded by the position: 0
+    views = pipeline.load_test_views(os.path.join(root, "videos", "v00.mp4"), cfg)
     batch = next(iter(pipeline.create_eval_dataset(cfg, batch_size=5)))
     assert views.shape == (2, 4, 32, 32, 3) and views.dtype == np.float32
-    np.testing.assert_array_equal(views, batch["video"][4])
+    np.testing.assert_array_equal(views, batch["video"][0])
 
 
 def test_frame_folders_give_the_same_clips_as_videos(root, tmp_path):

@@ -345,7 +345,8 @@ def create_train_iterator(
 
 
 def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
-    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major)."""
+    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major); random temporal offsets
+    ('tsn_random') are seeded by `index`, the video's position in its list."""
     rng = np.random.default_rng(index) if spec.test_clip_sampling == "tsn_random" else None
 
     def pick(n):
