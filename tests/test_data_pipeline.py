@@ -11,6 +11,7 @@ from data_helpers import frame_index, no_augmentation, small_config, write_grey_
 
 from tcclip_jax.data import pipeline, sampling, transforms
 from tcclip_jax.data.classes import AnnotationError
+from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.video_decode import VideoReadError, decode_frames
 
 LENGTHS = [40, 36, 20, 12, 33, 25, 40, 30, 3, 16]  # video k has label k; 3 and 12 are short
@@ -67,7 +68,7 @@ def test_float_output_is_the_normalised_uint8_output(root):
     normalised = next(it)
     it.close()
     assert normalised["video"].dtype == np.float32
-    expected = transforms.normalize(raw["video"], cfg.mean, cfg.std)
+    expected = transforms.normalize(raw["video"], *normalization_stats(cfg.normalization))
     np.testing.assert_array_equal(normalised["video"], expected)
 
 

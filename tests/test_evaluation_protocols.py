@@ -18,7 +18,7 @@ import pytest
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_annotations
-from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.config import default_data_config, normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset
 from tcclip_jax.evaluation.accuracy import Evaluator
@@ -84,7 +84,7 @@ def view_logits(model_config, params, cfg) -> np.ndarray:
     )
     out = []
     for batch in create_eval_dataset(cfg, batch_size=1):
-        views = normalize_on_device(batch["video"][0], cfg.mean, cfg.std)
+        views = normalize_on_device(batch["video"][0], *normalization_stats(cfg.normalization))
         out.append([np.asarray(forward(params, view[None]), np.float64) for view in views])
     return np.array(out)
 

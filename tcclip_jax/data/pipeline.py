@@ -31,7 +31,7 @@ from absl import flags, logging
 
 from tcclip_jax.data import sampling, transforms
 from tcclip_jax.data.classes import AnnotationError, load_class_names
-from tcclip_jax.data.config import FORMATS
+from tcclip_jax.data.config import FORMATS, NORMALIZATIONS, normalization_stats
 from tcclip_jax.data.readers import (
     Entries,
     Entry,
@@ -58,8 +58,7 @@ class ClipSpec:
     color_jitter: tuple[float, ...]
     color_jitter_per_frame: bool
     grayscale_p: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    normalization: str
     uint8_output: bool
     test_clips: int
     test_crops: int
@@ -72,8 +71,6 @@ class ClipSpec:
             spec,
             crop_scales=tuple(spec.crop_scales),
             color_jitter=tuple(spec.color_jitter),
-            mean=tuple(spec.mean),
-            std=tuple(spec.std),
         )
         spec.validate()
         return spec
@@ -93,8 +90,12 @@ class ClipSpec:
                 "test_clip_sampling must be 'uniform' or 'tsn_random', "
                 f"got {self.test_clip_sampling!r}"
             )
-        if len(self.color_jitter) != 4 or len(self.mean) != 3 or len(self.std) != 3:
-            problems.append("color_jitter needs 4 strengths, mean and std 3 values each")
+        if len(self.color_jitter) != 4:
+            problems.append(f"color_jitter needs 4 strengths, got {self.color_jitter}")
+        if self.normalization not in NORMALIZATIONS:
+            problems.append(
+                f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
         if problems:
             raise ValueError("invalid data config: " + "; ".join(problems))
 
@@ -106,7 +107,7 @@ class ClipSpec:
         """The model's view of uint8 frames: as they are, or normalised float32."""
         if self.uint8_output:
             return frames
-        return transforms.normalize(frames, self.mean, self.std)
+        return transforms.normalize(frames, *normalization_stats(self.normalization))
 
     def output_dtype(self) -> type:
         return np.uint8 if self.uint8_output else np.float32
