@@ -259,13 +259,14 @@ def evaluate_command(data, checkpoint, workdir) -> list[str]:
         f"--config.data.class_list={data.class_list}", "--config.data.num_frames=4",
         "--config.data.image_size=32", "--config.data.resize_size=32",
         "--config.eval.batch_size=6", "--config.dtype=float32", "--config.dataset_name=synthetic",
+        "--config.data.normalization=clip",  # the checkpoint's record (imagenet) overrides it
     ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def checkpoint(model_config, params, tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "model"
-    save_model(str(path), model_config, params, info={"step": 7})
+    save_model(str(path), model_config, params, info={"step": 7}, normalization="imagenet")
     return path
 
 
@@ -294,6 +295,7 @@ def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path)
     assert saved["results"]["synthetic"]["top1"] == top1
     assert saved["results"]["synthetic"]["top5"] == top5
     assert saved["checkpoint"] == str(checkpoint) and saved["step"] == 7
+    assert saved["normalization"] == "imagenet"  # as the reference computed
     with open(tmp_path / "metrics.jsonl") as f:
         logged = json.loads(f.readlines()[-1])
     assert logged["step"] == 7 and logged["synthetic/top1"] == top1

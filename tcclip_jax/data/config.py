@@ -51,8 +51,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.test_clips = 2  # temporal views at test time (2 few-shot/base-to-novel/zero-shot, 4 fully)
     c.test_crops = 1  # spatial views at test time: 1 (centre) or 3 (along the long side)
     # 'tsn_random': the released code's multi-view test sampling, i.e. training's random offsets
-    # drawn C times (C=1: the segment centres), seeded by the video's position in its list so
-    # evaluation is deterministic whatever the batch or process layout;
+    # drawn C times (C=1: the segment centres), seeded by the video's name, so evaluation
+    # is deterministic whatever the list, batch or process layout (pipeline.view_seed);
     # 'uniform': clip c of C takes frame (c + 0.5) / C through every segment (C=1: the centre).
     c.test_clip_sampling = "tsn_random"
 

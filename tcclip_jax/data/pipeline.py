@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import zlib
 from collections.abc import Sequence
 
 import grain
@@ -345,10 +346,19 @@ def create_train_iterator(
     return iter(_CountFailures(ds, cfg.max_bad_videos))
 
 
-def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
-    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major); random temporal offsets
-    ('tsn_random') are seeded by `index`, the video's position in its list."""
-    rng = np.random.default_rng(index) if spec.test_clip_sampling == "tsn_random" else None
+def view_seed(path: str) -> int:
+    """The seed of a video's random test views: the CRC-32 of its file name without extension
+    (or frame folder name), so a video gets the same views in every list, batch and process
+    layout, as a file or as frames, and in `predict`."""
+    name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+    return zlib.crc32(name.encode())
+
+
+def _eval_views(reader, entry: Entry, spec: ClipSpec) -> np.ndarray:
+    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major)."""
+    rng = None
+    if spec.test_clip_sampling == "tsn_random":
+        rng = np.random.default_rng(view_seed(entry.path))
 
     def pick(n):
         idx = sampling.view_indices(
@@ -381,7 +391,7 @@ class _EvalBatch:
         label = np.full(len(positions), -1, np.int32)
         for i, p in enumerate(positions):
             if p >= 0:
-                video[i] = spec.finish(_eval_views(self.reader, self.entries[p], spec, p))
+                video[i] = spec.finish(_eval_views(self.reader, self.entries[p], spec))
                 label[i] = self.entries[p].label
         index = np.asarray(positions, np.int32)
         return {"video": video, "label": label, "index": index, "valid": index >= 0}
@@ -424,4 +434,4 @@ def load_test_views(path: str, cfg: ml_collections.ConfigDict) -> np.ndarray:
         reader = FrameFolderReader("", cfg.frame_template, cfg.frame_start_index)
     else:
         reader = VideoFileReader("", cfg.decode_threads)
-    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec, 0))
+    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec))
