@@ -12,11 +12,12 @@
 
 The checkpoint is any directory `weights.checkpoint.load_model` reads (converted weights, e.g.
 the authors' released files, or a run's exported `model/`); its model config overrides the
-config's model fields. The protocol's test lists and views are used (zero-shot: HMDB-51, UCF-101
-and K-600, three splits each), every list checked against its class list first. Zero-shot is
-evaluated as the weights are and with WiSE-FT, which needs CLIP's weights
-(`--config.clip_checkpoint`, a converted OpenAI CLIP). The table is printed, and
-written with the checkpoint path to `WORKDIR/eval_metrics.json` (what `python -m
+config's model fields, and the input normalisation it records overrides
+`config.data.normalization` (`--normalization` chooses). The protocol's test lists and views are
+used (zero-shot: HMDB-51, UCF-101 and K-600, three splits each), every list checked against its
+class list first. Zero-shot is evaluated as the weights are and with WiSE-FT, which needs CLIP's
+weights (`--config.clip_checkpoint`, a converted OpenAI CLIP). The table is printed, and written
+with the checkpoint path and normalisation to `WORKDIR/eval_metrics.json` (what `python -m
 tcclip_jax.report` reads), and the scalars appended to `WORKDIR/metrics.jsonl` under `eval/`.
 WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`.
 """
@@ -31,6 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tcclip_jax import distributed
+from tcclip_jax.data.config import NORMALIZATIONS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Protocol config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -40,6 +42,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
     "Where eval_metrics.json and metrics.jsonl go (default: the checkpoint's parent).",
+)
+_NORMALIZATION = flags.DEFINE_enum(
+    "normalization",
+    "checkpoint",
+    ["checkpoint", *sorted(NORMALIZATIONS)],
+    "Input normalisation: the one the checkpoint records, or this one.",
 )
 flags.mark_flags_as_required(["config", "checkpoint"])
 
@@ -57,6 +65,7 @@ def main(argv: Sequence[str]) -> None:
     from tcclip_jax.config.resolve import check_lists, resolve
     from tcclip_jax.evaluation.protocols import evaluate_protocol
     from tcclip_jax.evaluation.tables import flat_metrics, format_results
+    from tcclip_jax.inference import checkpoint_normalization
     from tcclip_jax.metrics import MetricWriter
     from tcclip_jax.weights.checkpoint import INFO_FILE, CheckpointError, load_model
 
@@ -66,6 +75,7 @@ def main(argv: Sequence[str]) -> None:
         model_config, params = load_model(checkpoint)
         config = resolve(_CONFIG.value, workdir)
         check_lists(config, training=False)  # each test list against its class list, first
+        config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
         metrics = evaluate_protocol(
             config, params, sharding.create_mesh(), model_config=model_config
         )
@@ -82,7 +92,9 @@ def main(argv: Sequence[str]) -> None:
     if jax.process_index() == 0:
         print(format_results(metrics), flush=True)
         with open(os.path.join(workdir, METRICS_FILE), "w") as f:
-            json.dump({**metrics, "checkpoint": checkpoint, "step": step}, f, indent=2)
+            record = {"checkpoint": checkpoint, "step": step}
+            record["normalization"] = config.data.normalization
+            json.dump({**metrics, **record}, f, indent=2)
 
 
 if __name__ == "__main__":

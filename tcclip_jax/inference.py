@@ -2,7 +2,8 @@
 
 Also the pieces every consumer of a model shares (training, evaluation, predict, visualize,
 bench): dtype names, prompt tokens for class names, the jitted text encoder, loading a predictor
-with a one-line error, and the test-time view config of a model.
+with a one-line error, the normalisation to use with a checkpoint, and the test-time view config
+of a model.
 
 Class embeddings depend on the class names and the weights only, so they are computed once per
 class list and cached; each call then runs the vision tower and (TC-CLIP) VP + the EOT row of
@@ -20,14 +21,31 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.config import NORMALIZATIONS, default_data_config, normalization_stats
+from tcclip_jax.data.transforms import normalize
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
 from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
-from tcclip_jax.weights.checkpoint import MODEL_CONFIG_FILE, CheckpointError, load_model
+from tcclip_jax.weights.checkpoint import (
+    MODEL_CONFIG_FILE,
+    CheckpointError,
+    load_model,
+    load_normalization,
+)
 
 # Compute dtypes by name, for command-line flags.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# --normalization choices: the checkpoint's record, or a name overriding it.
+NORMALIZATION_CHOICES = ("checkpoint", *sorted(NORMALIZATIONS))
+
+
+def checkpoint_normalization(directory: str, choice: str = "checkpoint") -> str:
+    """The normalisation to feed a checkpoint's weights: the one it records for `choice`
+    'checkpoint' (see `weights.checkpoint.load_normalization`), else `choice` itself."""
+    if choice == "checkpoint":
+        return load_normalization(directory)
+    normalization_stats(choice)  # a ValueError naming the choices
+    return choice
 
 
 def prompt_tokens(config: ModelConfig, classnames: Sequence[str], trim: bool = True) -> np.ndarray:
@@ -60,11 +78,23 @@ def _dtype(dtype: Any) -> jnp.dtype:
 
 
 class Predictor:
-    """A model and its weights, ready to classify clips against any class names."""
+    """A model and its weights, ready to classify clips against any class names.
 
-    def __init__(self, config: ModelConfig, params: Any, dtype: Any = jnp.float32):
+    `normalization` names the input normalisation the weights expect (`normalize` applies it);
+    `from_checkpoint` takes the checkpoint's record.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Any,
+        dtype: Any = jnp.float32,
+        normalization: str = "imagenet",
+    ):
         self.config = config
         self.dtype = _dtype(dtype)
+        self.normalization = normalization
+        self.mean, self.std = normalization_stats(normalization)
         # float64 runs everything in float64; otherwise parameters stay float32 (master copy)
         # and `dtype` is the compute dtype.
         param_dtype = jnp.float64 if self.dtype == jnp.float64 else jnp.float32
@@ -83,9 +113,17 @@ class Predictor:
         self._text_cache: dict[tuple[str, ...], Any] = {}
 
     @classmethod
-    def from_checkpoint(cls, directory: str, dtype: Any = jnp.float32) -> Predictor:
+    def from_checkpoint(
+        cls, directory: str, dtype: Any = jnp.float32, normalization: str = "checkpoint"
+    ) -> Predictor:
+        """The checkpoint's model, normalised as it records (or as `normalization` names)."""
         config, params = load_model(directory)
-        return cls(config, params, dtype=dtype)
+        normalization = checkpoint_normalization(directory, normalization)
+        return cls(config, params, dtype=dtype, normalization=normalization)
+
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB frames [..., 3] -> the float32 input these weights expect."""
+        return normalize(frames, self.mean, self.std)
 
     def tokens(self, classnames: Sequence[str]) -> np.ndarray:
         """Prompt token ids [C, L] (class names normalised as the published code does)."""
@@ -100,7 +138,8 @@ class Predictor:
         return self._text_cache[key]
 
     def encode_video(self, clips: np.ndarray, return_attention: bool = False) -> dict:
-        """clips [B, T, H, W, 3] normalised -> the vision outputs (see VideoCLIP.encode_video)."""
+        """clips [B, T, H, W, 3] normalised (`normalize`) -> the vision outputs (see
+        VideoCLIP.encode_video)."""
         clips = jnp.asarray(clips, self.dtype)
         if clips.ndim != 5 or clips.shape[-1] != 3:
             raise ValueError(f"clips must be [B, T, H, W, 3], got shape {tuple(clips.shape)}")
@@ -133,10 +172,12 @@ def _not_a_model_hint(directory: str) -> str:
     return ""
 
 
-def load_predictor(directory: str, dtype: str = "float32") -> Predictor:
+def load_predictor(
+    directory: str, dtype: str = "float32", normalization: str = "checkpoint"
+) -> Predictor:
     """A Predictor for a model checkpoint directory; CheckpointError naming the problem."""
     try:
-        return Predictor.from_checkpoint(directory, dtype=DTYPES[dtype])
+        return Predictor.from_checkpoint(directory, DTYPES[dtype], normalization)
     except CheckpointError:
         hint = _not_a_model_hint(directory)
         if not hint:
@@ -147,11 +188,13 @@ def load_predictor(directory: str, dtype: str = "float32") -> Predictor:
 
 
 def view_config(
-    model_config: ModelConfig, clips: int = 2, crops: int = 1
+    model_config: ModelConfig, clips: int = 2, crops: int = 1, normalization: str = "imagenet"
 ) -> ml_collections.ConfigDict:
     """Test-time views for `model_config`: its frame count and resolution, resize as released
-    (short side int(256 / 224 * size)), `clips` temporal x `crops` spatial views, normalised."""
+    (short side int(256 / 224 * size)), `clips` temporal x `crops` spatial views, normalised
+    as `normalization` names (a Predictor's `normalization`)."""
     cfg = default_data_config()
+    cfg.normalization = normalization
     cfg.num_frames = model_config.num_frames
     cfg.image_size = model_config.image_resolution
     cfg.resize_size = int(256 / 224 * model_config.image_resolution)

@@ -4,8 +4,9 @@
       --classes "juggling balls" "playing guitar" "riding a bike"
   python -m tcclip_jax.predict --checkpoint DIR --video a.mp4 --labels classes.csv --json
 
-Each video is decoded and sampled as evaluation does (`load_test_views`: segment centres, short
-side resize + centre crop(s), CLIP normalisation) at the checkpoint's frame count and resolution;
+Each video is decoded and sampled as evaluation does (`load_test_views`: the published test
+views, short side resize + centre crop(s)) at the checkpoint's frame count and resolution, and
+normalised as the checkpoint records (`--normalization` overrides it);
 its class probabilities are the per-view softmax averaged over the views (the evaluation's
 softmax sum, divided by the number of views so that it sums to 1). Works for TC-CLIP, ViFi-CLIP
 and CLIP checkpoints alike.
@@ -30,7 +31,13 @@ import numpy as np
 
 from tcclip_jax.data.classes import AnnotationError, load_class_names
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.inference import DTYPES, Predictor, load_predictor, view_config
+from tcclip_jax.inference import (
+    DTYPES,
+    NORMALIZATION_CHOICES,
+    Predictor,
+    load_predictor,
+    view_config,
+)
 from tcclip_jax.weights.checkpoint import CheckpointError
 
 
@@ -123,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--clips", type=int, default=2, help="Temporal views per video.")
     parser.add_argument("--crops", type=int, default=1, choices=(1, 3), help="Spatial views.")
+    parser.add_argument(
+        "--normalization",
+        choices=NORMALIZATION_CHOICES,
+        default="checkpoint",
+        help="Input normalisation: the one the checkpoint records (default), or this one.",
+    )
     return parser
 
 
@@ -141,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             classnames = check_class_names(read_class_names(args.labels), args.labels)
         else:
             classnames = check_class_names(args.classes, "--classes")
-        predictor = load_predictor(args.checkpoint, args.dtype)
-        cfg = view_config(predictor.config, args.clips, args.crops)
+        predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
+        cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
     except (UsageError, AnnotationError, CheckpointError) as e:
         _error(str(e))
         return 2
@@ -165,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": predictor.config.model,
             "num_classes": len(classnames),
             "views": {"clips": args.clips, "crops": args.crops},
+            "normalization": predictor.normalization,
             "results": [dataclasses.asdict(r) for r in results],
         }
         print(json.dumps(document, indent=2))

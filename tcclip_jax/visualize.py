@@ -20,8 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.data.transforms import normalize
-from tcclip_jax.inference import DTYPES, load_predictor, view_config
+from tcclip_jax.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
 from tcclip_jax.visualization.explain import explain, summary_block
 from tcclip_jax.visualization.render import write_figures
 from tcclip_jax.weights.checkpoint import CheckpointError
@@ -45,13 +44,19 @@ def _parser() -> argparse.ArgumentParser:
         "--highlight", type=int, help="Context token drawn red (default: the most widespread)."
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument(
+        "--normalization",
+        choices=NORMALIZATION_CHOICES,
+        default="checkpoint",
+        help="Input normalisation: the one the checkpoint records (default), or this one.",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        predictor = load_predictor(args.checkpoint, args.dtype)
+        predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -65,14 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {args.checkpoint}: {e}", file=sys.stderr)
         return 2
-    cfg = view_config(predictor.config, clips=1, crops=1)
+    cfg = view_config(predictor.config, clips=1, crops=1, normalization=predictor.normalization)
     cfg.uint8_output = True
     try:
         frames = load_test_views(args.video, cfg)[0]  # the centre clip and crop.
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    exp = explain(predictor, normalize(frames, cfg.mean, cfg.std), layer)
+    exp = explain(predictor, predictor.normalize(frames), layer)
     for path in write_figures(args.output, frames, exp, args.highlight).values():
         print(path)
     return 0

@@ -50,7 +50,11 @@ def test_configs_carry_the_recipe(name, arg, lr, min_lr, batch, epochs, warmup, 
     assert c.label_smoothing == 0.1
     if name != "demo":  # the demo trains from scratch (higher lr and decay, no mixing)
         assert c.optim.weight_decay == 0.001
-        assert (c.mixup.mixup_alpha, c.mixup.cutmix_alpha, c.mixup.switch_prob) == (0.8, 1.0, 0.5)
+        mix = (c.mixup.mixup_alpha, c.mixup.cutmix_alpha, c.mixup.switch_prob)
+        assert mix == (0.8, 1.0, 0.5) and c.mixup.group_size == 4  # per published GPU batch
+        # The published data code: ImageNet statistics, per-frame jitter, random test offsets.
+        assert c.data.normalization == "imagenet" and c.data.color_jitter_per_frame
+        assert c.data.test_clip_sampling == "tsn_random"
     json.loads(c.to_json())  # serialisable, as saved in the workdir
 
 
@@ -124,6 +128,7 @@ def test_relative_lists_resolve_against_splits_dir(tmp_path):
         (dict(data_root=""), "config.data.root"),
         (dict(splits_dir="/nowhere"), "config.splits_dir"),
         (dict(batch_size=63), "config.batch_size"),
+        (dict(batch_size=12), "config.mixup.group_size 4 must divide the 6 clips"),
     ],
 )
 def test_bad_configs_fail_naming_the_field(tmp_path, change, field):

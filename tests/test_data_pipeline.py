@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import zlib
 
 import grain
 import numpy as np
@@ -11,6 +12,7 @@ from data_helpers import frame_index, no_augmentation, small_config, write_grey_
 
 from tcclip_jax.data import pipeline, sampling, transforms
 from tcclip_jax.data.classes import AnnotationError
+from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.video_decode import VideoReadError, decode_frames
 
 LENGTHS = [40, 36, 20, 12, 33, 25, 40, 30, 3, 16]  # video k has label k; 3 and 12 are short
@@ -67,7 +69,7 @@ def test_float_output_is_the_normalised_uint8_output(root):
     normalised = next(it)
     it.close()
     assert normalised["video"].dtype == np.float32
-    expected = transforms.normalize(raw["video"], cfg.mean, cfg.std)
+    expected = transforms.normalize(raw["video"], *normalization_stats(cfg.normalization))
     np.testing.assert_array_equal(normalised["video"], expected)
 
 
@@ -168,8 +170,8 @@ def test_training_stops_past_the_bad_video_limit(root, bad_list):
     assert "missing.mp4" in str(e.value) and "junk.mp4" in str(e.value)
 
 
-def test_eval_batches_are_padded_sharded_and_sample_centres(root):
-    cfg = small_config(root, test_clips=2, test_crops=1)
+def test_eval_batches_are_padded_sharded_and_sample_evenly(root):
+    cfg = small_config(root, test_clips=2, test_crops=1, test_clip_sampling="uniform")
     seen = []
     for p in range(3):
         ds = pipeline.create_eval_dataset(cfg, batch_size=3, process_index=p, process_count=3)
@@ -191,12 +193,38 @@ def test_eval_batches_are_padded_sharded_and_sample_centres(root):
     assert sorted(seen) == list(range(10))
 
 
-def test_eval_is_deterministic_with_three_crops_and_random_clips(root):
-    cfg = small_config(root, test_clips=2, test_crops=3, test_clip_sampling="tsn_random")
-    ds = pipeline.create_eval_dataset(cfg, batch_size=4)
-    first, second = list(ds), list(ds)
-    assert first[0]["video"].shape == (4, 6, 4, 32, 32, 3)
-    assert_same_batches(first, second)
+def _views_by_index(cfg, batch_size: int, process_count: int) -> dict[int, np.ndarray]:
+    views = {}
+    for p in range(process_count):
+        ds = pipeline.create_eval_dataset(
+            cfg, batch_size=batch_size, process_index=p, process_count=process_count
+        )
+        for b in ds:
+            views.update({int(i): v for i, v in zip(b["index"], b["video"], strict=True) if i >= 0})
+    return views
+
+
+def test_eval_views_take_random_offsets_seeded_per_video(root):
+    """The default test views: the published random temporal offsets, drawn from an rng seeded
+    by the video's file name, so every list, batch and process layout sees the same views."""
+    cfg = small_config(root, test_clips=2, test_crops=3)
+    assert cfg.test_clip_sampling == "tsn_random"
+    views = _views_by_index(cfg, batch_size=4, process_count=1)
+    assert views[0].shape == (6, 4, 32, 32, 3)
+    again = _views_by_index(cfg, batch_size=3, process_count=3)
+    assert views.keys() == again.keys() == set(range(10))
+    for index, video in views.items():
+        np.testing.assert_array_equal(again[index], video)
+        seed = zlib.crc32(f"v{index:02d}".encode())  # the file name without extension
+        expected = sampling.view_indices(
+            LENGTHS[index], 4, 2, "tsn_random", np.random.default_rng(seed)
+        )
+        assert [indices(v) for v in video[::3]] == expected.tolist()  # clip-major, crop 0
+    offsets = [indices(v) for i in range(10) for v in views[i][::3]]
+    uniform = [
+        v.tolist() for i in range(10) for v in sampling.view_indices(LENGTHS[i], 4, 2, "uniform")
+    ]
+    assert offsets != uniform
 
 
 def test_an_unreadable_eval_video_is_an_error(root, bad_list):
@@ -209,7 +237,7 @@ def test_an_unreadable_eval_video_is_an_error(root, bad_list):
 
 
 def test_load_test_views_matches_evaluation(root):
-    cfg = small_config(root, uint8_output=False)
+    cfg = small_config(root, uint8_output=False)  # random offsets seeded by the file name
     views = pipeline.load_test_views(os.path.join(root, "videos", "v04.mp4"), cfg)
     batch = next(iter(pipeline.create_eval_dataset(cfg, batch_size=5)))
     assert views.shape == (2, 4, 32, 32, 3) and views.dtype == np.float32

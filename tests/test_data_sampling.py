@@ -63,6 +63,11 @@ def test_tsn_random_views_follow_the_rng():
     np.testing.assert_array_equal(a, b)
     assert a.shape == (3, 8)
     assert not np.array_equal(a[0], a[1])
+    # One view is the segment centres, as the released single-view test takes.
+    np.testing.assert_array_equal(
+        sampling.view_indices(100, 8, 1, "tsn_random", np.random.default_rng(5)),
+        sampling.test_indices(100, 8)[None],
+    )
     with pytest.raises(ValueError, match="needs an rng"):
         sampling.view_indices(100, 8, 3, "tsn_random")
     with pytest.raises(ValueError, match="'uniform' or 'tsn_random'"):

@@ -30,8 +30,13 @@ def per_frame(fn, clip):
 )
 def test_photometric_ops_equal_torchvision_pil_path(op, enhancer, factor):
     """torchvision's adjust_brightness/contrast/saturation on PIL images are ImageEnhance."""
-    got = np.asarray(op(transforms._tall(CLIP), factor, CLIP.shape[1])).reshape(CLIP.shape)
+    got = op(CLIP, np.full(len(CLIP), factor))
     np.testing.assert_array_equal(got, per_frame(lambda im: enhancer(im).enhance(factor), CLIP))
+    factors = [factor, 1.3, 0.7]  # each frame its own
+    expected = np.stack(
+        [enhancer(Image.fromarray(f)).enhance(x) for f, x in zip(CLIP, factors, strict=True)]
+    )
+    np.testing.assert_array_equal(op(CLIP, np.asarray(factors)), expected)
 
 
 def torchvision_adjust_hue(img, hue_factor):
@@ -55,18 +60,25 @@ def test_hue_equals_torchvision_pil_path(factor):
     clip = rng.integers(0, 256, (2, 24, 20, 3), dtype=np.uint8)
     clip[1, :12] = clip[1, :12, :, :1]  # grey pixels: no hue (saturation 0)
     for c in (CLIP, clip):
-        got = np.asarray(transforms._hue(transforms._tall(c), factor, c.shape[1]))
+        got = transforms._hue(c, np.full(len(c), factor))
         expected = per_frame(lambda im: torchvision_adjust_hue(im, factor), c)
-        np.testing.assert_array_equal(got.reshape(c.shape), expected)
+        np.testing.assert_array_equal(got, expected)
+    factors = [factor, -0.3, 0.2]  # each frame its own
+    expected = [
+        np.asarray(torchvision_adjust_hue(Image.fromarray(f), x))
+        for f, x in zip(CLIP, factors, strict=True)
+    ]
+    np.testing.assert_array_equal(transforms._hue(CLIP, np.asarray(factors)), expected)
 
 
 @pytest.mark.parametrize("factor", [-0.1, 0.07])
 def test_hue_lookup_equals_pil_for_every_colour(factor):
     """The lookup tables reproduce PIL's HSV round trip on all 2^24 colours."""
     every = np.arange(1 << 24, dtype="<u4").view(np.uint8).reshape(4096, 4096, 4)[..., :3]
-    img = Image.fromarray(every)
-    got = np.asarray(transforms._hue(img, factor, 4096))
-    np.testing.assert_array_equal(got, np.asarray(torchvision_adjust_hue(img, factor)))
+    got = transforms._hue(every[None], np.array([factor]))[0]
+    np.testing.assert_array_equal(
+        got, np.asarray(torchvision_adjust_hue(Image.fromarray(every), factor))
+    )
 
 
 def test_grayscale_equals_pil_luma():
@@ -75,17 +87,66 @@ def test_grayscale_equals_pil_luma():
     np.testing.assert_array_equal(got, np.repeat(expected[..., None], 3, -1))
 
 
-def test_color_jitter_draws_once_per_clip_unless_per_frame():
+def torchvision_color_jitter(frame: np.ndarray, factors, order) -> np.ndarray:
+    """torchvision ColorJitter.forward on one PIL frame with given parameters."""
+    img = Image.fromarray(frame)
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    for k in order:
+        if k < 3:
+            img = enhancers[k](img).enhance(factors[k])
+        else:
+            img = torchvision_adjust_hue(img, factors[3])
+    return np.asarray(img)
+
+
+JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def _jitter_draws(seed: int, draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """The factors and op orders color_jitter draws from default_rng(seed)."""
+    rng = np.random.default_rng(seed)
+    factors = rng.uniform((0.6, 0.6, 0.8, -0.1), (1.4, 1.4, 1.2, 0.1), (draws, 4))
+    return factors, rng.permuted(np.tile(np.arange(4), (draws, 1)), axis=1)
+
+
+def test_per_frame_jitter_is_torchvision_called_frame_by_frame():
+    """The released code calls torchvision's ColorJitter on every frame: fresh factors and a
+    fresh op order per frame."""
+    clip = np.repeat(CLIP[:1], 8, axis=0)
+    clip[3] = CLIP[1]  # the low-contrast frame
+    out = transforms.color_jitter(clip, JITTER, np.random.default_rng(5), per_frame=True)
+    factors, orders = _jitter_draws(5, len(clip))
+    assert len({tuple(o) for o in orders}) > 1  # the orders differ too
+    expected = [
+        torchvision_color_jitter(f, x, o) for f, x, o in zip(clip, factors, orders, strict=True)
+    ]
+    np.testing.assert_array_equal(out, expected)
+    assert len({f.tobytes() for f in out}) == len(clip)
+
+
+def test_per_clip_jitter_draws_once():
     same = np.repeat(CLIP[:1], 4, axis=0)
-    out = transforms.color_jitter(same, (0.4, 0.4, 0.2, 0.1), np.random.default_rng(1))
-    assert not np.array_equal(out[0], same[0])
-    assert all(np.array_equal(f, out[0]) for f in out)
+    out = transforms.color_jitter(same, JITTER, np.random.default_rng(1))
+    factors, orders = _jitter_draws(1, 1)
+    expected = torchvision_color_jitter(same[0], factors[0], orders[0])
+    assert not np.array_equal(expected, same[0])
+    np.testing.assert_array_equal(out, np.broadcast_to(expected, out.shape))
+
+
+def test_train_augment_jitters_per_frame_when_asked():
+    same = np.repeat(CLIP[:1], 4, axis=0)
     kwargs = dict(
         output_size=20, scales=(1.0,), max_wh_scale_gap=1, hflip=False, jitter_p=1.0,
-        jitter=(0.4, 0.4, 0.2, 0.1), grayscale_p=0.0, rng=np.random.default_rng(1),
+        jitter=JITTER, grayscale_p=0.0,
     )  # fmt: skip
-    per = transforms.train_augment(same, per_frame_jitter=True, **kwargs)
+    per = transforms.train_augment(
+        same, per_frame_jitter=True, rng=np.random.default_rng(1), **kwargs
+    )
     assert len({f.tobytes() for f in per}) == 4
+    once = transforms.train_augment(
+        same, per_frame_jitter=False, rng=np.random.default_rng(1), **kwargs
+    )
+    assert len({f.tobytes() for f in once}) == 1
 
 
 def test_zero_strength_ops_are_not_applied():

@@ -18,7 +18,7 @@ import pytest
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_annotations
-from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.config import default_data_config, normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset
 from tcclip_jax.evaluation.accuracy import Evaluator
@@ -84,7 +84,7 @@ def view_logits(model_config, params, cfg) -> np.ndarray:
     )
     out = []
     for batch in create_eval_dataset(cfg, batch_size=1):
-        views = normalize_on_device(batch["video"][0], cfg.mean, cfg.std)
+        views = normalize_on_device(batch["video"][0], *normalization_stats(cfg.normalization))
         out.append([np.asarray(forward(params, view[None]), np.float64) for view in views])
     return np.array(out)
 
@@ -277,13 +277,14 @@ def evaluate_command(data, checkpoint, workdir) -> list[str]:
         f"--config.data.class_list={data.class_list}", "--config.data.num_frames=4",
         "--config.data.image_size=32", "--config.data.resize_size=32",
         "--config.eval.batch_size=6", "--config.dtype=float32", "--config.dataset_name=synthetic",
+        "--config.data.normalization=clip",  # the checkpoint's record (imagenet) overrides it
     ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def checkpoint(model_config, params, tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "model"
-    save_model(str(path), model_config, params, info={"step": 7})
+    save_model(str(path), model_config, params, info={"step": 7}, normalization="imagenet")
     return path
 
 
@@ -312,6 +313,7 @@ def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path)
     assert saved["results"]["synthetic"]["top1"] == top1
     assert saved["results"]["synthetic"]["top5"] == top5
     assert saved["checkpoint"] == str(checkpoint) and saved["step"] == 7
+    assert saved["normalization"] == "imagenet"  # as the reference computed
     with open(tmp_path / "metrics.jsonl") as f:
         logged = json.loads(f.readlines()[-1])
     assert logged["step"] == 7 and logged["synthetic/top1"] == top1

@@ -85,6 +85,8 @@ def test_golden_float32(golden):
     shape = (case["batch"], case["num_frames"], 3, 224, 224)
     clips = golden_recipe.clips(case["video_seed"], shape).transpose(0, 1, 3, 4, 2)
     predictor = Predictor.from_checkpoint(ckpt, dtype=jnp.float32)
+    # A released TC-CLIP was trained and evaluated on ImageNet-normalised frames: so recorded.
+    assert predictor.normalization == "imagenet"
     logits = predictor.logits(clips, case["classnames"])
     assert logits.dtype == np.float32
     np.testing.assert_allclose(logits, fixture["logits"], atol=1e-4, rtol=0)

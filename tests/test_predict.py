@@ -15,9 +15,15 @@ import pytest
 
 from tcclip_jax import predict
 from tcclip_jax.data import synthetic
-from tcclip_jax.data.config import default_data_config
+from tcclip_jax.data.config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_data_config,
+)
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.inference import Predictor
+from tcclip_jax.inference import Predictor, load_predictor, view_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.weights.checkpoint import CheckpointError, save_model
 
@@ -58,10 +64,11 @@ def dataset(tmp_path_factory):
 def checkpoints(tiny_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
     out = {}
-    for seed, model in enumerate(("tc_clip", "vifi_clip")):
+    # tc_clip records ImageNet's normalisation; vifi_clip records none: CLIP's, the fallback.
+    for seed, (model, norm) in enumerate((("tc_clip", "imagenet"), ("vifi_clip", None))):
         config = tiny_config.replace(model=model)
         out[model] = str(root / model)
-        save_model(out[model], config, random_params(config, seed))
+        save_model(out[model], config, random_params(config, seed), normalization=norm)
     return out
 
 
@@ -89,10 +96,13 @@ def predictor(checkpoint: str) -> Predictor:
     return Predictor.from_checkpoint(checkpoint)
 
 
-def direct_probabilities(checkpoint: str, video: str, classnames, clips=2) -> np.ndarray:
+def direct_probabilities(
+    checkpoint: str, video: str, classnames, normalization: str, clips=2
+) -> np.ndarray:
     """Class probabilities computed here: test views of the checkpoint's 4 frames at 32 px
     (short side 36 = int(256 / 224 * 32), centre crop), softmax per view, mean over views."""
     cfg = default_data_config()
+    cfg.normalization = normalization
     cfg.num_frames, cfg.image_size, cfg.resize_size = 4, 32, 36
     cfg.test_clips, cfg.test_crops, cfg.uint8_output = clips, 1, False
     logits = predictor(checkpoint).logits(load_test_views(video, cfg), classnames)
@@ -119,8 +129,10 @@ def test_tc_clip_table_and_json_agree_with_direct_computation(dataset, checkpoin
     inputs = [videos[0], str(broken), *videos[1:]]
     common = ["--checkpoint", checkpoints["tc_clip"], "--labels", dataset["classes"]]
 
-    table, document = run_predict(
-        [*common, "--video", *inputs], [*common, "--video", *inputs, "--json"]
+    table, document, as_clip = run_predict(
+        [*common, "--video", *inputs],
+        [*common, "--video", *inputs, "--json"],
+        [*common, "--video", videos[0], "--json", "--normalization", "clip"],
     )
 
     for result in (table, document):
@@ -132,6 +144,7 @@ def test_tc_clip_table_and_json_agree_with_direct_computation(dataset, checkpoin
 
     tables = parse_table(table.stdout)
     assert list(tables) == videos
+    assert json.loads(document.stdout)["normalization"] == "imagenet"  # the checkpoint's record
     results = json.loads(document.stdout)["results"]
     assert [r["video"] for r in results] == inputs
     assert results[1]["top"] is None and str(broken) in results[1]["error"]
@@ -145,12 +158,30 @@ def test_tc_clip_table_and_json_agree_with_direct_computation(dataset, checkpoin
         np.testing.assert_allclose([r[1] for r in rows], probs, atol=5e-5)
 
         expected = direct_probabilities(
-            checkpoints["tc_clip"], result["video"], synthetic.CLASS_NAMES
+            checkpoints["tc_clip"], result["video"], synthetic.CLASS_NAMES, "imagenet"
         )
         best = np.argsort(-expected)[:5]
         assert [r["index"] for r in result["top"]] == best.tolist()
         assert [r["class"] for r in result["top"]] == [synthetic.CLASS_NAMES[i] for i in best]
         np.testing.assert_allclose(probs, expected[best], rtol=1e-5, atol=1e-6)
+
+    # --normalization overrides the record.
+    assert as_clip.returncode == 0, as_clip.stderr
+    assert json.loads(as_clip.stdout)["normalization"] == "clip"
+
+
+@pytest.mark.parametrize("choice", ["checkpoint", "clip"])
+def test_views_reach_the_model_normalised_as_recorded(dataset, checkpoints, choice):
+    """predict's input: the test views normalised with the checkpoint's record (ImageNet's for
+    this one) or the --normalization choice. (The tiny random model's probabilities barely
+    depend on it, so this is checked on the views themselves.)"""
+    predictor = load_predictor(checkpoints["tc_clip"], normalization=choice)
+    cfg = view_config(predictor.config, 2, 1, predictor.normalization)
+    views = load_test_views(dataset["videos"][0], cfg)
+    cfg.uint8_output = True
+    frames = load_test_views(dataset["videos"][0], cfg)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if choice == "checkpoint" else (CLIP_MEAN, CLIP_STD)
+    np.testing.assert_allclose(views, (frames / 255 - np.array(mean)) / np.array(std), atol=1e-5)
 
 
 def test_vifi_clip_with_plain_text_labels_and_options(dataset, checkpoints, tmp_path):
@@ -166,9 +197,10 @@ def test_vifi_clip_with_plain_text_labels_and_options(dataset, checkpoints, tmp_
     document = json.loads(result.stdout)
     assert document["model"] == "vifi_clip" and document["num_classes"] == 4
     assert document["views"] == {"clips": 3, "crops": 1}
+    assert document["normalization"] == "clip"  # no record: the documented fallback
     (top,) = [r["top"] for r in document["results"]]
     classnames = [n for n in names if n]
-    expected = direct_probabilities(checkpoints["vifi_clip"], video, classnames, clips=3)
+    expected = direct_probabilities(checkpoints["vifi_clip"], video, classnames, "clip", clips=3)
     best = np.argsort(-expected)[:3]
     assert [r["class"] for r in top] == [classnames[i] for i in best]
     np.testing.assert_allclose([r["probability"] for r in top], expected[best], rtol=1e-5)

@@ -147,6 +147,9 @@ def test_demo_run_writes_metrics_checkpoints_and_model(shared, reference):
     best = max(val, key=lambda r: (r["top1"], r["step"]))
     assert info["validation"]["top1"] == best["top1"]
     assert model_config.model == "tc_clip" and model_config.num_frames == 4
+    # It records the normalisation it was trained with.
+    record = json.loads((workdir / "model" / "preprocessing.json").read_text())
+    assert record["normalization"] == config["data"]["normalization"] == "clip"
     exported = _flatten(params)
     saved = _state_params(workdir, info["step"])
     assert exported.keys() == saved.keys()

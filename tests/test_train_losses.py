@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tcclip_jax.train import losses
 
@@ -25,11 +26,49 @@ def test_soft_target_cross_entropy():
     )
 
 
-def test_previous_sample_is_a_flat_roll_by_one():
-    x = jnp.arange(12).reshape(3, 4)  # 3 micro-batches of 4
-    np.testing.assert_array_equal(
-        losses.previous_sample(x).reshape(-1), jnp.roll(jnp.arange(12), 1)
+def test_group_partners_permute_within_groups():
+    x = jnp.arange(24).reshape(2, 12) * 10  # 2 micro-batches of 12 clips: 3 groups of 4 each
+    perm = jnp.array([[[3, 0, 0, 1], [0, 1, 2, 3], [2, 2, 2, 2]]] * 2)
+    expected = [30, 0, 0, 10, 40, 50, 60, 70, 100, 100, 100, 100]
+    np.testing.assert_array_equal(losses.group_partners(x, perm)[0], expected)
+    np.testing.assert_array_equal(losses.group_partners(x, perm)[1], np.add(expected, 120))
+    video = jnp.arange(2 * 4 * 3 * 2).reshape(1, 4, 3, 2, 2)  # trailing axes move with the clip
+    got = losses.group_partners(video, jnp.array([[[1, 2, 3, 0]]]))
+    np.testing.assert_array_equal(got[0], video[0, [1, 2, 3, 0]])
+
+
+def _group_draws(batch_shape, config=None, key=0):
+    config = config or losses.MixConfig()
+    return jax.jit(lambda k: losses.sample_group_mixes(k, batch_shape, H, W, config))(
+        jax.random.key(key)
     )
+
+
+def test_groups_of_four_draw_independently_and_alike_within():
+    mix, perm = _group_draws((2, 64))  # 32 groups
+    keep = np.asarray(mix.keep).reshape(32, 4, H, W)
+    weight = np.asarray(mix.label_weight).reshape(32, 4)
+    assert np.all(keep == keep[:, :1]) and np.all(weight == weight[:, :1])  # one draw per group
+    # A fresh draw for every group (cutmix areas on a 16 x 20 frame can coincide).
+    assert len(np.unique(weight[:, 0])) > 24
+    cutmix = np.all((keep[:, 0] == 0) | (keep[:, 0] == 1), axis=(1, 2))
+    assert 0 < cutmix.sum() < 32
+    perm = np.asarray(perm).reshape(32, 4)
+    assert all(sorted(p) == [0, 1, 2, 3] for p in perm)  # permutations of the group
+    assert len({tuple(p) for p in perm}) > 10
+    assert np.any(perm == np.arange(4))  # a clip can pair with itself
+    # Groups are numbered micro-batch-major: the same clips draw the same however the step's
+    # batch is split into micro-batches.
+    mix4, perm4 = _group_draws((8, 16))
+    np.testing.assert_array_equal(np.asarray(mix4.keep).reshape(keep.shape), keep)
+    np.testing.assert_array_equal(np.asarray(perm4).reshape(perm.shape), perm)
+
+
+def test_group_size_must_divide_the_micro_batch():
+    with pytest.raises(ValueError, match="groups of 4 clips do not divide micro-batches of 6"):
+        losses.sample_group_mixes(jax.random.key(0), (1, 6), H, W, losses.MixConfig())
+    mix, perm = _group_draws((1, 6), losses.MixConfig(group_size=6))
+    assert len(np.unique(np.asarray(mix.label_weight))) == 1 and perm.shape == (1, 1, 6)
 
 
 N, H, W = 1000, 16, 20

@@ -14,7 +14,6 @@ from test_predict import REPO, random_params
 from tcclip_jax import visualize
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.data.transforms import normalize
 from tcclip_jax.inference import Predictor, view_config
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.visualization import explain, render
@@ -143,7 +142,7 @@ def test_a_context_token_follows_the_moving_object(dataset):
     videos = []
     for path, boxes in dataset:
         frames = load_test_views(path, cfg)[0]
-        exp = explain.explain(predictor, normalize(frames, cfg.mean, cfg.std))
+        exp = explain.explain(predictor, predictor.normalize(frames))
         assert exp.seed_mask.all()
         obj, background = object_patches(frames, boxes)
         if obj.sum() >= 2:  # the smallest shapes cover no patch mostly

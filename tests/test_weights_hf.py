@@ -27,12 +27,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tcclip_jax.data.config import CLIP_MEAN  # noqa: E402
 from tcclip_jax.models import ModelConfig, VideoCLIP  # noqa: E402
 from tcclip_jax.models.config import ARCH_NAMES, check_arch  # noqa: E402
 from tcclip_jax.models.params import expected_shapes  # noqa: E402
 from tcclip_jax.tokenizer import _load_merges, get_tokenizer  # noqa: E402
 from tcclip_jax.weights import hf  # noqa: E402
-from tcclip_jax.weights.checkpoint import load_model, save_model  # noqa: E402
+from tcclip_jax.weights.checkpoint import load_model, load_normalization, save_model  # noqa: E402
 from tcclip_jax.weights.convert import convert  # noqa: E402
 from tcclip_jax.weights.pytorch import ConversionError  # noqa: E402
 
@@ -216,7 +217,15 @@ def test_every_model_kind(hf_dirs, tmp_path, capsys):
     _, path = hf_dirs["small"]
     out = str(tmp_path / "v")
     assert convert_tool.main(["--clip", path, "--model", "vifi_clip", "--output", out]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {out}: vifi_clip")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out}: vifi_clip") and "clip normalisation" in printed
+    assert load_normalization(out) == "clip"  # CLIP's weights expect CLIP's statistics
+    with open(os.path.join(out, "preprocessing.json")) as f:
+        assert json.load(f)["mean"] == list(CLIP_MEAN)
+    told = str(tmp_path / "told")
+    args = ["--clip", path, "--model", "clip", "--normalization", "imagenet", "--output", told]
+    assert convert_tool.main(args) == 0
+    assert load_normalization(told) == "imagenet"
     cfg, params = load_model(out)
     assert cfg == _clip(path)[0].replace(model="vifi_clip")
     _assert_same_params(params, _clip(path)[1])

@@ -15,8 +15,10 @@ pytorch_model.bin), or a model id already in the local Hugging Face cache (nothi
       --output ckpt/tcclip_init
 
 Without --tcclip, TC-CLIP / ViFi-CLIP is initialised from CLIP as the published code does
-before training. Model options default to the released TC-CLIP. The reverse, our CLIP towers as
-a Hugging Face directory: tools/export_hf_weights.py.
+before training. Model options default to the released TC-CLIP. The checkpoint records the input
+normalisation its weights expect (preprocessing.json): ImageNet's with --tcclip (the released
+checkpoints were trained with it), CLIP's without; --normalization overrides it. The reverse,
+our CLIP towers as a Hugging Face directory: tools/export_hf_weights.py.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import sys
 
 import jax
 
+from tcclip_jax.data.config import NORMALIZATIONS
 from tcclip_jax.models.config import ARCH_NAMES, MODEL_KINDS, check_arch
 from tcclip_jax.weights.checkpoint import CheckpointError, save_model
-from tcclip_jax.weights.convert import convert
+from tcclip_jax.weights.convert import convert, source_normalization
 from tcclip_jax.weights.pytorch import ConversionError
 
 
@@ -60,6 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tc-layers", type=_layers, help="1-based blocks with TC, e.g. 4,8,12")
     p.add_argument("--context-length", type=int, help="prompt tokens (30 for TC-CLIP, 77 else)")
     p.add_argument("--seed", type=int, default=0, help="rng seed for freshly initialised params")
+    p.add_argument(
+        "--normalization",
+        choices=sorted(NORMALIZATIONS),
+        help="input normalisation the weights expect (default: imagenet with --tcclip, else clip)",
+    )
     return p.parse_args(argv)
 
 
@@ -87,12 +95,16 @@ def main(argv=None) -> int:
         info = {"clip": clip, "seed": args.seed}
         if args.tcclip:
             info["tcclip"] = os.path.abspath(args.tcclip)
-        save_model(args.output, cfg, params, info=info)
+        normalization = args.normalization or source_normalization(args.tcclip)
+        save_model(args.output, cfg, params, info=info, normalization=normalization)
     except (ConversionError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(v.size for v in jax.tree.leaves(params))
-    print(f"wrote {args.output}: {cfg.model}, {n / 1e6:.1f}M parameters")
+    print(
+        f"wrote {args.output}: {cfg.model}, {n / 1e6:.1f}M parameters, {normalization} "
+        "normalisation"
+    )
     return 0
 
 

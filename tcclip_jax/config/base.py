@@ -165,7 +165,12 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
         )
     )
     c.label_smoothing = 0.1
-    c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5))
+    # One mixup / cutmix draw and partner permutation per group of `group_size` consecutive clips
+    # of a step, as the published code draws per GPU batch of 4 (see train/losses.py); set it to
+    # batch_size for one draw per step.
+    c.mixup = ml_collections.ConfigDict(
+        dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, group_size=4)
+    )
 
     # Model selection as published: validation on data.val_list after epochs 1, 1 + N, 1 + 2N,
     # ... and the last (N = every_epochs; 0 = no validation, the last weights are kept) picks

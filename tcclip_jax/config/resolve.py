@@ -173,6 +173,12 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
             f"a multiple of the {jax.device_count()} devices (and {jax.process_count()} "
             "processes); change config.grad_accum_steps or config.batch_size"
         )
+    mixing = config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
+    if mixing and (config.mixup.group_size < 1 or micro % config.mixup.group_size):
+        raise ConfigError(
+            f"config.mixup.group_size {config.mixup.group_size} must divide the {micro} clips per "
+            "micro-batch (config.batch_size / config.grad_accum_steps)"
+        )
     if config.eval.batch_size % jax.device_count():
         raise ConfigError(
             f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import ml_collections
 
-# OpenAI CLIP's normalisation, as the project spec prescribes.
+# OpenAI CLIP's own normalisation: what CLIP's weights expect.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# What the released TC-CLIP / ViFi-CLIP code actually applies (mmaction's `img_norm_cfg`,
-# mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375] on 0..255).
+# What the released TC-CLIP / ViFi-CLIP code applies in training and testing (mmaction's
+# `img_norm_cfg`, mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375] on 0..255), so
+# what their released checkpoints expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Normalisations by name (mean, std on the 0..1 scale), for configs, flags and checkpoints.
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
+
+
+def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a normalisation named in NORMALIZATIONS."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {name!r}")
+    return NORMALIZATIONS[name]
+
 
 FORMATS = ("video", "frames", "tfds")
 
@@ -39,10 +50,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.num_frames = 16  # T segments, one frame each
     c.test_clips = 2  # temporal views at test time (2 few-shot/base-to-novel/zero-shot, 4 fully)
     c.test_crops = 1  # spatial views at test time: 1 (centre) or 3 (along the long side)
-    # 'uniform': clip c of C takes frame (c + 0.5) / C through every segment (C=1: the centre);
-    # 'tsn_random': the released code's multi-view test sampling, i.e. training's random
-    # offsets drawn C times, seeded by the video's index so evaluation stays deterministic.
-    c.test_clip_sampling = "uniform"
+    # 'tsn_random': the released code's multi-view test sampling, i.e. training's random offsets
+    # drawn C times (C=1: the segment centres), seeded by the video's name, so evaluation
+    # is deterministic whatever the list, batch or process layout (pipeline.view_seed);
+    # 'uniform': clip c of C takes frame (c + 0.5) / C through every segment (C=1: the centre).
+    c.test_clip_sampling = "tsn_random"
 
     # --- Augmentation (training) and view geometry -----------------------------------------
     c.image_size = 224
@@ -52,12 +64,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.hflip = True  # set False for Something-Something v2 (left/right matter there)
     c.color_jitter_p = 0.8
     c.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue strengths
-    # One draw of jitter parameters per clip (consistent over time). The released code draws
-    # per frame (torchvision ColorJitter called frame by frame); True reproduces that.
-    c.color_jitter_per_frame = False
+    # Jitter factors and op order drawn for every frame, as the released code calls torchvision's
+    # ColorJitter frame by frame (whether to jitter is drawn per clip); False: one draw per clip.
+    c.color_jitter_per_frame = True
     c.grayscale_p = 0.2
-    c.mean = CLIP_MEAN  # on the 0..1 scale; IMAGENET_MEAN/STD reproduce the released code
-    c.std = CLIP_STD
+    # 'imagenet': the published training and testing (and what released checkpoints expect);
+    # 'clip': CLIP's own statistics. Evaluation and inference of a checkpoint use the one it
+    # records (weights.checkpoint.load_normalization) unless told otherwise.
+    c.normalization = "imagenet"
     # True: 'video' is uint8 and the model input is `normalize_on_device(video, mean, std)`
     # (4x less host memory and host-to-device traffic); False: float32 normalised on host.
     c.uint8_output = True

@@ -2,8 +2,8 @@
 
 With `uint8_output` (the default) the pipeline hands over uint8 clips, 4x less host memory and
 host-to-device traffic than float32, and the model input is `normalize_on_device(batch["video"],
-cfg.mean, cfg.std)` inside the jitted step. Kept apart from the host pipeline so that grain
-worker processes never import JAX.
+*normalization_stats(cfg.normalization))` inside the jitted step. Kept apart from the host
+pipeline so that grain worker processes never import JAX.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import zlib
 from collections.abc import Sequence
 
 import grain
@@ -31,7 +32,7 @@ from absl import flags, logging
 
 from tcclip_jax.data import sampling, transforms
 from tcclip_jax.data.classes import AnnotationError, load_class_names
-from tcclip_jax.data.config import FORMATS
+from tcclip_jax.data.config import FORMATS, NORMALIZATIONS, normalization_stats
 from tcclip_jax.data.readers import (
     Entries,
     Entry,
@@ -58,8 +59,7 @@ class ClipSpec:
     color_jitter: tuple[float, ...]
     color_jitter_per_frame: bool
     grayscale_p: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    normalization: str
     uint8_output: bool
     test_clips: int
     test_crops: int
@@ -72,8 +72,6 @@ class ClipSpec:
             spec,
             crop_scales=tuple(spec.crop_scales),
             color_jitter=tuple(spec.color_jitter),
-            mean=tuple(spec.mean),
-            std=tuple(spec.std),
         )
         spec.validate()
         return spec
@@ -93,8 +91,12 @@ class ClipSpec:
                 "test_clip_sampling must be 'uniform' or 'tsn_random', "
                 f"got {self.test_clip_sampling!r}"
             )
-        if len(self.color_jitter) != 4 or len(self.mean) != 3 or len(self.std) != 3:
-            problems.append("color_jitter needs 4 strengths, mean and std 3 values each")
+        if len(self.color_jitter) != 4:
+            problems.append(f"color_jitter needs 4 strengths, got {self.color_jitter}")
+        if self.normalization not in NORMALIZATIONS:
+            problems.append(
+                f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
         if problems:
             raise ValueError("invalid data config: " + "; ".join(problems))
 
@@ -106,7 +108,7 @@ class ClipSpec:
         """The model's view of uint8 frames: as they are, or normalised float32."""
         if self.uint8_output:
             return frames
-        return transforms.normalize(frames, self.mean, self.std)
+        return transforms.normalize(frames, *normalization_stats(self.normalization))
 
     def output_dtype(self) -> type:
         return np.uint8 if self.uint8_output else np.float32
@@ -344,9 +346,19 @@ def create_train_iterator(
     return iter(_CountFailures(ds, cfg.max_bad_videos))
 
 
-def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
+def view_seed(path: str) -> int:
+    """The seed of a video's random test views: the CRC-32 of its file name without extension
+    (or frame folder name), so a video gets the same views in every list, batch and process
+    layout, as a file or as frames, and in `predict`."""
+    name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+    return zlib.crc32(name.encode())
+
+
+def _eval_views(reader, entry: Entry, spec: ClipSpec) -> np.ndarray:
     """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major)."""
-    rng = np.random.default_rng(index) if spec.test_clip_sampling == "tsn_random" else None
+    rng = None
+    if spec.test_clip_sampling == "tsn_random":
+        rng = np.random.default_rng(view_seed(entry.path))
 
     def pick(n):
         idx = sampling.view_indices(
@@ -379,7 +391,7 @@ class _EvalBatch:
         label = np.full(len(positions), -1, np.int32)
         for i, p in enumerate(positions):
             if p >= 0:
-                video[i] = spec.finish(_eval_views(self.reader, self.entries[p], spec, p))
+                video[i] = spec.finish(_eval_views(self.reader, self.entries[p], spec))
                 label[i] = self.entries[p].label
         index = np.asarray(positions, np.int32)
         return {"video": video, "label": label, "index": index, "valid": index >= 0}
@@ -422,4 +434,4 @@ def load_test_views(path: str, cfg: ml_collections.ConfigDict) -> np.ndarray:
         reader = FrameFolderReader("", cfg.frame_template, cfg.frame_start_index)
     else:
         reader = VideoFileReader("", cfg.decode_threads)
-    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec, 0))
+    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec))

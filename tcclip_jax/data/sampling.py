@@ -4,7 +4,9 @@
 Training: `avg = n // T`; if `avg > 0`, frame `i * avg + randint(avg)` for segment i (frames past
 `T * avg` are never used, as in the released code); a video shorter than T frames takes
 `round(i * n / T)`, so frames repeat. Testing: `avg = n / T`, frame `int(avg * i + avg / 2)`,
-the segment centre; with C temporal clips, clip c takes `int(avg * i + avg * (c + 0.5) / C)`.
+the segment centre. With C > 1 temporal clips the released code (X-CLIP's `SampleFrames(...,
+multiview=C)`) draws the training offsets C times ('tsn_random'); evenly spaced clips
+('uniform': clip c takes `int(avg * i + avg * (c + 0.5) / C)`) are the alternative.
 Indices wrap modulo n ('loop'), again as released.
 """
 
@@ -50,9 +52,10 @@ def view_indices(
     """[num_clips, num_segments] indices of the test-time temporal views.
 
     `mode` 'uniform' spreads the clips evenly through each segment; 'tsn_random' draws the
-    training offsets once per clip from `rng`, as the released code's multi-view test does.
+    training offsets once per clip from `rng`, as the released code's multi-view test does (one
+    clip: the segment centres, as its single-view test does).
     """
-    if mode == "uniform":
+    if mode == "uniform" or (mode == "tsn_random" and num_clips == 1):
         return np.stack(
             [test_indices(num_frames, num_segments, c, num_clips) for c in range(num_clips)]
         )

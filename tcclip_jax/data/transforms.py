@@ -7,9 +7,9 @@ sizes within 3 px of the output snapped to it), resize to the output size, flip.
 greyscale reproduce torchvision's PIL arithmetic (the released code calls torchvision on PIL
 images): brightness, contrast, saturation, hue in random order, contrast around the frame's mean
 luma. Resizing is PIL bilinear, which low-pass filters when shrinking (mmcv's OpenCV bilinear
-does not), so pixels differ slightly from the released code. Every random choice is made once
-per clip, so crop, flip, jitter and greyscale are the same for every frame, unless
-`per_frame_jitter` asks for the released code's per-frame jitter.
+does not), so pixels differ slightly from the released code. Crop, flip, whether to jitter and
+greyscale are chosen once per clip; the jitter's factors and order are drawn for every frame, as
+the released code does (`per_frame_jitter`; False draws them once per clip).
 """
 
 from __future__ import annotations
@@ -81,33 +81,50 @@ def multi_scale_crop_box(
     return x, y, x + crop_w, y + crop_h
 
 
-# The photometric ops work on the clip as one tall PIL image [T * H, W], so that every op is a
-# single call into PIL's C code. Tables and blends use float32 and truncate, as PIL does.
+# The photometric ops take a clip [t, H, W, 3] and one factor per frame [t]. torchvision's
+# brightness, contrast and saturation on PIL images are ImageEnhance: `Image.blend(degenerate,
+# frame, factor)` with a degenerate image of black, the frame's mean luma, or its luma. Brightness
+# and contrast are then a table per frame that PIL's own Image.blend fills (bit for bit PIL's
+# float32 arithmetic on any platform). Frames are processed one C call each: measured on 16 x 224^2
+# clips, faster than one NumPy gather over the clip with per-frame offsets (3 vs 5 ms; saturation
+# 6 vs 14 ms).
 
 
-def _ramp(factor: float, center: float = 0.0) -> list[int]:
-    x = np.arange(256, dtype=np.float32)
-    c = np.float32(center)
-    return np.clip(c + np.float32(factor) * (x - c), 0, 255).astype(np.uint8).tolist()
+def _blend_tables(degenerate: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """[t, 256] uint8: PIL's blend(degenerate[i], v, factors[i]) for every value v."""
+    values = Image.fromarray(np.arange(256, dtype=np.uint8)[None])
+    return np.stack(
+        [
+            np.asarray(Image.blend(Image.new("L", (256, 1), int(d)), values, float(f)))[0]
+            for d, f in zip(degenerate, factors, strict=True)
+        ]
+    )
 
 
-def _brightness(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
-    return img.point(_ramp(factor) * 3)
-
-
-def _contrast(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
-    """Blend every frame with its own mean luma (torchvision is applied frame by frame)."""
-    luma = np.asarray(img.convert("L"))
-    means = luma.reshape(-1, frame_height * luma.shape[1]).mean(axis=1)
-    out = Image.new("RGB", img.size)
-    for i, mean in enumerate(means):
-        box = (0, i * frame_height, img.width, (i + 1) * frame_height)
-        out.paste(img.crop(box).point(_ramp(factor, int(mean + 0.5)) * 3), box)
+def _lookup(frames: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    out = np.empty_like(frames)
+    for frame, table, o in zip(frames, tables, out, strict=True):
+        np.take(table, frame, out=o)
     return out
 
 
-def _saturation(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
-    return Image.blend(img.convert("L").convert("RGB"), img, factor)
+def _brightness(frames: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    return _lookup(frames, _blend_tables(np.zeros(len(frames)), factors))
+
+
+def _contrast(frames: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Blend every frame with its own mean luma (torchvision is applied frame by frame)."""
+    luma = np.asarray(_tall(frames).convert("L")).reshape(frames.shape[:3])
+    means = (luma.mean(axis=(1, 2)) + 0.5).astype(np.int64)  # rounded as ImageEnhance does
+    return _lookup(frames, _blend_tables(means, factors))
+
+
+def _saturation(frames: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    out = np.empty_like(frames)
+    for frame, factor, o in zip(frames, factors, out, strict=True):
+        img = Image.fromarray(frame)
+        o[...] = np.asarray(Image.blend(img.convert("L").convert("RGB"), img, float(factor)))
+    return out
 
 
 def _packed(img: Image.Image) -> np.ndarray:
@@ -137,14 +154,17 @@ def _build_hsv_tables() -> tuple[np.ndarray, np.ndarray]:
     return to_hsv, to_rgb
 
 
-def _hue(img: Image.Image, factor: float, frame_height: int) -> Image.Image:
-    """Rotate hue by `factor` turns through PIL's HSV, as torchvision does for PIL images."""
+def _hue(frames: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Rotate each frame's hue by its factor in turns through PIL's HSV, as torchvision does for
+    PIL images (the hue byte shifted by int(255 factor), wrapping around)."""
     to_hsv, to_rgb = _hsv_tables()
-    pixels = np.take(to_hsv, _packed(img))
-    pixels += (int(factor * 255) % 256) << 16
+    pixels = np.take(to_hsv, _packed(_tall(frames))).reshape(len(frames), -1)
+    shifts = np.trunc(np.asarray(factors, np.float64) * 255).astype(np.int64) % 256
+    pixels += (shifts.astype(np.uint32) << 16)[:, None]
     pixels &= 0xFFFFFF  # the hue wraps around
     np.take(to_rgb, pixels, out=pixels)
-    return Image.frombytes("RGB", img.size, pixels.astype("<u4", copy=False), "raw", "RGBX")
+    t, h, w, _ = frames.shape
+    return np.asarray(Image.frombytes("RGB", (w, t * h), pixels, "raw", "RGBX")).reshape(t, h, w, 3)
 
 
 def _tall(frames: np.ndarray) -> Image.Image:
@@ -152,26 +172,36 @@ def _tall(frames: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(frames).reshape(t * h, w, 3))
 
 
-def color_jitter(
-    frames: np.ndarray, strengths: Sequence[float], rng: np.random.Generator
-) -> np.ndarray:
-    """torchvision ColorJitter(brightness, contrast, saturation, hue), one draw for all frames.
+_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 
-    As in torchvision, an op with strength 0 is not applied at all.
+
+def color_jitter(
+    frames: np.ndarray,
+    strengths: Sequence[float],
+    rng: np.random.Generator,
+    per_frame: bool = False,
+) -> np.ndarray:
+    """torchvision ColorJitter(brightness, contrast, saturation, hue) on every frame.
+
+    `per_frame`: fresh factors and op order for every frame, as the released code calls
+    torchvision frame by frame; otherwise one draw for all frames. As in torchvision, an op with
+    strength 0 is not applied at all.
     """
-    brightness, contrast, saturation, hue = strengths
-    ops = [
-        (_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness), brightness),
-        (_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast), contrast),
-        (_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation), saturation),
-        (_hue, rng.uniform(-hue, hue), hue),
-    ]
-    img = _tall(frames)
-    for k in rng.permutation(4):
-        fn, factor, strength = ops[k]
-        if strength > 0:
-            img = fn(img, factor, frames.shape[1])
-    return np.asarray(img).reshape(frames.shape)
+    b, c, s, h = strengths
+    draws = len(frames) if per_frame else 1
+    low = (max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h)
+    high = (1 + b, 1 + c, 1 + s, h)
+    factors = np.broadcast_to(rng.uniform(low, high, (draws, 4)), (len(frames), 4))
+    orders = np.broadcast_to(
+        rng.permuted(np.tile(np.arange(4), (draws, 1)), axis=1), (len(frames), 4)
+    )
+    frames = np.array(frames)
+    for position in range(4):
+        for k, op in enumerate(_JITTER_OPS):
+            chosen = orders[:, position] == k
+            if strengths[k] > 0 and chosen.any():
+                frames[chosen] = op(frames[chosen], factors[chosen, k])
+    return frames
 
 
 def grayscale(frames: np.ndarray) -> np.ndarray:
@@ -197,10 +227,7 @@ def train_augment(
     flip = hflip and rng.random() < 0.5
     frames = resize(frames, output_size, output_size, box=box, flip=flip)
     if rng.random() < jitter_p:
-        if per_frame_jitter:
-            frames = np.concatenate([color_jitter(f[None], jitter, rng) for f in frames])
-        else:
-            frames = color_jitter(frames, jitter, rng)
+        frames = color_jitter(frames, jitter, rng, per_frame_jitter)
     if rng.random() < grayscale_p:
         frames = grayscale(frames)
     return frames

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from tcclip_jax import sharding
 from tcclip_jax.data.classes import AnnotationError
+from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset, make_reader
 from tcclip_jax.data.readers import entries_from_list
@@ -161,7 +162,7 @@ class Evaluator:
         # for gradients, and `jnp.float32` / `jnp.dtype("float32")` hash differently.
         model = model.clone(dtype=jnp.dtype(model.dtype), remat=False)
         self._encode_text, self._step = _compiled(
-            model, mesh, tuple(data_cfg.mean), tuple(data_cfg.std)
+            model, mesh, *normalization_stats(data_cfg.normalization)
         )
 
     def text_cache(self, params: Any) -> Any:

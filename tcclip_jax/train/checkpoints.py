@@ -107,8 +107,11 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
     )
 
 
-def export_model(directory: str, config: ModelConfig, params: Any, mesh: Any, info: dict) -> None:
-    """Write `params` as a model checkpoint directory (`weights.checkpoint`), replacing any.
+def export_model(
+    directory: str, config: ModelConfig, params: Any, mesh: Any, info: dict, normalization: str
+) -> None:
+    """Write `params` as a model checkpoint directory (`weights.checkpoint`), replacing any,
+    recording the input `normalization` the weights were trained with.
 
     Parameters sharded over several processes are gathered first; every process takes part.
     """
@@ -117,7 +120,7 @@ def export_model(directory: str, config: ModelConfig, params: Any, mesh: Any, in
     if jax.process_index() == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     multihost_utils.sync_global_devices("export_model:clean")
-    checkpoint.save_model(tmp, config, params, info=info)
+    checkpoint.save_model(tmp, config, params, info=info, normalization=normalization)
     multihost_utils.sync_global_devices("export_model:written")
     if jax.process_index() == 0:
         if os.path.exists(directory):

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 from tcclip_jax import sharding
 from tcclip_jax.config.resolve import ConfigError, check_lists, prepare_config
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
+from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
 from tcclip_jax.evaluation.accuracy import Evaluator
@@ -221,7 +222,7 @@ def _train_and_evaluate(
     state_shardings = sharding.state_shardings(
         abstract, mesh, config.sharding.fsdp, config.sharding.fsdp_min_size
     )
-    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    mean, std = normalization_stats(config.data.normalization)
     step_fn = jit_train_step(
         make_train_step(
             model,
@@ -373,6 +374,13 @@ def _finish(config, workdir, ckpt, abstract, state_shardings, model_config, mesh
         "model_variant": config.model_variant,
         "init_checkpoint": config.init_checkpoint,
     }
-    export_model(os.path.join(workdir, MODEL_DIR), model_config, state.params, mesh, info)
+    export_model(
+        os.path.join(workdir, MODEL_DIR),
+        model_config,
+        state.params,
+        mesh,
+        info,
+        normalization=config.data.normalization,  # what the weights were trained with
+    )
     logging.info("Exported the weights of step %d to %s", step, os.path.join(workdir, MODEL_DIR))
     return {"params": state.params, "step": int(step)}

@@ -3,8 +3,9 @@
 A step batch is {"video": [A, b, T, H, W, 3], "label": [A, b]}: A micro-batches (gradient
 accumulation) of b clips each, the clip axis split over the mesh. The step
 
-1. draws mixup / cutmix from `fold_in(rng, step)` (so a resumed run repeats the same draws),
-2. smooths and mixes the labels and mixes the clips (each with the previous clip of the batch),
+1. draws mixup / cutmix from `fold_in(rng, step)` (so a resumed run repeats the same draws), one
+   draw and one pairing per group of `mix.group_size` clips (`losses.sample_group_mixes`),
+2. smooths and mixes the labels and mixes the clips (each with its partner in its group),
 3. accumulates float32 gradients over the A micro-batches with `lax.scan` (A = 1: no scan),
 4. applies AdamW to the trainable parameters (frozen ones, `models.params.FROZEN_MODULES`, get
    no gradient).
@@ -95,11 +96,11 @@ def make_train_step(
     `param_shardings` (optional) pins the accumulated gradients to the parameters' sharding.
     """
 
-    def micro_grads(trainable, frozen, micro, mixing, tokens):
+    def micro_grads(trainable, frozen, micro, tokens):
         clips, targets = normalize(micro["video"]), micro["targets"]
         if mix.enabled:
-            clips = mixing.clips(clips, normalize(micro["partner_video"]))
-            targets = mixing.targets(targets, micro["partner_targets"])
+            clips = micro["mix"].clips(clips, normalize(micro["partner_video"]))
+            targets = micro["mix"].targets(targets, micro["partner_targets"])
         return loss_and_grads(model, trainable, frozen, clips, targets, tokens)
 
     def train_step(state: TrainState, batch: dict, tokens: jax.Array, rng: jax.Array):
@@ -110,14 +111,14 @@ def make_train_step(
             batch["label"], num_classes, label_smoothing
         )}  # fmt: skip
         if mix.enabled:
-            micro["partner_video"] = losses.previous_sample(video)
-            micro["partner_targets"] = losses.previous_sample(micro["targets"])
-        mixing = losses.sample_mix(rng, height, width, mix)
+            micro["mix"], perm = losses.sample_group_mixes(rng, video.shape[:2], height, width, mix)
+            micro["partner_video"] = losses.group_partners(video, perm)
+            micro["partner_targets"] = losses.group_partners(micro["targets"], perm)
         trainable, frozen = split_frozen(state.params)
         num_micro = video.shape[0]
         if num_micro == 1:
             first = jax.tree.map(lambda x: x[0], micro)
-            loss, grads = micro_grads(trainable, frozen, first, mixing, tokens)
+            loss, grads = micro_grads(trainable, frozen, first, tokens)
         else:
             grad_shardings = None
             if param_shardings is not None:
@@ -125,7 +126,7 @@ def make_train_step(
 
             def accumulate(carry, m):
                 loss_sum, grad_sum = carry
-                loss, grads = micro_grads(trainable, frozen, m, mixing, tokens)
+                loss, grads = micro_grads(trainable, frozen, m, tokens)
                 grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
                 if grad_shardings is not None:
                     grad_sum = jax.lax.with_sharding_constraint(grad_sum, grad_shardings)

@@ -1,4 +1,5 @@
-"""Self-describing model checkpoint directories: `model_config.json` + orbax `params/`.
+"""Self-describing model checkpoint directories: `model_config.json` + orbax `params/`, and
+`preprocessing.json`, the input normalisation the weights expect (`load_normalization`).
 
 Written by `tools/convert_torch_weights.py` and by training (best / final weights); read by
 training (initial weights), evaluation, inference and WiSE-FT. Parameters keep their stored
@@ -16,20 +17,31 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 INFO_FILE = "info.json"
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 class CheckpointError(ValueError):
     """A path that is not a usable model checkpoint directory."""
 
 
-def save_model(directory: str, config: ModelConfig, params: Any, info: dict | None = None) -> None:
-    """Write `config`, `params` (any pytree of arrays) and optional provenance `info`."""
+def save_model(
+    directory: str,
+    config: ModelConfig,
+    params: Any,
+    info: dict | None = None,
+    normalization: str | None = None,
+) -> None:
+    """Write `config`, `params` (any pytree of arrays), optional provenance `info` and the
+    `normalization` (a `data.config.NORMALIZATIONS` name) the weights expect, if known."""
+    if normalization is not None:
+        mean, std = normalization_stats(normalization)
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, PARAMS_DIR)):
         raise CheckpointError(f"{directory} already holds a checkpoint; choose a new directory")
@@ -41,6 +53,32 @@ def save_model(directory: str, config: ModelConfig, params: Any, info: dict | No
     if info is not None:
         with open(os.path.join(directory, INFO_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
+    if normalization is not None:
+        with open(os.path.join(directory, PREPROCESSING_FILE), "w") as f:
+            record = {"normalization": normalization, "mean": list(mean), "std": list(std)}
+            json.dump(record, f, indent=2)
+
+
+def load_normalization(directory: str) -> str:
+    """The input normalisation the checkpoint's weights expect: the name its preprocessing.json
+    records. Checkpoints written before that record: 'imagenet' if converted from a released
+    TC-CLIP / ViFi-CLIP file (info.json names it under 'tcclip'), else 'clip', which this project
+    used for everything until then."""
+    path = os.path.join(directory, PREPROCESSING_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                name = json.load(f)["normalization"]
+            normalization_stats(name)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: invalid preprocessing record: {e}") from e
+        return name
+    info = os.path.join(directory, INFO_FILE)
+    if os.path.isfile(info):
+        with open(info) as f:
+            if "tcclip" in json.load(f):
+                return "imagenet"
+    return "clip"
 
 
 def load_config(directory: str) -> ModelConfig:

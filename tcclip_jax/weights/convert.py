@@ -59,3 +59,10 @@ def convert(
     params["token_embedding"] = clip["token_embedding"]
     check_params(params, cfg, tcclip_path, ConversionError)
     return cfg, params
+
+
+def source_normalization(tcclip_path: str | None) -> str:
+    """The input normalisation converted weights expect: released TC-CLIP / ViFi-CLIP checkpoints
+    were trained and evaluated with ImageNet's statistics; CLIP (OpenAI or Hugging Face, and
+    TC-CLIP initialised from it) with CLIP's own."""
+    return "imagenet" if tcclip_path else "clip"
