@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
 import ml_collections
@@ -344,11 +344,16 @@ def create_train_iterator(
     return iter(_CountFailures(ds, cfg.max_bad_videos))
 
 
-def _eval_views(reader, entry: Entry, spec: ClipSpec, index: int) -> np.ndarray:
-    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major)."""
+def _eval_views(
+    reader, entry: Entry, spec: ClipSpec, index: int, on_short: Callable | None = None
+) -> np.ndarray:
+    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major); `on_short(n)` is told the
+    frame count of a video with fewer frames than the model's (its frames then repeat)."""
     rng = np.random.default_rng(index) if spec.test_clip_sampling == "tsn_random" else None
 
     def pick(n):
+        if on_short is not None and n < spec.num_frames:
+            on_short(n)
         idx = sampling.view_indices(
             n, spec.num_frames, spec.test_clips, spec.test_clip_sampling, rng
         )
@@ -415,11 +420,15 @@ def create_eval_dataset(
     return _multiprocessing(ds, cfg) if cfg.num_workers > 0 else ds
 
 
-def load_test_views(path: str, cfg: ml_collections.ConfigDict) -> np.ndarray:
-    """[V, T, S, S, 3] test views of one video file (or frame folder), ready for the model."""
+def load_test_views(
+    path: str, cfg: ml_collections.ConfigDict, on_short: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """[V, T, S, S, 3] test views of one video file (or frame folder), ready for the model;
+    `on_short(frame_count)` is called if it has fewer frames than `cfg.num_frames`."""
     spec = ClipSpec.from_config(cfg)
     if os.path.isdir(path):
         reader = FrameFolderReader("", cfg.frame_template, cfg.frame_start_index)
     else:
         reader = VideoFileReader("", cfg.decode_threads)
-    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec, 0))
+    entry = Entry(path, -1, "the command line")
+    return spec.finish(_eval_views(reader, entry, spec, 0, on_short))

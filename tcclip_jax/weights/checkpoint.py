@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tcclip_jax.errors import UserError
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
 
@@ -24,15 +25,32 @@ PARAMS_DIR = "params"
 INFO_FILE = "info.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A path that is not a usable model checkpoint directory."""
 
 
-def save_model(directory: str, config: ModelConfig, params: Any, info: dict | None = None) -> None:
-    """Write `config`, `params` (any pytree of arrays) and optional provenance `info`."""
+def check_new_directory(directory: str, overwrite: bool = False) -> None:
+    """Raise a CheckpointError unless `directory` can be written as a new checkpoint: absent
+    or empty (or any directory, with `overwrite`), inside a folder this process may write."""
     directory = os.path.abspath(directory)
-    if os.path.exists(os.path.join(directory, PARAMS_DIR)):
-        raise CheckpointError(f"{directory} already holds a checkpoint; choose a new directory")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise CheckpointError(
+            f"{directory} is not empty; choose a new directory (or --overwrite to replace it)"
+        )
+    parent = os.path.dirname(directory)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{directory}: cannot write in {parent}")
+
+
+def save_model(directory: str, config: ModelConfig, params: Any, info: dict | None = None) -> None:
+    """Write `config`, `params` (any pytree of arrays) and optional provenance `info` into a
+    new (absent or empty) directory."""
+    directory = os.path.abspath(directory)
+    check_new_directory(directory)
     os.makedirs(directory, exist_ok=True)
     params = jax.tree.map(np.asarray, jax.device_get(params))
     ocp.PyTreeCheckpointer().save(os.path.join(directory, PARAMS_DIR), params)
@@ -67,9 +85,20 @@ def load_model(directory: str) -> tuple[ModelConfig, dict]:
     if not os.path.isdir(path):
         raise CheckpointError(f"{directory} has a model config but no {PARAMS_DIR}/ directory")
     checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    params = checkpointer.restore(path, restore_args=restore_args)
+    try:
+        metadata = checkpointer.metadata(path)
+        if metadata is None or metadata.item_metadata is None:
+            raise CheckpointError(
+                f"{path}: damaged or incomplete parameters (_METADATA is missing or unreadable)"
+            )
+        tree = metadata.item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        params = checkpointer.restore(path, restore_args=restore_args)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are damaged.
+        reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
+        raise CheckpointError(f"{path}: damaged or incomplete parameters ({reason})") from e
     # A config edited by hand, or params from another model, fail here, by name.
     check_params(params, config, path, CheckpointError)
     return config, params
