@@ -57,11 +57,10 @@ class _Quiet(pylogging.Filter):
 
 def quiet_libraries() -> None:
     """Install `_Quiet` on the absl handler and Python's root logger."""
-    _ = _Quiet()
-    logging.get_absl_handler().addFilter(_)
+    quiet = _Quiet()
+    logging.get_absl_handler().addFilter(quiet)
     for handler in pylogging.getLogger().handlers:
-        handler.addFilter(_)
-    pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.WARNING)
+        handler.addFilter(quiet)
 
 
 def _config_field_error(error: Exception, argv: Sequence[str]) -> str:

@@ -83,10 +83,12 @@ def test_train_impossible_settings_one_line_each_before_anything_runs(tmp_path):
 
 
 def test_train_model_that_cannot_be_built_names_the_reason(tmp_path):
+    # All backends tried (JAX_PLATFORMS empty): JAX's INFO line about the missing TPU is hidden.
     proc = run("-m", "tcclip_jax.train", "--config", DEMO_CI, "--workdir", str(tmp_path / "w"),
-               "--config.model.vision_width=33")  # fmt: skip
+               "--config.model.vision_width=33", env={"JAX_PLATFORMS": ""})  # fmt: skip
     (line,) = error_lines(proc)[-1:]
     assert "vision width 33 is not divisible by 2 heads" in line
+    assert "Unable to initialize backend" not in proc.stderr
 
 
 def test_train_annotation_list_error_is_one_line(tmp_path, dataset):
