@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,4 +173,22 @@ def test_ctrl_c_saves_and_stops(shared, tmp_path):
     assert match, line
     assert "SIGINT: saving a checkpoint and stopping" in err
     assert saved_steps(workdir) == [int(match.group(1))]
+    no_temporary_files(workdir)
+
+
+def test_too_many_unreadable_videos_stop_in_one_line_keeping_checkpoints(shared, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(shared["root"], root)
+    first = (root / "train.txt").read_text().split()[0]
+    (root / first).write_bytes(b"not a video")  # read once per epoch: the second time is too many
+    workdir = tmp_path / "run"
+    proc = train(shared, workdir, "--config.num_epochs=2", "--config.data.max_bad_videos=1",
+                 f"--config.data.root={root}")  # fmt: skip
+    assert last_line(proc, 1) == (
+        "error: 2 unreadable training videos, more than max_bad_videos=1 (listed above)"
+    )
+    steps = saved_steps(workdir)  # the second epoch stops where the video comes again
+    assert steps and 4 in steps and max(steps) < 8
+    for step in steps:
+        saved_state(workdir, step)  # complete and restorable
     no_temporary_files(workdir)

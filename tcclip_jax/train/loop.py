@@ -216,7 +216,7 @@ def _next_batch(data_iterator) -> dict:
     except VideoReadError as e:
         # The full list of unreadable videos goes to the log; the error is its first line.
         logging.error("%s", e)
-        raise RunError(error_line(e) + " (listed above)") from e
+        raise RunError(error_line(e).rstrip(":") + " (listed above)") from e
 
 
 def train_and_evaluate(
