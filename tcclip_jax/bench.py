@@ -45,7 +45,7 @@ from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
 from tcclip_jax.train import losses, optim
-from tcclip_jax.train.step import TrainState, make_train_step
+from tcclip_jax.train.step import initial_state, make_train_step
 
 # Dense (no sparsity) peak FLOP/s per chip by device-kind substring, in bf16 and fp32.
 # TPUs: Google's published bf16 peak; JAX's default matmul precision runs float32 matmuls as
@@ -283,7 +283,7 @@ def bench_train(
             normalize=normalize_on_device,
         )
 
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = initial_state(params, tx)
     labels = jax.random.randint(jax.random.key(2), (1, clips.shape[0]), 0, num_classes)
     batch = {"video": clips[None], "label": labels}
     rng = jax.random.key(3)

@@ -28,10 +28,10 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from tcclip_jax import distributed
+from tcclip_jax import cli, distributed
 from tcclip_jax.data.config import NORMALIZATIONS
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,38 +49,34 @@ _NORMALIZATION = flags.DEFINE_enum(
     ["checkpoint", *sorted(NORMALIZATIONS)],
     "Input normalisation: the one the checkpoint records, or this one.",
 )
+_DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 METRICS_FILE = "eval_metrics.json"
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     distributed.initialize()
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     import jax
 
     from tcclip_jax import sharding
-    from tcclip_jax.config.resolve import check_lists, resolve
+    from tcclip_jax.config.resolve import check_eval_lists, check_lists, resolve
     from tcclip_jax.evaluation.protocols import evaluate_protocol
     from tcclip_jax.evaluation.tables import flat_metrics, format_results
     from tcclip_jax.inference import checkpoint_normalization
     from tcclip_jax.metrics import MetricWriter
-    from tcclip_jax.weights.checkpoint import INFO_FILE, CheckpointError, load_model
+    from tcclip_jax.weights.checkpoint import INFO_FILE, load_model
 
     checkpoint = os.path.abspath(_CHECKPOINT.value)
     workdir = _WORKDIR.value or os.path.dirname(checkpoint)
-    try:
-        model_config, params = load_model(checkpoint)
-        config = resolve(_CONFIG.value, workdir)
-        check_lists(config, training=False)  # each test list against its class list, first
-        config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
-        metrics = evaluate_protocol(
-            config, params, sharding.create_mesh(), model_config=model_config
-        )
-    except (CheckpointError, ValueError) as e:  # bad paths, lists or configs: say which
-        raise app.UsageError(str(e)) from e
+    model_config, params = load_model(checkpoint)
+    config = resolve(_CONFIG.value, workdir)
+    check_eval_lists(config)  # every list and folder exists (named by its config field)
+    check_lists(config, training=False)  # each test list against its class list, first
+    config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
+    metrics = evaluate_protocol(config, params, sharding.create_mesh(), model_config=model_config)
 
     step = 0
     if os.path.isfile(os.path.join(checkpoint, INFO_FILE)):
@@ -98,4 +94,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, _DEBUG)

@@ -19,6 +19,7 @@ not a model checkpoint).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -29,19 +30,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcclip_jax.data.classes import AnnotationError, load_class_names
+from tcclip_jax import cli
+from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
 from tcclip_jax.data.pipeline import load_test_views
+from tcclip_jax.errors import UserError
 from tcclip_jax.inference import (
     DTYPES,
     NORMALIZATION_CHOICES,
     Predictor,
     load_predictor,
+    prompt_tokens,
     view_config,
 )
-from tcclip_jax.weights.checkpoint import CheckpointError
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Arguments the command cannot run with; reported as one line, exit status 2."""
 
 
@@ -55,8 +58,7 @@ def read_class_names(path: str) -> list[str]:
         return load_class_names(path)
     if not os.path.isfile(path):
         raise AnnotationError(f"class list {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
+    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if not names:
         raise AnnotationError(f"{path}: the class list is empty")
     return names
@@ -69,7 +71,19 @@ def check_class_names(names: Sequence[str], origin: str) -> list[str]:
     blank = [i + 1 for i, n in enumerate(names) if not n]
     if blank:
         raise UsageError(f"class names {blank} ({origin}, 1-based) are empty")
+    repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+    if repeated:
+        _warn(f"duplicate class names ({origin}): {repeated}; they share their probability")
     return names
+
+
+def check_prompts(predictor: Predictor, names: Sequence[str], origin: str) -> None:
+    """Every class name fits the model's prompt (checked before any video is decoded)."""
+    for i, name in enumerate(names):
+        try:
+            prompt_tokens(predictor.config, [name])
+        except ValueError as e:
+            raise UsageError(f"class {i + 1} ({origin}): {e}") from None
 
 
 # Scoring -----------------------------------------------------------------------------------
@@ -136,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         default="checkpoint",
         help="Input normalisation: the one the checkpoint records (default), or this one.",
     )
+    parser.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return parser
 
 
@@ -143,27 +158,35 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.top_k < 1 or args.clips < 1:
-            raise UsageError(
-                f"--top-k and --clips must be positive, got {args.top_k}, {args.clips}"
-            )
-        if args.labels is not None:
-            classnames = check_class_names(read_class_names(args.labels), args.labels)
-        else:
-            classnames = check_class_names(args.classes, "--classes")
-        predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
-        cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
-    except (UsageError, AnnotationError, CheckpointError) as e:
-        _error(str(e))
-        return 2
+    cli.quiet_libraries()
+    return cli.guarded(lambda: predict(args), args.debug)
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Classify `args.video`; bad arguments raise a UserError before any video is decoded."""
+    if args.top_k < 1 or args.clips < 1:
+        raise UsageError(f"--top-k and --clips must be positive, got {args.top_k}, {args.clips}")
+    origin = args.labels if args.labels is not None else "--classes"
+    names = read_class_names(args.labels) if args.labels is not None else args.classes
+    classnames = check_class_names(names, origin)
+    predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
+    check_prompts(predictor, classnames, origin)
+    cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
 
     results = []
     for video in args.video:
+
+        def short(n: int, video: str = video) -> None:
+            _warn(f"{video}: {n} frames, fewer than the model's {cfg.num_frames}; some repeat")
+
         try:
-            views = load_test_views(video, cfg)
+            views = load_test_views(video, cfg, on_short=short)
         except (ValueError, OSError) as e:  # VideoReadError and friends name the file
             message = str(e) if video in str(e) else f"{video}: {e}"
             _error(message)

@@ -16,10 +16,13 @@ plus the `render_*` functions of `tcclip_jax.visualization.render`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from tcclip_jax import cli
 from tcclip_jax.data.pipeline import load_test_views
+from tcclip_jax.errors import UserError
 from tcclip_jax.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
 from tcclip_jax.visualization.explain import explain, summary_block
 from tcclip_jax.visualization.render import write_figures
@@ -50,11 +53,23 @@ def _parser() -> argparse.ArgumentParser:
         default="checkpoint",
         help="Input normalisation: the one the checkpoint records (default), or this one.",
     )
+    parser.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    cli.quiet_libraries()
+    return cli.guarded(lambda: visualize(args), args.debug)
+
+
+def visualize(args: argparse.Namespace) -> int:
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output {args.output}: cannot create it ({e.strerror})") from None
+    if not os.access(args.output, os.W_OK):
+        raise UserError(f"--output {args.output}: not writable")
     try:
         predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
     except CheckpointError as e:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
+import pickle
+import re
 import subprocess
 import sys
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -276,3 +280,91 @@ def test_read_torch_file_rejects_missing_and_empty(tmp_path):
     torch.save({}, path)
     with pytest.raises(ConversionError, match="holds no state dict"):
         read_torch_file(str(path))
+
+
+# Archives that would run code, and the user's files ------------------------------------------
+
+MARKER = "archive code ran"
+
+
+class _Scripted(torch.nn.Module):
+    """A module whose scripted __setstate__ (run by torch.jit.load) prints MARKER."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(2, 2))
+
+    def forward(self, x):
+        return x @ self.weight
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        print("archive code ran")
+        self.weight = state[0]
+        self.training = state[1]
+
+
+def test_torchscript_setstate_never_runs(tmp_path, capfd):
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(_Scripted()).save(str(path))
+    torch.jit.load(str(path))  # what the converter must not do: it runs the archive's code
+    assert MARKER in capfd.readouterr().out
+    res = _run_cli("--clip", str(path), "--output", str(tmp_path / "out"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert MARKER not in res.stdout + res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert re.fullmatch(
+        rf"error: {re.escape(str(path))}: __torch__\.[\w.]*_Scripted is pickled with a custom "
+        r"state \(tuple\); only plain modules can be read as data",
+        line,
+    ), line
+    assert not (tmp_path / "out").exists()
+
+
+class _Exploit:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_torchscript_pickle_global_is_refused(openai_clip, tmp_path):
+    images, tokens = _inputs()
+    traced = torch.jit.trace(openai_clip, (torch.from_numpy(images), torch.from_numpy(tokens)))
+    genuine, path = tmp_path / "genuine.pt", tmp_path / "exploit.pt"
+    traced.save(str(genuine))
+    pwned = tmp_path / "pwned"
+    with zipfile.ZipFile(genuine) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/data.pkl"):
+                data = pickle.dumps(_Exploit(pwned), protocol=2)
+            dst.writestr(name, data)
+    res = _run_cli("--clip", str(path), "--output", str(tmp_path / "out"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"error: {path}: data.pkl names {os.system.__module__}.system, which is not tensor data; "
+        "refusing to load it"
+    ]
+    assert not pwned.exists()
+    assert read_torch_file(str(genuine)).keys() == traced.state_dict().keys()
+
+
+def test_convert_overwrites_only_when_told(openai_clip, tmp_path):
+    path = tmp_path / "clip_sd.pt"
+    torch.save(openai_clip.state_dict(), path)
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "info.json").write_text("the user's own")
+    res = _run_cli("--clip", str(path), "--model", "clip", "--output", str(out))
+    assert res.returncode == 2 and (out / "info.json").read_text() == "the user's own"
+    res = _run_cli("--clip", str(path), "--model", "clip", "--output", str(out), "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "info.json").read_text())["clip"] == str(path)
+    load_model(str(out))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "clip_sd.pt"]  # no temporary folder left

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 import jax
 
+from tcclip_jax import cli
 from tcclip_jax.data.config import NORMALIZATIONS
 from tcclip_jax.models.config import ARCH_NAMES, MODEL_KINDS, check_arch
-from tcclip_jax.weights.checkpoint import CheckpointError, save_model
+from tcclip_jax.weights.checkpoint import check_new_directory, save_model
 from tcclip_jax.weights.convert import convert, source_normalization
 from tcclip_jax.weights.pytorch import ConversionError
 
@@ -54,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch", choices=ARCH_NAMES, help="fail unless the CLIP towers are these")
     p.add_argument("--tcclip", help="released TC-CLIP / ViFi-CLIP checkpoint (.pth)")
     p.add_argument("--output", required=True, help="new checkpoint directory to write")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --output if it exists and is not empty"
+    )
+    p.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     p.add_argument("--model", choices=MODEL_KINDS, default="tc_clip")
     p.add_argument("--num-frames", type=int, help="T (default 16)")
     p.add_argument("--positional-embedding", choices=("space", "joint"))
@@ -71,8 +77,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def write(output: str, cfg, params, info: dict, normalization: str) -> None:
+    """Write the checkpoint into a temporary folder beside `output`, renamed at the end: a
+    failed conversion leaves nothing half-written, `--overwrite` replaces `output` whole."""
+    output = os.path.abspath(output)
+    tmp = f"{output}.tmp-{os.getpid()}"
+    try:
+        save_model(tmp, cfg, params, info=info, normalization=normalization)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli.quiet_libraries()
+    return cli.guarded(lambda: convert_and_write(args), args.debug)
+
+
+def convert_and_write(args: argparse.Namespace) -> int:
     options = {
         "model": args.model,
         "num_frames": args.num_frames,
@@ -84,22 +110,19 @@ def main(argv=None) -> int:
         "context_length": args.context_length,
     }
     options = {k: v for k, v in options.items() if v is not None}
-    try:
-        cfg, params = convert(args.clip, tcclip_path=args.tcclip, seed=args.seed, **options)
-        if args.arch:
-            try:
-                check_arch(cfg, args.arch, args.clip)
-            except ValueError as e:
-                raise ConversionError(str(e)) from None
-        clip = os.path.abspath(args.clip) if os.path.exists(args.clip) else args.clip  # model id
-        info = {"clip": clip, "seed": args.seed}
-        if args.tcclip:
-            info["tcclip"] = os.path.abspath(args.tcclip)
-        normalization = args.normalization or source_normalization(args.tcclip)
-        save_model(args.output, cfg, params, info=info, normalization=normalization)
-    except (ConversionError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_new_directory(args.output, overwrite=args.overwrite)  # before the conversion
+    cfg, params = convert(args.clip, tcclip_path=args.tcclip, seed=args.seed, **options)
+    if args.arch:
+        try:
+            check_arch(cfg, args.arch, args.clip)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
+    clip = os.path.abspath(args.clip) if os.path.exists(args.clip) else args.clip  # model id
+    info = {"clip": clip, "seed": args.seed}
+    if args.tcclip:
+        info["tcclip"] = os.path.abspath(args.tcclip)
+    normalization = args.normalization or source_normalization(args.tcclip)
+    write(args.output, cfg, params, info, normalization)
     n = sum(v.size for v in jax.tree.leaves(params))
     print(
         f"wrote {args.output}: {cfg.model}, {n / 1e6:.1f}M parameters, {normalization} "

@@ -14,26 +14,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tcclip_jax.weights.checkpoint import CheckpointError, load_model
+from tcclip_jax import cli
+from tcclip_jax.weights.checkpoint import load_model
 from tcclip_jax.weights.hf import export_hf
-from tcclip_jax.weights.pytorch import ConversionError, summarize_paths
+from tcclip_jax.weights.pytorch import summarize_paths
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="tcclip_jax checkpoint directory")
     p.add_argument("--output", required=True, help="new Hugging Face model directory to write")
+    p.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg, params = load_model(args.checkpoint)
-        left_out = export_hf(args.output, cfg, params, source=args.checkpoint)
-    except (ConversionError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cli.quiet_libraries()
+    return cli.guarded(lambda: export(args), args.debug)
+
+
+def export(args: argparse.Namespace) -> int:
+    cfg, params = load_model(args.checkpoint)
+    left_out = export_hf(args.output, cfg, params, source=args.checkpoint)
     print(f"wrote {args.output}: the CLIP towers of {cfg.model}")
     if left_out:
         print(f"left out (no place in a CLIPModel): {summarize_paths(left_out)}")

@@ -17,10 +17,13 @@ import ml_collections
 from tcclip_jax.config.base import check_protocol
 from tcclip_jax.data.classes import AnnotationError, ListSummary, check_list
 from tcclip_jax.data.config import FORMATS
-from tcclip_jax.models.variants import VARIANTS
+from tcclip_jax.errors import UserError
+from tcclip_jax.models import ModelConfig
+from tcclip_jax.models.variants import VARIANTS, variant_config
+from tcclip_jax.weights.checkpoint import CheckpointError, load_config
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot run; the message names the field to set."""
 
 
@@ -73,7 +76,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
 
 
 def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """`resolve`, then `check_config`: what a training run starts with."""
+    """`resolve`, then `check_config`: what a training run starts with (values out of range
+    fail before the data hook runs)."""
+    problems = _range_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     config = resolve(config, workdir)
     check_config(config)
     return config
@@ -102,11 +109,140 @@ def _need_dir(path: str, field: str, what: str) -> None:
         raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
 
 
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+    """The ModelConfig fields the run config sets (its `model` fields, frames, resolution)."""
+    overrides = {k: v for k, v in config.model.items() if v is not None}
+    return {
+        **overrides,
+        "num_frames": config.data.num_frames,
+        "image_resolution": config.data.image_size,
+    }
+
+
+# (field, lowest allowed value, whether the lowest value itself is allowed, highest or None).
+_RANGES = (
+    ("optim.lr", 0, False, None),
+    ("optim.min_lr", 0, True, None),
+    ("optim.weight_decay", 0, True, None),
+    ("optim.b1", 0, True, 1),
+    ("optim.b2", 0, True, 1),
+    ("optim.eps", 0, False, None),
+    ("optim.fast_lr_multiplier", 0, False, None),
+    ("num_epochs", 1, True, None),
+    ("warmup_epochs", 0, True, None),
+    ("batch_size", 1, True, None),
+    ("grad_accum_steps", 1, True, None),
+    ("eval.batch_size", 1, True, None),
+    ("eval.every_epochs", 0, True, None),
+    ("log_every_steps", 1, True, None),
+    ("checkpoint.every_steps", 1, True, None),
+    ("checkpoint.keep_last", 1, True, None),
+    ("checkpoint.keep_best", 0, True, None),
+    ("shots", 0, True, None),
+    ("label_smoothing", 0, True, 1),
+    ("mixup.mixup_alpha", 0, True, None),
+    ("mixup.cutmix_alpha", 0, True, None),
+    ("mixup.switch_prob", 0, True, 1),
+    ("wise_ft", 0, True, 1),
+    ("data.num_frames", 1, True, None),
+    ("data.image_size", 1, True, None),
+    ("data.resize_size", 1, True, None),
+    ("data.test_clips", 1, True, None),
+    ("data.color_jitter_p", 0, True, 1),
+    ("data.grayscale_p", 0, True, 1),
+    ("data.max_bad_videos", 0, True, None),
+    ("data.num_workers", 0, True, None),
+    ("model.embed_dim", 1, True, None),
+    ("model.vision_patch_size", 1, True, None),
+    ("model.vision_width", 1, True, None),
+    ("model.vision_layers", 1, True, None),
+    ("model.vision_heads", 1, True, None),
+    ("model.text_width", 1, True, None),
+    ("model.text_layers", 1, True, None),
+    ("model.text_heads", 1, True, None),
+    ("model.context_length", 1, True, None),
+    ("model.context_tokens", 1, True, None),
+    ("model.seed_ratio", 0, False, 1),
+    ("model.merge_r", 1, True, None),
+    ("model.prompt_length", 0, True, None),
+)
+
+
+def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
+    problems = []
+    for field, low, low_ok, high in _RANGES:
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if node is not None else None
+        if node is None:
+            continue  # not set (a placeholder): the checkpoint's or the model's default
+        if not isinstance(node, int | float) or isinstance(node, bool):
+            problems.append(f"config.{field} must be a number, got {node!r}")
+        elif node < low or (node == low and not low_ok) or (high is not None and node > high):
+            bound = f">= {low}" if low_ok else f"> {low}"
+            if high is not None:
+                bound += f" and <= {high}"
+            problems.append(f"config.{field} must be {bound}, got {node}")
+    if not problems and config.optim.min_lr > config.optim.lr:
+        problems.append(
+            f"config.optim.min_lr {config.optim.min_lr} is above config.optim.lr {config.optim.lr}"
+        )
+    if config.data.test_crops not in (1, 3):
+        problems.append(f"config.data.test_crops must be 1 or 3, got {config.data.test_crops}")
+    return problems
+
+
+def _model_problem(config: ml_collections.ConfigDict) -> str | None:
+    """Whether the model the run would build is possible (sizes, k, alpha, r, heads)."""
+    try:
+        base = load_config(config.init_checkpoint) if config.init_checkpoint else ModelConfig()
+        variant_config(base, config.model_variant, **model_overrides(config))
+    except CheckpointError as e:
+        return f"config.init_checkpoint: {e}"
+    except (ValueError, TypeError) as e:
+        return f"config.model / config.data: the model cannot be built: {e}"
+    return None
+
+
+def check_eval_lists(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:
+    """The lists and folders the protocol's evaluation reads exist (train and evaluate), each
+    missing one named by its config field. `need_videos=False` (the dry run) accepts unset
+    video folders; set ones must exist."""
+    data, splits_dir = config.data, config.splits_dir
+    if config.protocol != "zeroshot":
+        if data.format != "tfds" and (need_videos or data.root):
+            _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
+        _need_file(data.class_list, "data.class_list", "class list", splits_dir)
+        _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
+    if config.protocol == "base2novel":
+        _need_file(data.novel_val_list, "data.novel_val_list", "novel-class list", splits_dir)
+        _need_file(
+            data.novel_class_list, "data.novel_class_list", "novel classes' class list", splits_dir
+        )
+    if config.protocol == "zeroshot":
+        if not config.eval.datasets:
+            raise ConfigError("config.eval.datasets is empty: zero-shot needs datasets to test")
+        for i, ds in enumerate(config.eval.datasets):
+            field = f"eval.datasets[{i}]"
+            root = ds.get("root", data.root)
+            if ds.get("format", data.format) != "tfds" and (need_videos or root):
+                _need_dir(root, f"{field}.root", f"{ds.name} video folder")
+            for j, split in enumerate(ds.splits):
+                _need_file(split, f"{field}.splits[{j}]", f"{ds.name} list", splits_dir)
+            lists = [ds.class_list] if isinstance(ds.class_list, str) else ds.class_list
+            for c in lists:
+                _need_file(c, f"{field}.class_list", f"{ds.name} class list", splits_dir)
+
+
 def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:
-    """Raise a ConfigError naming the field for anything that would fail later.
+    """Raise a ConfigError naming the field for anything that would fail later (value ranges:
+    one line per problem).
 
     `need_videos=False` (the dry run) accepts unset video folders; set ones must exist.
     """
+    problems = _range_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     if config.model_variant not in VARIANTS:
         raise ConfigError(
             f"config.model_variant must be one of {VARIANTS}, got {config.model_variant!r}"
@@ -138,26 +274,9 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
             _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
         _need_file(data.train_list, "data.train_list", "training list", splits_dir)
     _need_file(data.class_list, "data.class_list", "class list", splits_dir)
-    if config.eval.every_epochs > 0 or config.protocol != "zeroshot":
+    if config.eval.every_epochs > 0:
         _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
-    if config.protocol == "base2novel":
-        _need_file(data.novel_val_list, "data.novel_val_list", "novel-class list", splits_dir)
-        _need_file(
-            data.novel_class_list, "data.novel_class_list", "novel classes' class list", splits_dir
-        )
-    if config.protocol == "zeroshot":
-        if not config.eval.datasets:
-            raise ConfigError("config.eval.datasets is empty: zero-shot needs datasets to test")
-        for i, ds in enumerate(config.eval.datasets):
-            field = f"eval.datasets[{i}]"
-            root = ds.get("root", data.root)
-            if ds.get("format", data.format) != "tfds" and (need_videos or root):
-                _need_dir(root, f"{field}.root", f"{ds.name} video folder")
-            for j, split in enumerate(ds.splits):
-                _need_file(split, f"{field}.splits[{j}]", f"{ds.name} list", splits_dir)
-            lists = [ds.class_list] if isinstance(ds.class_list, str) else ds.class_list
-            for c in lists:
-                _need_file(c, f"{field}.class_list", f"{ds.name} class list", splits_dir)
+    check_eval_lists(config, need_videos=need_videos)
     for key in ("val_clips", "val_crops"):
         if config.eval[key] is not None and config.eval[key] < 1:
             raise ConfigError(f"config.eval.{key} must be >= 1 (or None: the test views)")
@@ -184,6 +303,9 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
             f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "
             f"{jax.device_count()} devices"
         )
+    problem = _model_problem(config)
+    if problem:
+        raise ConfigError(problem)
 
 
 # Lists -------------------------------------------------------------------------------------

@@ -11,13 +11,16 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import json
 import os
 
 import numpy as np
 
+from tcclip_jax.errors import UserError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(UserError):
     """A malformed class list or annotation list; the message names the file and line."""
 
 
@@ -52,9 +55,21 @@ def _parse_id(text: str, where: str) -> int:
         raise AnnotationError(f"{where}: class id {text!r} is not an integer") from None
 
 
+def read_text(path: str) -> str:
+    """A list file's text; not UTF-8 is an AnnotationError naming the file and the byte."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(
+            f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def _load_csv(path: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(read_text(path), newline="")))
     if not rows:
         raise AnnotationError(f"{path}: the class list is empty (expected an 'id,name' header)")
     header = [h.strip().lower() for h in rows[0]]
@@ -89,11 +104,10 @@ def _load_json(path: str) -> list[str]:
             raise AnnotationError(f"{path}: duplicate class ids {dups} in the JSON object")
         return _JsonPairs(pairs)
 
-    with open(path, encoding="utf-8") as f:
-        try:
-            pairs = json.load(f, object_pairs_hook=no_duplicate_keys)
-        except json.JSONDecodeError as e:
-            raise AnnotationError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    try:
+        pairs = json.loads(read_text(path), object_pairs_hook=no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(pairs, _JsonPairs):
         raise AnnotationError(f'{path}: expected a JSON object {{"0": "name", ...}}')
     entries = []
@@ -124,29 +138,26 @@ def read_annotation_entries(
     if not os.path.isfile(path):
         raise AnnotationError(f"annotation list {path} does not exist")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.rsplit(None, 1)
-            if len(fields) != 2:
-                raise AnnotationError(
-                    f"{path}:{line_no}: expected 'relative/path LABEL', got {line!r}"
-                )
-            rel, label_text = fields
-            try:
-                label = int(label_text)
-            except ValueError:
-                raise AnnotationError(
-                    f"{path}:{line_no}: label {label_text!r} is not an integer (line {line!r})"
-                ) from None
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-                raise AnnotationError(
-                    f"{path}:{line_no}: label {label} is outside the class list ({bound})"
-                )
-            out.append((rel, label, line_no))
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2:
+            raise AnnotationError(f"{path}:{line_no}: expected 'relative/path LABEL', got {line!r}")
+        rel, label_text = fields
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise AnnotationError(
+                f"{path}:{line_no}: label {label_text!r} is not an integer (line {line!r})"
+            ) from None
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            raise AnnotationError(
+                f"{path}:{line_no}: label {label} is outside the class list ({bound})"
+            )
+        out.append((rel, label, line_no))
     if not out:
         raise AnnotationError(f"{path}: the annotation list has no entries")
     return out

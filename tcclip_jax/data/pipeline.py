@@ -23,7 +23,7 @@ import functools
 import math
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
 import ml_collections
@@ -354,13 +354,18 @@ def view_seed(path: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def _eval_views(reader, entry: Entry, spec: ClipSpec) -> np.ndarray:
-    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major)."""
+def _eval_views(
+    reader, entry: Entry, spec: ClipSpec, on_short: Callable | None = None
+) -> np.ndarray:
+    """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major); `on_short(n)` is told the
+    frame count of a video with fewer frames than the model's (its frames then repeat)."""
     rng = None
     if spec.test_clip_sampling == "tsn_random":
         rng = np.random.default_rng(view_seed(entry.path))
 
     def pick(n):
+        if on_short is not None and n < spec.num_frames:
+            on_short(n)
         idx = sampling.view_indices(
             n, spec.num_frames, spec.test_clips, spec.test_clip_sampling, rng
         )
@@ -427,11 +432,15 @@ def create_eval_dataset(
     return _multiprocessing(ds, cfg) if cfg.num_workers > 0 else ds
 
 
-def load_test_views(path: str, cfg: ml_collections.ConfigDict) -> np.ndarray:
-    """[V, T, S, S, 3] test views of one video file (or frame folder), ready for the model."""
+def load_test_views(
+    path: str, cfg: ml_collections.ConfigDict, on_short: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """[V, T, S, S, 3] test views of one video file (or frame folder), ready for the model;
+    `on_short(frame_count)` is called if it has fewer frames than `cfg.num_frames`."""
     spec = ClipSpec.from_config(cfg)
     if os.path.isdir(path):
         reader = FrameFolderReader("", cfg.frame_template, cfg.frame_start_index)
     else:
         reader = VideoFileReader("", cfg.decode_threads)
-    return spec.finish(_eval_views(reader, Entry(path, -1, "the command line"), spec))
+    entry = Entry(path, -1, "the command line")
+    return spec.finish(_eval_views(reader, entry, spec, on_short))

@@ -14,14 +14,12 @@ Rerun the same command to resume an interrupted run. See configs/*.py for each p
 
 from __future__ import annotations
 
-import logging as pylogging
-import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from tcclip_jax import distributed
+from tcclip_jax import cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -33,40 +31,28 @@ _DRY_RUN = flags.DEFINE_bool(
     "Resolve the config, check every list against its class list, count missing videos, print "
     "a table per list, write config.json and exit (no video or device needed).",
 )
+_RESUME_CHANGED = flags.DEFINE_list(
+    "resume_changed",
+    [],
+    "Config fields allowed to differ from the work directory's config.json when resuming "
+    "(only those that change neither shapes nor the recipe, e.g. num_epochs).",
+)
+_DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietCheckpointing(pylogging.Filter):
-    """Orbax logs every stage of every save at INFO, and warns about each periodic save that
-    has no validation metrics (by design here); keep its other warnings."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        if "/orbax/" not in record.pathname:
-            return True
-        return record.levelno >= pylogging.WARNING and "did not provide metrics" not in str(
-            record.msg
-        )
-
-
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietCheckpointing())
+    del argv
     distributed.initialize()
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     from tcclip_jax.config.dry_run import dry_run
-    from tcclip_jax.config.resolve import ConfigError
     from tcclip_jax.train.loop import train_and_evaluate
 
-    try:
-        if _DRY_RUN.value:
-            print(dry_run(_CONFIG.value, _WORKDIR.value), flush=True)
-        else:
-            train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:  # one line naming the field, not a traceback or the usage text
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    if _DRY_RUN.value:
+        print(dry_run(_CONFIG.value, _WORKDIR.value), flush=True)
+    else:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_changed=_RESUME_CHANGED.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main, _DEBUG)

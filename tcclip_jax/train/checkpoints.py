@@ -5,6 +5,9 @@ iterator's position (every process's own, via grain's orbax handler), so a resum
 same batches in the same order as an uninterrupted one. Saves are asynchronous: the arrays are
 copied off the devices during `save` and written while training goes on.
 
+A checkpoint that does not restore (files lost or cut short) is moved to
+`workdir/damaged_checkpoints/` and the next older one is used.
+
 Kept: the last `keep_last` checkpoints, and the `keep_best` with the highest validation top-1
 (the two policies combined: with orbax's single `max_to_keep` + `best_fn`, keeping one best
 checkpoint deleted the latest, and a preempted run would resume from an older step).
@@ -19,6 +22,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
@@ -45,8 +49,10 @@ class TrainCheckpoints:
                 ),
             ]
         )
+        self.directory = os.path.abspath(directory)
+        self.damaged = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=policy,
                 # Only with a best_fn does orbax write the metrics to disk, where BestN finds
@@ -80,6 +86,36 @@ class TrainCheckpoints:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint that restores, or None if there is none.
+
+        A damaged checkpoint (a missing or truncated file) is moved to `damaged/STEP` beside
+        the checkpoints, kept for inspection, with a warning naming it and the reason.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, self.restore(step, abstract_state, data_iterator)
+            except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are bad.
+                reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
+                self._set_aside(step)
+                logging.warning(
+                    "Checkpoint %d does not restore (%s); moved to %s, trying older ones",
+                    step,
+                    reason,
+                    os.path.join(self.damaged, str(step)),
+                )
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            os.makedirs(self.damaged, exist_ok=True)
+            target = os.path.join(self.damaged, str(step))
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(self.directory, str(step)), target)
+        multihost_utils.sync_global_devices(f"checkpoints:set_aside:{step}")
+        self.manager.reload()
 
     def best_step(self) -> int | None:
         """The step with the highest validation top-1; the latest if none was validated."""

@@ -15,10 +15,12 @@ preemption or crash continues where it stopped, with the same batches and the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +31,19 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from tcclip_jax import sharding
-from tcclip_jax.config.resolve import ConfigError, check_lists, prepare_config
+from tcclip_jax.config.resolve import ConfigError, check_lists, model_overrides, prepare_config
+from tcclip_jax.config.resume import check_resume
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
+from tcclip_jax.data.video_decode import VideoReadError
+from tcclip_jax.errors import RunError, error_line
 from tcclip_jax.evaluation.accuracy import Evaluator
 from tcclip_jax.evaluation.protocols import evaluate_protocol
 from tcclip_jax.evaluation.tables import flat_metrics, format_results
 from tcclip_jax.inference import prompt_tokens
-from tcclip_jax.metrics import MetricWriter, drop_after, save_config
+from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.variants import variant_config
@@ -59,18 +64,9 @@ FINAL_METRICS_FILE = "final_metrics.json"
 # Model and data ----------------------------------------------------------------------------
 
 
-def _model_overrides(config: ml_collections.ConfigDict) -> dict:
-    overrides = {k: v for k, v in config.model.items() if v is not None}
-    return {
-        **overrides,
-        "num_frames": config.data.num_frames,
-        "image_resolution": config.data.image_size,
-    }
-
-
 def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict, dict | None]:
     """(model config, initial weights, CLIP weights for WiSE-FT or None), all on the host."""
-    overrides = _model_overrides(config)
+    overrides = model_overrides(config)
     if not config.init_checkpoint:  # config.random_init (checked by prepare_config)
         model_config = variant_config(ModelConfig(), config.model_variant, **overrides)
         return model_config, random_params(model_config, config.seed), None
@@ -139,22 +135,27 @@ def _count_training_videos(config: ml_collections.ConfigDict, annotations) -> in
 
 
 class _Preemption:
-    """Remembers a SIGTERM (the usual notice of preemption) until the loop can save."""
+    """Remembers a SIGTERM (the usual notice of preemption) or a Ctrl-C (SIGINT) until the loop
+    can save; a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.warning("%s: saving a checkpoint and stopping", signal.Signals(signum).name)
         self.requested = True
 
     def agreed(self) -> bool:
@@ -165,8 +166,8 @@ class _Preemption:
         return bool(np.max(flags))
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 # Training ----------------------------------------------------------------------------------
@@ -181,20 +182,80 @@ def _step_batch(batch: dict, accum: int, batch_sharding) -> dict:
     return sharding.put_process_batch(local, batch_sharding)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train as `config` says, in `workdir` (resuming if it holds checkpoints); return the
-    protocol's final metrics (empty when stopped by SIGTERM)."""
-    with _Preemption() as preemption:  # from the start: a SIGTERM during compilation counts
-        return _train_and_evaluate(config, workdir, preemption)
+def _make_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir}: not writable")
+
+
+def _has_checkpoints(directory: str) -> bool:
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def _check_finite(state, ckpt: TrainCheckpoints) -> None:
+    """Stop (a RunError) if a step so far had a non-finite loss or update: a host sync, made
+    only where metrics are fetched anyway or before a save or an evaluation."""
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad:
+        ckpt.wait()
+        last = ckpt.latest_step()
+        kept = f"checkpoint {last} is the last one (finite)" if last else "nothing was saved"
+        raise RunError(
+            f"the loss or the update was not finite at step {bad}; stopped there, {kept}; "
+            "lower config.optim.lr or check the data"
+        )
+
+
+def _start_state(ckpt, workdir, abstract, state_shardings, data_iterator):
+    """(state, step) of the newest checkpoint that restores, or (None, 0)."""
+    found = ckpt.restore_latest(with_shardings(abstract, state_shardings), data_iterator)
+    if found is None:
+        return None, 0
+    step, state = found
+    logging.info("Resuming from step %d", step)
+    drop_after(workdir, step)
+    return state, int(step)
+
+
+def _next_batch(data_iterator) -> dict:
+    try:
+        return next(data_iterator)
+    except VideoReadError as e:
+        # The full list of unreadable videos goes to the log; the error is its first line.
+        logging.error("%s", e)
+        raise RunError(error_line(e).rstrip(":") + " (listed above)") from e
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, resume_changed: Sequence[str] = ()
+) -> dict:
+    """Train as `config` says, in `workdir` (resuming if it holds checkpoints of a run with the
+    same config, up to the fields named in `resume_changed`); return the protocol's final
+    metrics (empty when stopped by SIGTERM or Ctrl-C)."""
+    # From the start: a SIGTERM during compilation counts. On any exit, `cleanup` waits for the
+    # save in flight, closes the checkpoint manager and shuts the data workers down.
+    with _Preemption() as preemption, contextlib.ExitStack() as cleanup:
+        return _train_and_evaluate(config, workdir, preemption, resume_changed, cleanup)
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    preemption: _Preemption,
+    resume_changed: Sequence[str],
+    cleanup: contextlib.ExitStack,
 ) -> dict:
     workdir = os.path.abspath(workdir)
+    _make_workdir(workdir)
     config = prepare_config(config, workdir)
     check_lists(config)  # every list against its class list, before anything compiles
-    os.makedirs(workdir, exist_ok=True)
+    if _has_checkpoints(os.path.join(workdir, "checkpoints")) and os.path.isfile(
+        os.path.join(workdir, RUN_CONFIG_FILE)
+    ):
+        check_resume(os.path.join(workdir, RUN_CONFIG_FILE), config, resume_changed)
     save_config(workdir, config)
 
     class_names, annotations = training_set(config)
@@ -261,20 +322,18 @@ def _train_and_evaluate(
         process_count=jax.process_count(),
         annotations=annotations,
     )
+    cleanup.callback(data_iterator.close)
     ckpt = TrainCheckpoints(
         os.path.join(workdir, "checkpoints"),
         keep_last=config.checkpoint.keep_last,
         keep_best=config.checkpoint.keep_best,
     )
-    start = ckpt.latest_step()
-    if start is not None:
-        logging.info("Resuming from step %d", start)
-        drop_after(workdir, start)
-        state = ckpt.restore(start, with_shardings(abstract, state_shardings), data_iterator)
-    else:
+    cleanup.callback(ckpt.close)
+    cleanup.callback(ckpt.wait)
+    state, start = _start_state(ckpt, workdir, abstract, state_shardings, data_iterator)
+    if state is None:
         state = create_train_state(init_params, tx, state_shardings)
     del init_params
-    start = int(start or 0)
 
     validate, val_epochs = None, set(validation_epochs(config.num_epochs, config.eval.every_epochs))
     if val_epochs:
@@ -302,13 +361,14 @@ def _train_and_evaluate(
     stopped = False
     log_start, log_step = time.perf_counter(), start
     for step in range(start + 1, total_steps + 1):
-        batch = _step_batch(next(data_iterator), config.grad_accum_steps, batch_sharding)
+        batch = _step_batch(_next_batch(data_iterator), config.grad_accum_steps, batch_sharding)
         state, metrics = step_fn(state, batch, tokens, rng)
         progress.update(1)
         epoch_end = step % steps_per_epoch == 0
         epoch = step // steps_per_epoch
         log_now = step % config.log_every_steps == 0 or step == total_steps
         if log_now:
+            _check_finite(state, ckpt)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - log_start
             clips_per_sec = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
@@ -319,10 +379,9 @@ def _train_and_evaluate(
                 lr=f"{metrics['lr']:.3g}",
                 clips_s=f"{clips_per_sec:.1f}",
             )
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
         val_metrics = None
         if validate is not None and epoch_end and epoch in val_epochs:
+            _check_finite(state, ckpt)
             val_metrics = validate(state.params)
             writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
             logging.info("Epoch %d validation: %s", epoch, val_metrics)
@@ -331,10 +390,12 @@ def _train_and_evaluate(
             or step % config.checkpoint.every_steps == 0
             or step == total_steps
         ):
+            _check_finite(state, ckpt)
             ckpt.save(step, state, data_iterator, metrics=val_metrics)
         # Processes agree on stopping at logging steps (a collective), one process each step.
         if (log_now or jax.process_count() == 1) and preemption.agreed():
             if ckpt.latest_step() != step:
+                _check_finite(state, ckpt)
                 ckpt.save(step, state, data_iterator)
             stopped = True
             break
@@ -343,7 +404,6 @@ def _train_and_evaluate(
     ckpt.wait()
     if stopped:
         logging.warning("Stopped at step %d; run the same command to resume.", step)
-        ckpt.close()
         writer.close()
         return {}
 
@@ -359,7 +419,6 @@ def _train_and_evaluate(
             json.dump({**metrics, **final}, f, indent=2)
     writer.write(final["step"], flat_metrics(metrics), prefix="final/")
     writer.close()
-    ckpt.close()
     return metrics
 
 

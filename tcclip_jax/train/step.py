@@ -8,7 +8,8 @@ accumulation) of b clips each, the clip axis split over the mesh. The step
 2. smooths and mixes the labels and mixes the clips (each with its partner in its group),
 3. accumulates float32 gradients over the A micro-batches with `lax.scan` (A = 1: no scan),
 4. applies AdamW to the trainable parameters (frozen ones, `models.params.FROZEN_MODULES`, get
-   no gradient).
+   no gradient), unless the loss or the update is not finite: then it records the step in
+   `nonfinite_step` and leaves the weights alone from then on.
 
 Parameters are float32; the model computes in its own `dtype` (bfloat16 on accelerators).
 """
@@ -35,14 +36,22 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimiser steps taken.
     params: Any
     opt_state: Any
+    # int32 scalar: the first step whose loss or update was not finite, 0 while none was. That
+    # step and the ones after it leave params and opt_state as they were, so the state never
+    # holds non-finite weights; the loop reads this when it fetches metrics and before it saves
+    # or evaluates (no host sync per step).
+    nonfinite_step: jax.Array
+
+
+def initial_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """The state before the first step (traceable: used under jit and eval_shape)."""
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_step=zero)
 
 
 def abstract_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
     """Shapes and dtypes of the state, without allocating it."""
-    return jax.eval_shape(
-        lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
-        params,
-    )
+    return jax.eval_shape(lambda p: initial_state(p, tx), params)
 
 
 def create_train_state(
@@ -51,7 +60,7 @@ def create_train_state(
     """A fresh state on the mesh from host `params` (the same full values on every process)."""
     params = sharding.put_replicated_value(params, shardings.params)
     init = jax.jit(
-        lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+        lambda p: initial_state(p, tx),
         in_shardings=(shardings.params,),
         out_shardings=shardings,
     )
@@ -137,9 +146,20 @@ def make_train_step(
             loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
         full_grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
         updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        finite = (state.nonfinite_step == 0) & jnp.isfinite(loss)
+        finite &= jnp.isfinite(optax.tree.norm(updates))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        params = keep(optax.apply_updates(state.params, updates), state.params)
+        opt_state = keep(opt_state, state.opt_state)
+        step = state.step + 1
+        nonfinite_step = jnp.where(
+            (state.nonfinite_step == 0) & ~finite, step, state.nonfinite_step
+        )
         metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        new_state = state.replace(
+            step=step, params=params, opt_state=opt_state, nonfinite_step=nonfinite_step
+        )
+        return new_state, metrics
 
     return train_step
 

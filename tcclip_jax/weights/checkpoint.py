@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tcclip_jax.data.config import normalization_stats
+from tcclip_jax.errors import UserError
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
 
@@ -27,8 +28,25 @@ INFO_FILE = "info.json"
 PREPROCESSING_FILE = "preprocessing.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A path that is not a usable model checkpoint directory."""
+
+
+def check_new_directory(directory: str, overwrite: bool = False) -> None:
+    """Raise a CheckpointError unless `directory` can be written as a new checkpoint: absent
+    or empty (or any directory, with `overwrite`), inside a folder this process may write."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise CheckpointError(
+            f"{directory} is not empty; choose a new directory (or --overwrite to replace it)"
+        )
+    parent = os.path.dirname(directory)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{directory}: cannot write in {parent}")
 
 
 def save_model(
@@ -39,12 +57,12 @@ def save_model(
     normalization: str | None = None,
 ) -> None:
     """Write `config`, `params` (any pytree of arrays), optional provenance `info` and the
-    `normalization` (a `data.config.NORMALIZATIONS` name) the weights expect, if known."""
+    `normalization` (a `data.config.NORMALIZATIONS` name) the weights expect, if known, into a
+    new (absent or empty) directory."""
     if normalization is not None:
         mean, std = normalization_stats(normalization)
     directory = os.path.abspath(directory)
-    if os.path.exists(os.path.join(directory, PARAMS_DIR)):
-        raise CheckpointError(f"{directory} already holds a checkpoint; choose a new directory")
+    check_new_directory(directory)
     os.makedirs(directory, exist_ok=True)
     params = jax.tree.map(np.asarray, jax.device_get(params))
     ocp.PyTreeCheckpointer().save(os.path.join(directory, PARAMS_DIR), params)
@@ -105,9 +123,20 @@ def load_model(directory: str) -> tuple[ModelConfig, dict]:
     if not os.path.isdir(path):
         raise CheckpointError(f"{directory} has a model config but no {PARAMS_DIR}/ directory")
     checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    params = checkpointer.restore(path, restore_args=restore_args)
+    try:
+        metadata = checkpointer.metadata(path)
+        if metadata is None or metadata.item_metadata is None:
+            raise CheckpointError(
+                f"{path}: damaged or incomplete parameters (_METADATA is missing or unreadable)"
+            )
+        tree = metadata.item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        params = checkpointer.restore(path, restore_args=restore_args)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are damaged.
+        reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
+        raise CheckpointError(f"{path}: damaged or incomplete parameters ({reason})") from e
     # A config edited by hand, or params from another model, fail here, by name.
     check_params(params, config, path, CheckpointError)
     return config, params

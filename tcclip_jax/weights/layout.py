@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from tcclip_jax.errors import UserError
 from tcclip_jax.models.config import ModelConfig
 
 StateDict = dict[str, np.ndarray]
 Arrays = tuple[np.ndarray, ...]
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A checkpoint that cannot be converted; the message says what and where."""
 
 

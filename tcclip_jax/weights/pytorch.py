@@ -7,13 +7,17 @@ the published code loads: the released `{"model": {"module.*": ...}}` checkpoint
 CLIP's state dict, whose conversion gives back identical parameters.
 
 Pickled checkpoints are read with `torch.load(weights_only=True)`; OpenAI's TorchScript archives
-with `torch.jit.load`, which deserialises the archive without running any of its code (only
-`state_dict()` is read).
+as data (`read_torchscript`: tensors and plain values only, no torch needed, none of the
+archive's code runs).
 """
 
 from __future__ import annotations
 
+import ast
+import collections
+import io
 import os
+import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -37,22 +41,157 @@ def _to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+# TorchScript archives, read as data ------------------------------------------------------------
+#
+# An archive is a zip: `data.pkl` pickles the module tree (objects of classes `__torch__.*`
+# whose attributes are submodules, tensors and plain values), `data/N` hold the tensors' bytes,
+# and `code/` the TorchScript source, whose `__parameters__` / `__buffers__` lines say which
+# tensor attributes the state dict has. `torch.jit.load` would run the archive's scripted
+# `__setstate__` methods; this reader rebuilds tensors as NumPy arrays and modules as plain
+# records, and refuses every other global a pickle names.
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _Module:
+    """A scripted module as data: its class name and its attributes (BUILD's state)."""
+
+    qualified_name = ""
+    attributes: dict = {}  # noqa: RUF012 - replaced, never mutated
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(
+                f"{self.qualified_name} is pickled with a custom state ({type(state).__name__}); "
+                "only plain modules can be read as data"
+            )
+        self.attributes = state
+
+
+def _module_class(qualified_name: str) -> type:
+    return type("_Module", (_Module,), {"qualified_name": qualified_name})
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_) -> np.ndarray:
+    if not isinstance(storage, np.ndarray) or len(size) != len(stride):
+        raise pickle.UnpicklingError("a tensor without storage or with a malformed shape")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if offset < 0 or min(stride, default=0) < 0 or (0 not in size and last >= storage.size):
+        raise pickle.UnpicklingError(f"a tensor of shape {tuple(size)} outside its storage")
+    itemsize = storage.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    )
+    return np.array(view)
+
+
+def _rebuild_parameter(data, *_) -> np.ndarray:
+    return data
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, name: str):
+        super().__init__(io.BytesIO(archive.read(prefix + name)))
+        self._archive, self._prefix, self._name = archive, prefix, name
+
+    def find_class(self, module: str, name: str):
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _module_class(f"{module}.{name}")
+        raise pickle.UnpicklingError(
+            f"{self._name} names {module}.{name}, which is not tensor data; refusing to load it"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self._name}: unexpected persistent id {pid!r}")
+        _, storage_type, key, _, numel = pid
+        raw = self._archive.read(f"{self._prefix}data/{key}")
+        dtype = _STORAGE_DTYPES.get(storage_type)
+        if dtype is None:
+            raise pickle.UnpicklingError(f"{self._name}: unknown storage type {storage_type!r}")
+        if dtype == "bfloat16":  # the upper half of a float32
+            return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return np.frombuffer(raw, dtype, count=numel)
+
+
+def _state_names(archive: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
+    """{qualified class name: its parameter and buffer names}, read from `code/` as text."""
+    names = {}
+    for path in archive.namelist():
+        if not (path.startswith(prefix + "code/") and path.endswith(".py")):
+            continue
+        module = path[len(prefix + "code/") : -len(".py")].replace("/", ".")
+        cls = None
+        for line in archive.read(path).decode("utf-8", "replace").splitlines():
+            if m := re.match(r"class (\w+)\(", line):
+                cls = f"{module}.{m.group(1)}"
+                names[cls] = set()
+            elif cls and (m := re.match(r"  __(?:parameters|buffers)__ = (\[.*\])$", line)):
+                names[cls] |= set(ast.literal_eval(m.group(1)))
+    return names
+
+
+def _flatten_modules(module: _Module, names: dict[str, set[str]], prefix: str = "") -> StateDict:
+    out = {}
+    kept = names.get(module.qualified_name)
+    for key, value in module.attributes.items():
+        if isinstance(value, _Module):
+            out.update(_flatten_modules(value, names, f"{prefix}{key}."))
+        elif isinstance(value, np.ndarray) and (kept is None or key in kept):
+            out[prefix + key] = value
+    return out
+
+
+def read_torchscript(path: str) -> StateDict:
+    """The state dict of a TorchScript archive, without torch and without running its code."""
+    with zipfile.ZipFile(path) as archive:
+        data = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(data) != 1:
+            raise ConversionError(f"{path}: not a TorchScript archive (no single */data.pkl)")
+        prefix = data[0][: -len("data.pkl")]
+        try:
+            root = _ArchiveUnpickler(archive, prefix, "data.pkl").load()
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+            raise ConversionError(f"{path}: {e}".splitlines()[0]) from None
+        if not isinstance(root, _Module):
+            raise ConversionError(f"{path}: data.pkl holds no scripted module")
+        return _flatten_modules(root, _state_names(archive, prefix))
+
+
 def read_torch_file(path: str) -> StateDict:
     """Flat {key: array} from a TorchScript archive, a state dict, or {'model'|'state_dict': sd}."""
-    import torch
-
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("constants.pkl") for n in z.namelist()):
+                out = read_torchscript(path)
+                if not out:
+                    raise ConversionError(f"{path}: holds no tensors")
+                return out
+    import torch
+
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                torchscript = any(n.endswith("constants.pkl") for n in z.namelist())
-        else:
-            torchscript = False
-        if torchscript:
-            obj = torch.jit.load(path, map_location="cpu").state_dict()
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure means "not a checkpoint".
         raise ConversionError(
             f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})".splitlines()[0]
