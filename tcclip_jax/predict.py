@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tcclip_jax import allocator
 from tcclip_jax.checkpoints import CONFIG_FILE, CheckpointError
 from tcclip_jax.data.classes import AnnotationError, load_class_names
 from tcclip_jax.data.config import default_data_config
@@ -221,4 +222,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     sys.exit(main())

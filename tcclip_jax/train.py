@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tcclip_jax import distributed
+from tcclip_jax import allocator, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -52,4 +52,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     app.run(main)

@@ -31,6 +31,7 @@ import numpy as np
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
 
+from tcclip_jax import allocator
 from tcclip_jax.checkpoints import CheckpointError
 from tcclip_jax.data.pipeline import load_test_views
 from tcclip_jax.data.transforms import normalize
@@ -499,4 +500,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     sys.exit(main())
