@@ -138,3 +138,13 @@ def _configure(enable: bool | None) -> str:
         return "off (mallopt refused a setting)"
     _applied = True
     return "on (one malloc arena, no mmap, no trimming)"
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free memory to the kernel (glibc `malloc_trim(0)`); True if some was.
+
+    For a process about to sit idle while another needs the memory (the benchmark's same-run
+    comparison): the next call maps and faults its temporaries in again.
+    """
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))
