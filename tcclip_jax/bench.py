@@ -18,29 +18,49 @@ from `compiled.memory_analysis()` (arguments + outputs + temporaries - donated a
 compiled program needs on the device) and, on CPU, from the process's max RSS, which is
 cumulative over the process lifetime (run one `--mode` per process to attribute it).
 
-Process CPU time is printed beside wall time: on a shared machine it is the steadier measure of
-the work done (wall ~ CPU / cores when the cores are free).
+Each measurement prints the median, best and worst wall time of its calls, the process CPU time
+per call split into user and kernel time, and the minor page faults per call: on a shared machine
+CPU time is the steadier measure of the work done (wall ~ CPU / cores when the cores are free),
+and kernel time is mostly page faults of freshly mapped memory. `python -m tcclip_jax.bench`
+applies the CLIs' malloc settings (`tcclip_jax.allocator`; `TCCLIP_MALLOC=0` turns them off, to
+measure what they save) and prints which are in force.
+
+`--compare-published PATH` (PATH: a checkout of github.com/naver-ai/tc-clip, with torch, einops
+and timm installed) times the published code's step in a child process (default malloc
+settings, as its users run it) and ours alternately, `--rounds` rounds of one untimed and
+`--steps` timed calls each, and prints the ratio of the best calls with the per-round ratios as
+its spread. Between rounds each process returns its free heap to the kernel, so that both fit
+in memory (a ViT-B/16 training step holds ~12 GiB on our side, ~9 GiB on theirs).
 
 Example (the CPU figures in the README):
   python -m tcclip_jax.bench --mode infer --batch 2 --classes 400
   python -m tcclip_jax.bench --mode train --batch 2 --classes 51 --steps 2 --warmup 1
+  python -m tcclip_jax.bench --mode train --compare-published ~/src/tc-clip --rounds 2 --steps 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
+import io
+import logging
 import math
+import multiprocessing
 import os
 import resource
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tcclip_jax import allocator
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
@@ -80,8 +100,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed calls per measurement")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after compilation")
     p.add_argument("--remat", action="store_true", help="rematerialise blocks in the backward")
+    p.add_argument(
+        "--compare-published",
+        metavar="PATH",
+        help="a checkout of github.com/naver-ai/tc-clip: time its inference / training step and "
+        "ours alternately (best of --rounds x --steps calls each) and print same-run ratios",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="alternations with --compare-published")
     args = p.parse_args(argv)
-    for name in ("frames", "batch", "classes", "steps"):
+    for name in ("frames", "batch", "classes", "steps", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -98,13 +125,18 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     return arch_config(args.arch, **overrides)
 
 
-def class_tokens(cfg: ModelConfig, num_classes: int) -> np.ndarray:
-    """Prompts for made-up class names of a typical length (2-3 words)."""
+def class_names(num_classes: int) -> list[str]:
+    """Made-up class names of a typical length (2-3 words)."""
     words = ("jump", "rope", "playing", "guitar", "ride", "horse", "brush", "hair", "kick")
-    names = [
+    return [
         f"{words[i % 9]} {words[(i // 9) % 9]} {i}" if i % 2 else f"{words[i % 9]} {i}"
         for i in range(num_classes)
     ]
+
+
+def class_tokens(cfg: ModelConfig, num_classes: int) -> np.ndarray:
+    """Prompts for `class_names`, padding trimmed as training and evaluation do."""
+    names = class_names(num_classes)
     return prompt_tokens(cfg, names)
 
 
@@ -173,21 +205,57 @@ def compiled_stats(compiled: jax.stages.Compiled, flops: float | None = None) ->
     return {"flops": cost_flops(compiled) if flops is None else flops, "bytes": float(peak)}
 
 
-def timed(fn: Callable[..., object], steps: int, warmup: int) -> tuple[float, float]:
-    """Median (wall, process CPU) seconds of `fn()` over `steps` calls after `warmup` calls.
+@dataclasses.dataclass
+class Samples:
+    """Per-call wall, user-CPU and kernel-CPU seconds and minor page faults of one process."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    user: list[float] = dataclasses.field(default_factory=list)
+    system: list[float] = dataclasses.field(default_factory=list)
+    faults: list[int] = dataclasses.field(default_factory=list)
+
+    def extend(self, other: Samples) -> None:
+        for name in ("wall", "user", "system", "faults"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def summary(self, clips: int = 0) -> str:
+        """'median s/call (best, worst of n); CPU user + kernel (kernel share); faults'."""
+        wall, n = statistics.median(self.wall), len(self.wall)
+        user, system = statistics.median(self.user), statistics.median(self.system)
+        per_clip = f", best {min(self.wall) / clips:.3f} s/clip" if clips else ""
+        return (
+            f"{wall:.3f} s/call (best {min(self.wall):.3f}, worst {max(self.wall):.3f} of {n}"
+            f"{per_clip}); process CPU {user + system:.2f} s/call = {user:.2f} user + "
+            f"{system:.2f} kernel ({100 * system / max(user + system, 1e-9):.1f}% kernel), "
+            f"{statistics.median(self.faults):.0f} minor page faults/call"
+        )
+
+
+def time_calls(fn: Callable[[], object], steps: int) -> Samples:
+    """Wall, process CPU (user and kernel, all threads) and minor page faults of each call.
 
     CPU time says how much work a call was when other processes share the cores (wall time then
-    overstates it): on an otherwise idle machine wall ~ CPU / cores.
+    overstates it): on an otherwise idle machine wall ~ CPU / cores. Kernel time is mostly the
+    page faults of freshly mapped memory (see `tcclip_jax.allocator`).
     """
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    walls, cpus = [], []
+    samples = Samples()
     for _ in range(steps):
-        wall, cpu = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn())
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        fn()
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        samples.wall.append(t1 - t0)
+        samples.user.append(r1.ru_utime - r0.ru_utime)
+        samples.system.append(r1.ru_stime - r0.ru_stime)
+        samples.faults.append(r1.ru_minflt - r0.ru_minflt)
+    return samples
+
+
+def timed(fn: Callable[[], object], steps: int, warmup: int) -> Samples:
+    """`time_calls` of `fn()` (waited for) over `steps` calls after `warmup` calls."""
+    call = lambda: jax.block_until_ready(fn())
+    for _ in range(warmup):
+        call()
+    return time_calls(call, steps)
 
 
 def max_rss_bytes() -> float:
@@ -201,13 +269,13 @@ class Reporter:
     peak_flops: float | None
     show_rss: bool  # CPU: the process's max RSS is the host memory actually touched.
 
-    def __call__(self, name: str, times: tuple[float, float], clips: int, stats: dict) -> None:
-        seconds, cpu = times
+    def __call__(self, name: str, samples: Samples, clips: int, stats: dict) -> None:
+        seconds = statistics.median(samples.wall)
         flops_s = stats["flops"] / seconds
         util = f"{100 * flops_s / self.peak_flops:.1f}% of peak" if self.peak_flops else "n/a"
-        per_clip = f"{seconds / clips:.3f} s/clip, {clips / seconds:.3f} clips/s, " if clips else ""
+        per_clip = f"{seconds / clips:.3f} s/clip, {clips / seconds:.3f} clips/s; " if clips else ""
         line = (
-            f"{name}: {seconds:.3f} s/call (process CPU {cpu:.3f} s), {per_clip}"
+            f"{name}: {per_clip}{samples.summary(clips)}; "
             f"{stats['flops'] / 1e9:.1f} GFLOP/call (XLA cost analysis), "
             f"{flops_s / 1e9:.1f} GFLOP/s ({util}); compiled peak memory "
             f"{stats['bytes'] / 2**30:.2f} GiB (args + outputs + temps)"
@@ -217,16 +285,18 @@ class Reporter:
         print(line, flush=True)
 
 
-def bench_infer(
-    model: VideoCLIP,
-    params: dict,
-    clips: jax.Array,
-    tokens: jax.Array,
-    steps: int,
-    warmup: int,
-    report: Reporter,
-) -> None:
-    """Class-set encoding once (timed alone), then video encoding + logits per batch."""
+@dataclasses.dataclass
+class Timed:
+    """A prepared measurement: `call()` runs one call and waits for it."""
+
+    name: str
+    call: Callable[[], object]
+    clips: int
+    stats: dict
+
+
+def prepare_infer(model: VideoCLIP, params: dict, clips: jax.Array, tokens: jax.Array) -> list:
+    """Class-set encoding (once per class set), then video encoding + logits per batch."""
     encode_text = text_encoder(model)
 
     def classify(p, x, text):
@@ -236,39 +306,31 @@ def bench_infer(
     classify = jax.jit(classify)
     compiled_text = encode_text.lower(params, tokens).compile()
     text = compiled_text(params, tokens)
-    times = timed(lambda: compiled_text(params, tokens), steps, warmup)
-    report(
-        f"infer: encode_text ({tokens.shape[0]} classes, once per class set)",
-        times,
-        0,
-        compiled_stats(compiled_text),
-    )
     compiled = classify.lower(params, clips, text).compile()
-    times = timed(lambda: compiled(params, clips, text), steps, warmup)
-    report(
-        f"infer: encode_video + logits (batch {clips.shape[0]}, text cached)",
-        times,
-        clips.shape[0],
-        compiled_stats(compiled),
-    )
+    return [
+        Timed(
+            f"infer: encode_text ({tokens.shape[0]} classes, once per class set)",
+            lambda: jax.block_until_ready(compiled_text(params, tokens)),
+            0,
+            compiled_stats(compiled_text),
+        ),
+        Timed(
+            f"infer: encode_video + logits (batch {clips.shape[0]}, text cached)",
+            lambda: jax.block_until_ready(compiled(params, clips, text)),
+            clips.shape[0],
+            compiled_stats(compiled),
+        ),
+    ]
 
 
-def bench_train(
-    model: VideoCLIP,
-    params: dict,
-    clips: jax.Array,
-    tokens: jax.Array,
-    steps: int,
-    warmup: int,
-    report: Reporter,
-) -> None:
+def prepare_train(model: VideoCLIP, params: dict, clips: jax.Array, tokens: jax.Array) -> Timed:
     """The trainer's own step (`train.step.make_train_step`: mixup / cutmix, smoothed labels,
     AdamW with the x10 group, frozen token embedding), jitted with the state donated.
 
     `clips` are uint8 as the data pipeline delivers them; `params` is consumed (donated).
     """
     num_classes = tokens.shape[0]
-    schedule = optim.cosine_schedule(1e-5, 1e-7, warmup_steps=1, total_steps=steps + warmup + 1)
+    schedule = optim.cosine_schedule(1e-5, 1e-7, warmup_steps=1, total_steps=10**6)
     tx = optim.create_optimizer(schedule, weight_decay=1e-3)
 
     def make_step(model: VideoCLIP) -> Callable:
@@ -299,20 +361,277 @@ def bench_train(
 
     def call():
         carry[0], metrics = compiled(carry[0], batch, tokens, rng)
-        return metrics["loss"]
+        return jax.block_until_ready(metrics["loss"])
 
-    times = timed(call, steps, warmup)
-    report(
-        f"train: step ({clips.shape[0]} clips, {num_classes} classes)",
-        times,
-        clips.shape[0],
-        compiled_stats(compiled, flops),
+    name = f"train: step ({clips.shape[0]} clips, {num_classes} classes)"
+    return Timed(name, call, clips.shape[0], compiled_stats(compiled, flops))
+
+
+def bench_infer(model, params, clips, tokens, steps, warmup, report) -> None:
+    for t in prepare_infer(model, params, clips, tokens):
+        report(t.name, timed(t.call, steps, warmup), t.clips, t.stats)
+
+
+def bench_train(model, params, clips, tokens, steps, warmup, report) -> None:
+    t = prepare_train(model, params, clips, tokens)
+    report(t.name, timed(t.call, steps, warmup), t.clips, t.stats)
+
+
+# The published PyTorch code, for same-run comparisons ----------------------------------------
+
+PUBLISHED_PACKAGES = ("clip", "tome", "trainers", "datasets")
+
+
+class PublishedCodeError(RuntimeError):
+    """The published code cannot be imported from the given path."""
+
+
+def import_published(path: str) -> types.SimpleNamespace:
+    """Import the published TC-CLIP (naver-ai/tc-clip) model code from a checkout at `path`.
+
+    Its top-level packages (`clip`, `tome`, `trainers`, `datasets`) are directories without
+    `__init__.py`; they are bound to `path` explicitly, so that installed packages of the same
+    name (openai-clip's `clip`, Hugging Face `datasets`) do not shadow them.
+    """
+    path = os.path.abspath(path)
+    missing = [p for p in PUBLISHED_PACKAGES if not os.path.isdir(os.path.join(path, p))]
+    if missing:
+        raise PublishedCodeError(
+            f"{path} is not a checkout of github.com/naver-ai/tc-clip (no {', '.join(missing)}/)"
+        )
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    for name in PUBLISHED_PACKAGES:
+        folder = os.path.join(path, name)
+        if not os.path.isfile(os.path.join(folder, "__init__.py")):
+            package = types.ModuleType(name)
+            package.__path__ = [folder]
+            sys.modules[name] = package
+    try:
+        return types.SimpleNamespace(
+            CLIP=importlib.import_module("clip.model").CLIP,
+            TCCLIP=importlib.import_module("trainers.tc_clip").TCCLIP,
+            blending=importlib.import_module("datasets.blending"),
+        )
+    except ImportError as e:
+        raise PublishedCodeError(
+            f"cannot import the published code from {path}: {e} (it needs torch, einops, "
+            f"timm, ftfy and regex)"
+        ) from e
+
+
+class _Config(dict):
+    """The attribute + `.get` access the published code expects of its (omegaconf) config."""
+
+    __getattr__ = dict.__getitem__
+
+
+def published_step(path: str, mode: str, cfg: ModelConfig, batch: int, num_classes: int):
+    """(call, description) of the published code's inference or training step, as its
+    `engine.py` runs them, on random weights and inputs, float32 (`opt_level` O0) on the CPU.
+
+    Inference: `model(images)` under `no_grad`. Training: `CutmixMixupBlending` (mixup 0.8,
+    cutmix 1.0, smoothing 0.1), `model(images)`, soft-target cross-entropy, backward, AdamW with
+    the x10 group of `utils/optimizer.build_optimizer` (betas 0.9/0.98, weight decay 1e-3).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    code = import_published(path)
+    torch.manual_seed(0)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    design = dict(
+        vision_model="TCVisionTransformer",
+        vision_block="TCAttentionBlock",
+        text_block="ResidualAttentionBlock",
+        use_custom_attention=True,
+        context_length=cfg.context_length,
+        temporal_length=cfg.num_frames,
+        vision_depth=0,
+        language_depth=1,
+        vision_ctx=0,
+        language_ctx=0,
+        positional_embedding_type="space",
+        local_global_bias=True,
+        context_token_k=cfg.context_tokens,
+        seed_token_a=cfg.seed_ratio,
+        tome_r=cfg.merge_r,
+        tome_d=0,
     )
+    config = _Config(
+        opt_level="O0",
+        n_ctx=4,
+        ctx_init="a photo of a",
+        im_stop_grad=True,
+        prompt_generation_layer_level=cfg.vp_layer,
+        prompt_generation_layer_init="clip",
+        context_length=cfg.context_length,
+    )
+    quiet = logging.getLogger("tcclip_jax.bench.published")
+    quiet.setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its positional embedding kind.
+        clip_model = code.CLIP(
+            cfg.embed_dim, cfg.image_resolution, cfg.vision_layers, cfg.vision_width,
+            cfg.vision_patch_size, cfg.context_length, cfg.vocab_size, cfg.text_width,
+            cfg.text_heads, cfg.text_layers, design,
+        )  # fmt: skip
+        model = code.TCCLIP(config, class_names(num_classes), clip_model, quiet).float()
+    size = cfg.image_resolution
+    images = torch.randn(batch, cfg.num_frames, 3, size, size)
+    if mode == "infer":
+        model.eval()
+
+        @torch.no_grad()
+        def call():
+            return model(images)["logits"]
+
+        return call, "model(images) under no_grad"
+
+    model.train()
+    mix = code.blending.CutmixMixupBlending(
+        num_classes=num_classes, smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5
+    )
+    labels = torch.randint(0, num_classes, (batch,))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    new_parts = ("prompt_learner", "VPT", "prompt_generation")
+    groups = [{"params": [p for n, p in trainable if not any(k in n for k in new_parts)]}]
+    for part in new_parts:
+        params = [p for n, p in trainable if part in n]
+        if params:
+            groups.append({"params": params, "lr": 1e-4})
+    optimizer = torch.optim.AdamW(groups, lr=1e-5, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-3)
+
+    def call():
+        mixed, targets = mix(images.clone(), labels)
+        logits = model(mixed)["logits"]
+        loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return call, "mixup/cutmix, forward, soft-target cross-entropy, backward, AdamW"
+
+
+def _published_worker(conn, path: str, mode: str, cfg: ModelConfig, batch: int, classes: int):
+    """Runs in its own process (spawned: default malloc settings, as users run the published
+    code): builds the step, then answers ("time", n) with the Samples of n calls."""
+    try:
+        call, what = published_step(path, mode, cfg, batch, classes)
+    except Exception as e:  # reported by the parent, which exits with the message.
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", what))
+    while True:
+        command, n = conn.recv()
+        if command == "stop":
+            conn.send(("rss", max_rss_bytes()))
+            return
+        call()  # untimed: the first call after idling maps its memory afresh.
+        samples = time_calls(call, n)
+        release_memory()  # while the other side runs.
+        conn.send(("samples", samples))
+
+
+def current_rss_bytes() -> int:
+    """Resident memory now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def release_memory(timeout: float = 10.0) -> None:
+    """Return the free heap to the kernel once the last call's buffers are freed (XLA frees
+    them on its own threads shortly after the outputs are ready): until the RSS stops falling."""
+    deadline, rss = time.monotonic() + timeout, current_rss_bytes()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        allocator.release_free_memory()
+        rss, before = current_rss_bytes(), rss
+        if rss >= 0.99 * before:
+            return
+
+
+class PublishedProcess:
+    """The published step in a child process, timed on request."""
+
+    def __init__(self, path: str, mode: str, cfg: ModelConfig, batch: int, classes: int):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_published_worker, args=(child, path, mode, cfg, batch, classes), daemon=True
+        )
+        self.process.start()
+        kind, self.description = self.conn.recv()
+        if kind == "error":
+            self.process.join()
+            raise PublishedCodeError(self.description)
+
+    def time(self, n: int) -> Samples:
+        self.conn.send(("time", n))
+        return self.conn.recv()[1]
+
+    def close(self) -> float:
+        """Stops the child; returns its max RSS in bytes."""
+        self.conn.send(("stop", 0))
+        rss = self.conn.recv()[1]
+        self.process.join()
+        return rss
+
+
+def compare_published(args, cfg: ModelConfig, ours: Timed, mode: str) -> None:
+    """Times the published code and ours alternately, `args.rounds` rounds of one untimed and
+    `args.steps` timed calls each, and prints the same-run ratio of the best calls with the
+    per-round ratios as its spread."""
+    published = PublishedProcess(args.compare_published, mode, cfg, args.batch, args.classes)
+    mine, theirs, ratios = Samples(), Samples(), []
+    for r in range(args.rounds):
+        # Each side: one untimed call, then the timed ones. In between, each process hands its
+        # free heap back to the kernel so that both fit in memory (the untimed call maps it again).
+        ours.call()
+        a = time_calls(ours.call, args.steps)
+        release_memory()
+        b = published.time(args.steps)
+        mine.extend(a)
+        theirs.extend(b)
+        ratios.append(min(b.wall) / min(a.wall))
+        print(
+            f"compare {mode} round {r + 1}: published best {min(b.wall):.3f} s, tcclip-jax best "
+            f"{min(a.wall):.3f} s: x{ratios[-1]:.2f}",
+            flush=True,
+        )
+    rss = published.close()
+    clips = args.batch
+    print(f"published {mode} ({published.description}): {theirs.summary(clips)}; max RSS "
+          f"{rss / 2**30:.2f} GiB", flush=True)  # fmt: skip
+    print(f"tcclip-jax {ours.name}: {mine.summary(clips)}", flush=True)
+    print(
+        f"same-run ratio, {mode}, {args.classes} classes, batch {args.batch}: x"
+        f"{min(theirs.wall) / min(mine.wall):.2f} (published best {min(theirs.wall) / clips:.3f}"
+        f" s/clip / tcclip-jax best {min(mine.wall) / clips:.3f} s/clip; per round x"
+        f"{min(ratios):.2f}-x{max(ratios):.2f}, {args.rounds} rounds of {args.steps} calls); "
+        f"by process CPU time per call (best of each) "
+        f"x{cpu_seconds(theirs) / cpu_seconds(mine):.2f}",
+        flush=True,
+    )
+
+
+def cpu_seconds(samples: Samples) -> float:
+    """The least process CPU time (user + kernel) of any call."""
+    return min(u + s for u, s in zip(samples.user, samples.system, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = model_config(args)
+    if args.compare_published:
+        try:
+            check_comparable(args)
+            import_published(args.compare_published)
+        except PublishedCodeError as e:
+            sys.exit(f"--compare-published: {e}")
     dtype = DTYPES[args.dtype]
     device = jax.devices()[0]
     peak, peak_source = peak_flops(device, args.dtype)
@@ -322,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{jax.__version__}; {args.model} {args.arch} depth {cfg.vision_layers}/"
         f"{cfg.text_layers}, {args.frames} frames, batch {args.batch}, {args.classes} classes, "
         f"{args.dtype}{', remat' if args.remat else ''}; peak "
-        f"{f'{peak / 1e12:.3f} TFLOP/s' if peak else ''} ({peak_source})",
+        f"{f'{peak / 1e12:.3f} TFLOP/s' if peak else ''} ({peak_source}); malloc settings: "
+        f"{allocator.status()}",
         flush=True,
     )
     model = VideoCLIP(cfg, dtype=dtype, remat=args.remat)
@@ -334,10 +654,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = params["params"]
     if args.mode in ("infer", "both"):
         inputs = jax.jit(normalize_on_device)(clips)
-        bench_infer(model, params, inputs, tokens, args.steps, args.warmup, report)
+        text, video = prepare_infer(model, params, inputs, tokens)
+        report(text.name, timed(text.call, args.steps, args.warmup), text.clips, text.stats)
+        if args.compare_published:
+            compare_published(args, cfg, video, "infer")
+        else:
+            report(video.name, timed(video.call, args.steps, args.warmup), video.clips, video.stats)
     if args.mode in ("train", "both"):
-        bench_train(model, params, clips, tokens, args.steps, args.warmup, report)
+        step = prepare_train(model, params, clips, tokens)
+        if args.compare_published:
+            compare_published(args, cfg, step, "train")
+        else:
+            report(step.name, timed(step.call, args.steps, args.warmup), step.clips, step.stats)
+
+
+def check_comparable(args: argparse.Namespace) -> None:
+    """The published code is TC-CLIP ViT-B/16 at 224 px only (it hard-codes 196 patches and a
+    512-wide prompt generation layer)."""
+    if args.model != "tc_clip" or args.arch != "ViT-B/16" or args.dtype != "float32":
+        raise PublishedCodeError(
+            "the published code is compared as TC-CLIP ViT-B/16 in float32: use --model tc_clip "
+            "--arch ViT-B/16 --dtype float32"
+        )
+    if args.depth is not None and args.depth < 2:
+        raise PublishedCodeError("the published code needs --depth >= 2")
 
 
 if __name__ == "__main__":
+    allocator.configure()
     main()

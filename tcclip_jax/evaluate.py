@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from tcclip_jax import cli, distributed
+from tcclip_jax import allocator, cli, distributed
 from tcclip_jax.data.config import NORMALIZATIONS
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -94,4 +94,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     cli.run_absl(main, _DEBUG)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcclip_jax import cli
+from tcclip_jax import allocator, cli
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
 from tcclip_jax.data.pipeline import load_test_views
 from tcclip_jax.errors import UserError
@@ -211,4 +211,5 @@ def predict(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     sys.exit(main())

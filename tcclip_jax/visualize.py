@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tcclip_jax import cli
+from tcclip_jax import allocator, cli
 from tcclip_jax.data.pipeline import load_test_views
 from tcclip_jax.errors import UserError
 from tcclip_jax.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
@@ -99,4 +99,5 @@ def visualize(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     sys.exit(main())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -33,3 +34,42 @@ def test_inference_phases(capsys):
     stats = run(capsys, "--mode", "infer")
     assert [phase for phase, _, _ in stats] == ["infer", "infer"]  # class set, then videos.
     assert all(gflop > 0 for _, gflop, _ in stats)
+
+
+def test_compare_published_explains_a_missing_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="not a checkout of github.com/naver-ai/tc-clip"):
+        bench.main([*ARGS, "--arch", "ViT-B/16", "--compare-published", str(tmp_path)])
+    with pytest.raises(SystemExit, match="compared as TC-CLIP ViT-B/16"):
+        bench.main([*ARGS, "--compare-published", str(tmp_path)])  # ViT-B/32
+
+
+def test_published_packages_are_taken_from_the_checkout(tmp_path, monkeypatch):
+    """The checkout's namespace packages win over installed ones of the same name (openai-clip
+    installs `clip`); a missing dependency is named."""
+    files = {
+        "clip/model.py": "CLIP = 'checkout CLIP'",
+        "trainers/tc_clip.py": "from clip.model import CLIP\nTCCLIP = 'checkout TCCLIP'",
+        "datasets/blending.py": "NAME = 'checkout blending'",
+        "tome/merge.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    names = [*bench.PUBLISHED_PACKAGES, "clip.model", "trainers.tc_clip", "datasets.blending"]
+    saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
+    try:
+        code = bench.import_published(str(tmp_path))
+        assert (code.CLIP, code.TCCLIP) == ("checkout CLIP", "checkout TCCLIP")
+        assert code.blending.NAME == "checkout blending"
+        assert sys.modules["clip"].__path__ == [str(tmp_path / "clip")]
+
+        (tmp_path / "trainers/tc_clip.py").write_text("import timm_that_is_not_installed")
+        del sys.modules["trainers.tc_clip"]
+        with pytest.raises(bench.PublishedCodeError, match="timm_that_is_not_installed"):
+            bench.import_published(str(tmp_path))
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -646,3 +646,72 @@ def test_vifi_clip_is_frame_averaged_clip(tiny_config, tiny):
     logits2, _ = run(jnp.stack([clips[2], other, clips[0]]))
     np.testing.assert_allclose(logits2[0], logits[2], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits2[2], logits[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "use_context, summarize, bias",
+    [
+        (True, True, True),  # TC-CLIP's last block.
+        (False, True, False),  # a one-block TC tower: plain attention, summarises.
+        (False, False, False),  # CLIP / ViFi-CLIP's last block.
+    ],
+)
+def test_last_block_computes_only_what_its_outputs_need(tiny, use_context, summarize, bias):
+    """`cls_only` (the last vision block) computes the CLS queries, the seeds' queries and the
+    FFN of the CLS and context tokens only: in float64, its outputs and all gradients equal the
+    full block's (sliced to the CLS tokens)."""
+    cfg, params, *_ = tiny
+    p = dict(params["visual"]["transformer"]["resblocks_1"])
+    if not bias:
+        p["attn"] = {k: v for k, v in p["attn"].items() if k != "local_global_bias_table"}
+    rng = np.random.default_rng(3)
+    leaves, tree = jax.tree.flatten(p)
+    p = jax.tree.unflatten(
+        tree, [np.asarray(x, np.float64) + 0.3 * rng.standard_normal(x.shape) for x in leaves]
+    )
+    b, t, n, w, k = 2, cfg.num_frames, cfg.num_patches + 1, cfg.vision_width, cfg.context_tokens
+    x = rng.standard_normal((b, t, n, w))
+    context = rng.standard_normal((b, k, w)) if use_context else None
+    fields = dict(
+        width=w,
+        heads=cfg.vision_heads,
+        use_context=use_context,
+        summarize=summarize,
+        local_global_bias=bias,
+        num_seeds=cfg.seeds_per_frame,
+        num_context=k,
+        merge_r=cfg.merge_r,
+        dtype=jnp.float64,
+    )
+    full, last = TCBlock(**fields), TCBlock(**fields, cls_only=True)
+    weights = rng.standard_normal((t, w)), rng.standard_normal((k, w))
+
+    def outputs(module, p, x, context):
+        y, new_context, aux = module.apply({"params": p}, x, context)
+        loss = jnp.sum(y[:, :, 0] * weights[0])
+        if new_context is not None:
+            loss = loss + jnp.sum(new_context * weights[1])
+        return loss, (y[:, :, :1], new_context, aux)
+
+    with jax.enable_x64(True):
+        grad = lambda m: jax.jit(
+            jax.grad(functools.partial(outputs, m), argnums=(0, 1, 2), has_aux=True)
+        )
+        (want_grads, (want_y, want_context, want_aux)) = grad(full)(p, x, context)
+        (got_grads, (got_y, got_context, got_aux)) = grad(last)(p, x, context)
+    assert got_y.shape == (b, t, 1, w)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-12, atol=1e-12)
+    assert got_aux.keys() == want_aux.keys()
+    np.testing.assert_allclose(got_aux["cls_attention"], want_aux["cls_attention"], atol=1e-15)
+    if summarize:
+        np.testing.assert_array_equal(got_aux["seed_index"], want_aux["seed_index"])
+        np.testing.assert_array_equal(got_aux["assignment"], want_aux["assignment"])
+        np.testing.assert_allclose(got_context, want_context, rtol=1e-12, atol=1e-12)
+    else:
+        assert got_context is None
+    for path, g in traverse_util.flatten_dict(want_grads[0], sep="/").items():
+        got = traverse_util.flatten_dict(got_grads[0], sep="/")[path]
+        np.testing.assert_allclose(got, g, rtol=1e-10, atol=1e-12, err_msg=path)
+    np.testing.assert_allclose(got_grads[1], want_grads[1], rtol=1e-10, atol=1e-12)
+    if use_context:
+        np.testing.assert_allclose(got_grads[2], want_grads[2], rtol=1e-10, atol=1e-12)

@@ -38,6 +38,9 @@ class TCBlock(nn.Module):
     num_seeds: int = 58  # n_s seed tokens per frame.
     num_context: int = 96  # k context tokens.
     merge_r: int = 100  # r merges per bipartite matching step.
+    # The last block: only the CLS tokens (and the context tokens) are used after it, so only
+    # the CLS queries and the seeds' queries are computed, and the FFN runs on those tokens.
+    cls_only: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -46,14 +49,16 @@ class TCBlock(nn.Module):
     ) -> tuple[jax.Array, jax.Array | None, dict]:
         """x: [B, T, N, W] frame tokens; context: [B, k, W] or None.
 
-        Returns (x, new context tokens [B, k, W] or None, intermediates).
+        Returns (x, new context tokens [B, k, W] or None, intermediates); x is [B, T, 1, W]
+        (the CLS tokens) with `cls_only`.
         """
         b, t, n, _ = x.shape
         with_bias = self.use_context and self.local_global_bias
         attn = Projections(self.width, self.heads, self.dtype, with_bias, name="attn")
         ln_1 = layer_norm(self.dtype, "ln_1")
         head_major = lambda a: jnp.swapaxes(a, -3, -2)  # [..., L, heads, H] -> [..., heads, L, H]
-        q, k, v = map(head_major, attn.qkv(ln_1(x)))  # [B, T, heads, N, H]
+        h = ln_1(x)
+        k, v = map(head_major, attn.kv(h))  # [B, T, heads, N, H]
         if self.use_context:
             context_tokens = map(head_major, attn.kv(ln_1(context)))  # [B, heads, k, H]
             k_ctx, v_ctx = (
@@ -61,19 +66,40 @@ class TCBlock(nn.Module):
             )
             k = jnp.concatenate([k, k_ctx], axis=-2)  # [B, T, heads, N + k, H]
             v = jnp.concatenate([v, v_ctx], axis=-2)
-        logits = jnp.einsum("BTNQH,BTNKH->BTNQK", q, k)  # [B, T, heads, N, N (+ k)]
         if with_bias:  # local (the frame's own keys) / global (context keys), per head.
-            table = attn.local_global_bias_table.astype(logits.dtype)[:, 0]  # [heads, 2]
+            table = attn.local_global_bias_table[:, 0]  # [heads, 2]
             local_or_global = (jnp.arange(k.shape[-2]) >= n).astype(jnp.int32)  # [N + k]
-            logits = logits + table[:, None, local_or_global]  # [heads, 1, N + k]
-        probs = softmax(logits, self.dtype)
-        out = jnp.einsum("BTNQK,BTNKH->BTNQH", probs.astype(self.dtype), v)
-        x = x + attn.out(head_major(out))
+            bias = table[:, None, local_or_global]  # [heads, 1, N + k]
 
+        def attend(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+            """Attention output [B, T, R, W] and probabilities [B, T, heads, R, N (+ k)] of the
+            queries of `rows` ([B, T, R, W], LayerNormed) over all keys of their frame."""
+            q = head_major(attn.q(rows))  # [B, T, heads, R, H]
+            logits = jnp.einsum("BTNQH,BTNKH->BTNQK", q, k)
+            if with_bias:
+                logits = logits + bias.astype(logits.dtype)
+            probs = softmax(logits, self.dtype)
+            out = jnp.einsum("BTNQK,BTNKH->BTNQH", probs.astype(self.dtype), v)
+            return attn.out(head_major(out)), probs
+
+        x_in = x
+        if self.cls_only:
+            # Only the CLS rows and the seeds' rows (chosen by the CLS rows) are used after
+            # this block: the other queries are never computed.
+            out, probs = attend(h[:, :, :1])
+            x = x[:, :, :1] + out  # [B, T, 1, W]
+        else:
+            out, probs = attend(h)
+            x = x + out
         aux = {"cls_attention": probs[:, :, :, 0, 1:n].mean(axis=2)}  # [B, T, P]
         new_context = None
         if self.summarize:
-            seed_index, new_context, assignment = self.summarize_context(x, aux["cls_attention"])
+            _, seed_index = jax.lax.top_k(aux["cls_attention"], self.num_seeds)  # [B, T, n_s]
+            seeds = lambda a: jnp.take_along_axis(a[:, :, 1:], seed_index[..., None], axis=2)
+            # The seeds' post-attention tokens [B, T, n_s, W] (with `cls_only`, from their own
+            # queries).
+            seed_tokens = seeds(x_in) + attend(seeds(h))[0] if self.cls_only else seeds(x)
+            new_context, assignment = self.merge_seeds(seed_tokens)
             aux.update(seed_index=seed_index, assignment=assignment)
 
         ln_2, mlp = layer_norm(self.dtype, "ln_2"), MLP(self.width, self.dtype, name="mlp")
@@ -82,32 +108,27 @@ class TCBlock(nn.Module):
             new_context = new_context + mlp(ln_2(new_context))
         return x, new_context, aux
 
-    def summarize_context(self, x: jax.Array, cls_attention: jax.Array):
-        """Seed selection + bipartite merging of all frames' seeds into k context tokens.
-
-        x: [B, T, N, W] post-attention stream; cls_attention: [B, T, P].
-        Returns seed_index [B, T, n_s] (patch indices, descending score), context [B, k, W] and
-        assignment [B, T, n_s] (which context token each seed went into).
-        """
-        b, t, _, w = x.shape
-        _, seed_index = jax.lax.top_k(cls_attention, self.num_seeds)  # [B, T, n_s]
-        patches = x[:, :, 1:]  # [B, T, P, W]
-        seed_tokens = jnp.take_along_axis(patches, seed_index[..., None], axis=2)
+    def merge_seeds(self, seed_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Bipartite merging of all frames' seed tokens [B, T, n_s, W] (post-attention) into
+        k context tokens [B, k, W]; also returns the assignment [B, T, n_s] (which context token
+        each seed went into)."""
+        b, t, _, w = seed_tokens.shape
         seed_tokens = seed_tokens.reshape(b, t * self.num_seeds, w)  # frame-major.
         context_tokens, _, assignment = merge_to_k(seed_tokens, self.num_context, self.merge_r)
-        return seed_index, context_tokens, assignment.reshape(b, t, self.num_seeds)
+        return context_tokens, assignment.reshape(b, t, self.num_seeds)
 
 
 class TCTransformer(nn.Module):
     """The stack of vision blocks (`resblocks_{i}`), threading context tokens between them.
 
     With `remat`, every run of two or more consecutive blocks of the same kind (TC-CLIP: blocks
-    2..L; CLIP and ViFi-CLIP: all) goes through `lax.scan` over the run's parameters, stacked at
-    apply time so that the parameter tree keeps PyTorch CLIP's names, with the scan body under
-    `jax.checkpoint`: the backward pass keeps each block's input and recomputes the rest. (An
-    unrolled `nn.remat` saves nothing on XLA:CPU, which merges the recomputation back into the
-    forward pass; a scan's backward loop cannot.) Outputs and gradients equal the unrolled
-    stack's (tests/test_models.py).
+    2..L-1; CLIP and ViFi-CLIP: 1..L-1; the last block, which computes only what its CLS tokens
+    and context tokens need, is a kind of its own) goes through `lax.scan` over the run's
+    parameters, stacked at apply time so that the parameter tree keeps PyTorch CLIP's names,
+    with the scan body under `jax.checkpoint`: the backward pass keeps each block's input and
+    recomputes the rest. (An unrolled `nn.remat` saves nothing on XLA:CPU, which merges the
+    recomputation back into the forward pass; a scan's backward loop cannot.) Outputs and
+    gradients equal the unrolled stack's (tests/test_models.py).
     """
 
     config: ModelConfig
@@ -126,14 +147,15 @@ class TCTransformer(nn.Module):
             num_seeds=cfg.seeds_per_frame,
             num_context=cfg.context_tokens,
             merge_r=cfg.merge_r,
+            cls_only=i == cfg.vision_layers,
             dtype=self.dtype,
         )
 
     def runs(self) -> list[list[int]]:
         """Consecutive blocks of the same kind, split after the VP block (whose context tokens
-        are kept)."""
+        are kept); the last block (`cls_only`) is a kind of its own."""
         cfg = self.config
-        kind = lambda i: (i in cfg.context_layers, i in cfg.summary_layers)
+        kind = lambda i: (i in cfg.context_layers, i in cfg.summary_layers, i == cfg.vision_layers)
         runs = [[1]]
         for i in range(2, cfg.vision_layers + 1):
             if kind(i) == kind(i - 1) and i - 1 != cfg.vp_layer:
@@ -144,7 +166,8 @@ class TCTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None, list[dict]]:
-        """x: [B, T, N, W] -> (x, VP block context tokens or None, per-block intermediates)."""
+        """x: [B, T, N, W] -> (the CLS tokens of the last block [B, T, 1, W], VP block context
+        tokens or None, per-block intermediates)."""
         cfg = self.config
         context, vp_context, auxes = None, None, []
         for run in self.runs():
@@ -241,13 +264,13 @@ class VisionTransformer(nn.Module):
         x = x + pos.astype(self.dtype)
         x = layer_norm(self.dtype, "ln_pre")(x)
 
-        x, vp_context, auxes = TCTransformer(cfg, self.dtype, self.remat, name="transformer")(x)
+        cls, vp_context, auxes = TCTransformer(cfg, self.dtype, self.remat, name="transformer")(x)
 
         ln_post = layer_norm(self.dtype, "ln_post")
         proj = self.param(
             "proj", nn.initializers.normal(scale), (width, cfg.embed_dim), jnp.float32
         ).astype(self.dtype)
-        out = {"frame_embeddings": ln_post(x[:, :, 0]) @ proj}
+        out = {"frame_embeddings": ln_post(cls[:, :, 0]) @ proj}
         if vp_context is not None:
             out["context_embeddings"] = ln_post(vp_context) @ proj
             summaries = [a for a in auxes if "seed_index" in a]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from tcclip_jax import cli, distributed
+from tcclip_jax import allocator, cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -55,4 +55,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    allocator.configure()
     cli.run_absl(main, _DEBUG)
