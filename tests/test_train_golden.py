@@ -2,7 +2,7 @@
 tensor (tests/fixtures/tcclip_small_train.npz, or the fixture named by $TCCLIP_TRAIN_GOLDEN),
 through the user's path (the files -> the converter CLI), the trainer's `loss_and_grads` and the
 exporter's released layout (tests/train_golden.py). The float64 step of a ViT-B-wide model takes
-about a minute on 2 cores: `--runslow`."""
+about a minute on 2 cores, computed once for the module's tests."""
 
 from __future__ import annotations
 
@@ -46,18 +46,15 @@ def test_case_fields_become_converter_flags():
         train_golden.converter_flags({**case, "dropout": 0.1})
 
 
-@pytest.mark.slow
 def test_loss(fixture, ours):
     assert abs(float(ours["loss"]) - float(fixture["loss"])) < 1e-10
 
 
-@pytest.mark.slow
 def test_trainable_tensors_are_the_published_ones(fixture, ours):
     """Nothing trained that the published code freezes, nothing frozen that it trains."""
     assert set(ours) - {"loss"} == set(fixture["grad_names"])
 
 
-@pytest.mark.slow
 def test_gradient_norms_and_projections(fixture, ours):
     got, want = train_golden.norms_and_projections(ours, fixture)
     bad = np.abs(got - want) > 1e-8 * np.abs(want) + 1e-12
@@ -69,7 +66,6 @@ def test_gradient_norms_and_projections(fixture, ours):
     assert not failures, f"{len(failures)} of {bad.size} differ: " + "; ".join(failures[:5])
 
 
-@pytest.mark.slow
 def test_small_gradients_in_full(fixture, ours):
     names = [k[len("grad__") :] for k in fixture if k.startswith("grad__")]
     assert names
