@@ -37,6 +37,8 @@ class Transform:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
+    """Our parameter paths <-> state-dict keys (several on one side for a fused in_proj)."""
+
     ours: tuple[str, ...]
     torch: tuple[str, ...]
     transform: Transform
