@@ -45,8 +45,13 @@ class TrainState:
 
 def initial_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
     """The state before the first step (traceable: used under jit and eval_shape)."""
-    zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_step=zero)
+    # Two arrays, not one twice: a donated state must not hold the same buffer in two fields.
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        nonfinite_step=jnp.zeros((), jnp.int32),
+    )
 
 
 def abstract_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
