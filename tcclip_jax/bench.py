@@ -66,6 +66,7 @@ from tcclip_jax.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
 from tcclip_jax.train import losses, optim
 from tcclip_jax.train.step import initial_state, make_train_step
+from tcclip_jax.weights.pytorch import PUBLISHED_FAST_PARTS
 
 # Dense (no sparsity) peak FLOP/s per chip by device-kind substring, in bf16 and fp32.
 # TPUs: Google's published bf16 peak; JAX's default matmul precision runs float32 matmuls as
@@ -493,7 +494,7 @@ def published_step(path: str, mode: str, cfg: ModelConfig, batch: int, num_class
     )
     labels = torch.randint(0, num_classes, (batch,))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    new_parts = ("prompt_learner", "VPT", "prompt_generation")
+    new_parts = PUBLISHED_FAST_PARTS
     groups = [{"params": [p for n, p in trainable if not any(k in n for k in new_parts)]}]
     for part in new_parts:
         params = [p for n, p in trainable if part in n]

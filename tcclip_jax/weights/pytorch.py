@@ -29,8 +29,12 @@ from tcclip_jax.models.params import flatten, unflatten
 from tcclip_jax.weights import layout
 from tcclip_jax.weights.layout import ConversionError, StateDict
 
-# Reading -----------------------------------------------------------------------------------
+# The published code's parameter-name fragments of the modules it trains at 10x the learning
+# rate (its optimiser groups; ours are `models.params.FAST_MODULES`).
+PUBLISHED_FAST_PARTS = ("prompt_learner", "VPT", "prompt_generation")
 
+
+# Reading -----------------------------------------------------------------------------------
 
 def _to_numpy(t) -> np.ndarray:
     import torch
