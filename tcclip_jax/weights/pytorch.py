@@ -36,6 +36,7 @@ PUBLISHED_FAST_PARTS = ("prompt_learner", "VPT", "prompt_generation")
 
 # Reading -----------------------------------------------------------------------------------
 
+
 def _to_numpy(t) -> np.ndarray:
     import torch
 
