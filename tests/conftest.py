@@ -1,7 +1,10 @@
 """Fixtures shared by the test files."""
 
+import os
+
 import pytest
 
+from tcclip_jax.data import synthetic
 from tcclip_jax.models import ModelConfig
 
 
@@ -41,3 +44,22 @@ def tiny_config() -> ModelConfig:
         vision_patch_size=8,
         context_tokens=4,
     )
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A tiny synthetic dataset and a subprocess environment with a shared compilation cache,
+    for the tests that run `python -m tcclip_jax.train` (one per test module)."""
+    root = tmp_path_factory.mktemp("data")
+    synthetic.generate(
+        str(root), videos_per_class=4, val_per_class=2, num_frames=8, size=(32, 32), seed=0
+    )
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env.pop("XLA_FLAGS", None)
+    return {"root": str(root), "env": env}

@@ -21,28 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tcclip_jax.data import synthetic
 from tcclip_jax.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    synthetic.generate(
-        str(root), videos_per_class=4, val_per_class=2, num_frames=8, size=(32, 32), seed=0
-    )
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env.pop("XLA_FLAGS", None)
-    return {"root": str(root), "env": env}
 
 
 def _command(shared, workdir, *overrides) -> list[str]:

@@ -20,7 +20,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tcclip_jax.data import synthetic
 from tcclip_jax.metrics import read_metrics
 from tcclip_jax.train.loop import validation_data, validation_epochs
 from tcclip_jax.weights.checkpoint import load_model
@@ -28,23 +27,6 @@ from tcclip_jax.weights.checkpoint import load_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH, EPOCHS = 4, 5  # 32 training videos, batch 8
 TOTAL = STEPS_PER_EPOCH * EPOCHS
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    synthetic.generate(
-        str(root), videos_per_class=4, val_per_class=2, num_frames=8, size=(32, 32), seed=0
-    )
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env.pop("XLA_FLAGS", None)
-    return {"root": str(root), "env": env}
 
 
 def _command(shared, workdir, *overrides) -> list[str]:
