@@ -73,3 +73,15 @@ def test_published_packages_are_taken_from_the_checkout(tmp_path, monkeypatch):
         for name in set(sys.modules) - before:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def test_utilisation_is_against_the_measured_matmul_rate(capsys):
+    """Every measurement states its FLOP rate as a share of one plain matrix product's rate on
+    this backend, which the header prints."""
+    bench.main([*ARGS, "--mode", "infer"])
+    out = capsys.readouterr().out
+    rate = float(re.search(r"matmul rate ([\d.]+) GFLOP/s", out).group(1))
+    shares = re.findall(r" ([\d.]+) GFLOP/s \([^)]*?(\d+)% of the matmul rate\)", out)
+    assert rate > 0 and len(shares) == 2
+    for gflops, share in shares:
+        assert int(share) == pytest.approx(100 * float(gflops) / rate, abs=1)

@@ -14,6 +14,7 @@ import json
 import pathlib
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 from flax import traverse_util
 
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
-from tcclip_jax.models.vision import TCBlock
+from tcclip_jax.models.vision import PatchEmbedding, TCBlock
 from tcclip_jax.ops.token_merging import merge_to_k
 from tcclip_jax.tokenizer import tokenize_prompts
 
@@ -715,3 +716,36 @@ def test_last_block_computes_only_what_its_outputs_need(tiny, use_context, summa
     np.testing.assert_allclose(got_grads[1], want_grads[1], rtol=1e-10, atol=1e-12)
     if use_context:
         np.testing.assert_allclose(got_grads[2], want_grads[2], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_patch_embedding_equals_clips_convolution(patch):
+    """`conv1` as a matrix product of flattened patches equals CLIP's strided convolution
+    (`nn.Conv`, same HWIO kernel) in float64: outputs and the kernel and input gradients."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(4)
+        images = rng.standard_normal((2, 3, 8, 12, 3))  # [B, T, H, W, C]
+        kernel = rng.standard_normal((patch, patch, 3, 5))
+        conv = nn.Conv(5, (patch, patch), strides=(patch, patch), padding="VALID",
+                       use_bias=False, dtype=jnp.float64)  # fmt: skip
+        ours = PatchEmbedding(5, patch, jnp.float64)
+        assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), images)) == {
+            "params": {"kernel": kernel.shape}
+        }
+        cotangent = rng.standard_normal((2, 3, 8 // patch, 12 // patch, 5))
+
+        def loss(module, k, x):
+            out = module.apply({"params": {"kernel": k}}, x)
+            return jnp.sum(out.reshape(cotangent.shape) * cotangent)
+
+        # Ours takes the clips as they are; the convolution takes their frames as images.
+        flat = lambda k, x: loss(conv, k, x.reshape(-1, *x.shape[-3:]))
+        for got, want in zip(
+            (
+                loss(ours, kernel, images),
+                *jax.grad(functools.partial(loss, ours), (0, 1))(kernel, images),
+            ),
+            (flat(kernel, images), *jax.grad(flat, (0, 1))(kernel, images)),
+            strict=True,
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

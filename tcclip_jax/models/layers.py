@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tcclip_jax.ops.dense import flat_dot_general
+
 Dtype = Any
 
 
@@ -40,9 +42,11 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Dense(self.width * 4, dtype=self.dtype, name="c_fc")(x)
-        x = quick_gelu(x)
-        return nn.Dense(self.width, dtype=self.dtype, name="c_proj")(x)
+        dense = lambda width, name: nn.Dense(
+            width, dtype=self.dtype, dot_general=flat_dot_general, name=name
+        )
+        x = quick_gelu(dense(self.width * 4, "c_fc")(x))
+        return dense(self.width, "c_proj")(x)
 
 
 class Projections(nn.Module):
@@ -66,11 +70,13 @@ class Projections(nn.Module):
                 jnp.float32,
             )
         head_dim = self.width // self.heads
-        dense = lambda name: nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)
-        self.q_proj, self.k_proj, self.v_proj = dense("q_proj"), dense("k_proj"), dense("v_proj")
-        self.out_proj = nn.DenseGeneral(
-            self.width, axis=(-2, -1), dtype=self.dtype, name="out_proj"
+        dense = lambda features, axis, name: nn.DenseGeneral(
+            features, axis, dtype=self.dtype, dot_general=flat_dot_general, name=name
         )
+        self.q_proj, self.k_proj, self.v_proj = (
+            dense((self.heads, head_dim), -1, name) for name in ("q_proj", "k_proj", "v_proj")
+        )
+        self.out_proj = dense(self.width, (-2, -1), "out_proj")
 
     def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """[..., L, W] -> three [..., L, heads, head_dim]; q is pre-scaled by head_dim^-1/2."""

@@ -1,1 +1,1 @@
-"""Functional ops usable by any JAX code (token merging)."""
+"""Functional ops usable by any JAX code (token merging, dense contractions)."""
