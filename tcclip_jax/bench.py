@@ -13,7 +13,8 @@ backend JAX finds. Two phases:
 
 FLOPs come from XLA's cost analysis (2 per multiply-add; elementwise ops count too; with
 `--remat`, of the unrolled program, so recomputation is not counted as useful work), and the
-utilisation printed is against the backend's peak from `peak_flops`. Memory comes
+utilisation printed is against the backend's peak from `peak_flops` and against the rate one
+plain matrix product reaches here (`matmul_rate`, the practical ceiling). Memory comes
 from `compiled.memory_analysis()` (arguments + outputs + temporaries - donated aliases: what the
 compiled program needs on the device) and, on CPU, from the process's max RSS, which is
 cumulative over the process lifetime (run one `--mode` per process to attribute it).
