@@ -1,6 +1,7 @@
 """Fixtures shared by the test files."""
 
 import os
+import sys
 
 import pytest
 
@@ -48,8 +49,9 @@ def tiny_config() -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    """A tiny synthetic dataset and a subprocess environment with a shared compilation cache,
-    for the tests that run `python -m tcclip_jax.train` (one per test module)."""
+    """A tiny synthetic dataset, a subprocess environment with a shared compilation cache and the
+    command training the `configs/demo.py:ci` model on that dataset (append `--workdir` and
+    overrides), for the tests that run `python -m tcclip_jax.train` (one per test module)."""
     root = tmp_path_factory.mktemp("data")
     synthetic.generate(
         str(root), videos_per_class=4, val_per_class=2, num_frames=8, size=(32, 32), seed=0
@@ -62,4 +64,10 @@ def shared(tmp_path_factory):
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     env.pop("XLA_FLAGS", None)
-    return {"root": str(root), "env": env}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [
+        sys.executable, "-m", "tcclip_jax.train",
+        "--config", os.path.join(repo, "configs", "demo.py") + ":ci",
+        f"--config.data.root={root}", "--config.progress_bar=False",
+    ]  # fmt: skip
+    return {"root": str(root), "env": env, "command": command}

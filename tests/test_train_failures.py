@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -28,18 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 def _command(shared, workdir, *overrides) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "tcclip_jax.train",
-        "--config",
-        os.path.join(REPO, "configs", "demo.py") + ":ci",
-        "--workdir",
-        str(workdir),
-        f"--config.data.root={shared['root']}",
-        "--config.progress_bar=False",
-        *overrides,
-    ]
+    return [*shared["command"], "--workdir", str(workdir), *overrides]
 
 
 def train(shared, workdir, *overrides) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -31,16 +30,10 @@ TOTAL = STEPS_PER_EPOCH * EPOCHS
 
 def _command(shared, workdir, *overrides) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "tcclip_jax.train",
-        "--config",
-        os.path.join(REPO, "configs", "demo.py") + ":ci",
+        *shared["command"],
         "--workdir",
         str(workdir),
-        f"--config.data.root={shared['root']}",
         f"--config.num_epochs={EPOCHS}",
-        "--config.progress_bar=False",
         *overrides,
     ]
 
