@@ -11,14 +11,21 @@ training went to page faults. `configure()` makes glibc keep that memory in the 
 * `M_TRIM_THRESHOLD = -1`: freed memory at the top of the heap is never returned to the kernel.
 
 The cost: the process keeps its peak heap (the next step needs it again anyway), and all threads
-share one arena's lock (XLA allocates few, large blocks; the data pipeline's workers are separate
-processes). These are the effects of `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=...` in the environment, applied with `mallopt` at run time: that works
-while the process has a single malloc arena, i.e. before JAX starts its backend (whose threads get
-arenas of their own). The command-line entry points call `configure()` first thing; library users
-may call it too, or set the environment variables. `TCCLIP_MALLOC=0` turns it off, `=1` applies
-it even when an accelerator plugin is installed (by default it applies only when JAX will run on
-the CPU). It does nothing (and says why) on other C libraries or when called too late.
+share one arena's lock: the data-loading threads and XLA's workers queue on it. That pays only
+when a call's temporaries are large. Below glibc's largest mmap threshold (32 MiB, to which it
+adapts by itself) freed blocks stay in the heap anyway, and a small model trained for many short
+steps (`configs/demo.py`) only pays for the lock: its threads switch twice as often and the run
+is 1.2-1.5x slower. So the training command applies the settings only to steps of at least
+`LARGE_STEP_PIXELS` input pixels (`worthwhile`); evaluation, prediction and the benchmark
+(ViT-B-sized models) apply them by default.
+
+These are the effects of `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...` in the
+environment, applied with `mallopt` at run time: that works while the process has a single
+malloc arena, i.e. before JAX starts its backend (whose threads get arenas of their own). The
+command-line entry points call `configure()` before anything touches JAX; library users may call
+it too, or set the environment variables. `TCCLIP_MALLOC=0` turns it off, `=1` applies it even to
+small steps and when an accelerator plugin is installed (by default it applies only when JAX will
+run on the CPU). It does nothing (and says why) on other C libraries or when called too late.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ ENV_EQUIVALENT = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": str(2**62),
 }
+
+# Input pixels per step (clips x frames x height x width) from which the training
+# step's temporaries outgrow glibc's own reuse: a ViT-B/16 step of 2 clips of 16 x 224^2 frames
+# (1.6 M pixels) has 11.6 GiB of them; the demo's 32 clips of 8 x 16^2 (65 k pixels) a few MiB.
+LARGE_STEP_PIXELS = 2**18
 
 _applied = False
 _status = "not configured (allocator.configure() was not called)"
@@ -93,19 +105,28 @@ def status() -> str:
     return _status
 
 
-def configure(enable: bool | None = None) -> str:
+def worthwhile(config) -> bool:
+    """Whether a training config's steps gain from the settings: at least `LARGE_STEP_PIXELS`
+    input pixels per micro-batch (`batch_size / grad_accum_steps` clips of `data.num_frames`
+    frames of `data.image_size`^2; counted over all processes, an upper bound per process)."""
+    clips = config.batch_size // max(1, config.grad_accum_steps)
+    return clips * config.data.num_frames * config.data.image_size**2 >= LARGE_STEP_PIXELS
+
+
+def configure(enable: bool | None = None, *, large_temporaries: bool = True) -> str:
     """Apply the malloc settings above to this process; returns what was done, in words.
 
-    enable: None reads `TCCLIP_MALLOC` (unset: apply when JAX will run on the CPU); True / False
-    force it on / off. Call it before JAX starts its backend (before the first `jax.devices()`,
-    `jax.jit` call or array): afterwards it changes nothing and says so.
+    enable: None reads `TCCLIP_MALLOC` (unset: apply when JAX will run on the CPU and the calls
+    have `large_temporaries`); True / False force it on / off. Call it before JAX starts its
+    backend (before the first `jax.devices()`, `jax.jit` call or array): afterwards it changes
+    nothing and says so.
     """
     global _status
-    _status = _configure(enable)
+    _status = _configure(enable, large_temporaries)
     return _status
 
 
-def _configure(enable: bool | None) -> str:
+def _configure(enable: bool | None, large_temporaries: bool) -> str:
     global _applied
     if _applied:
         return "already applied"
@@ -118,6 +139,8 @@ def _configure(enable: bool | None) -> str:
         enable = True if switch else None
     if enable is False:
         return "off"
+    if enable is None and not large_temporaries:
+        return f"off (small steps gain nothing from it; {ENV_SWITCH}=1 applies it anyway)"
     if enable is None and _accelerator_expected():
         return f"off (JAX will use an accelerator; {ENV_SWITCH}=1 applies it anyway)"
     libc = _glibc()

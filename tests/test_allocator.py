@@ -86,3 +86,28 @@ def test_does_nothing_once_jax_runs(monkeypatch):
         assert status.startswith("off: called too late")
     assert allocator.status() == status
     assert not allocator._applied
+
+
+def test_small_steps_keep_the_default_allocator(monkeypatch):
+    """The demo's many small steps only pay the one arena's lock; a ViT-B/16 step gains."""
+    from test_config import get_config
+
+    assert not allocator.worthwhile(get_config("demo"))
+    assert not allocator.worthwhile(get_config("demo", "ci"))
+    assert allocator.worthwhile(get_config("fewshot", "hmdb51,2"))
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(allocator, "_applied", False)
+    status = allocator.configure(large_temporaries=False)
+    assert status == "off (small steps gain nothing from it; TCCLIP_MALLOC=1 applies it anyway)"
+    assert not allocator._applied
+
+
+def test_training_command_decides_from_its_config(shared, tmp_path):
+    """`train` reports what it did, before JAX starts: off for the demo, on when forced."""
+    for env, want in (({}, "off (small steps"), ({"TCCLIP_MALLOC": "1"}, "on (one malloc arena")):
+        res = subprocess.run(
+            [*shared["command"], f"--workdir={tmp_path / 'run'}", "--dry_run"],
+            env={**shared["env"], **env}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert f"malloc settings: {want}" in res.stderr

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from tcclip_jax import allocator, cli, distributed
@@ -43,7 +43,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    # Before JAX starts (the distributed runtime included): glibc settings for large steps only.
+    status = allocator.configure(large_temporaries=allocator.worthwhile(_CONFIG.value))
     distributed.initialize()
+    logging.info("malloc settings: %s", status)
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     from tcclip_jax.config.dry_run import dry_run
     from tcclip_jax.train.loop import train_and_evaluate
@@ -55,5 +58,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    allocator.configure()
     cli.run_absl(main, _DEBUG)
