@@ -26,6 +26,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = "tests/fixtures/tcclip_small_train.npz"
 ENV = "TCCLIP_TRAIN_GOLDEN"  # another fixture made by the same recipe.
+# Deeper fixtures run rematerialised (`VideoCLIP(remat=True)`: gradients equal the unrolled
+# stack's, tests/test_models.py): the unrolled float64 step of the full-depth fixture (12 + 12
+# blocks, 16 frames, batch 2) needs 21 GB (XLA's memory analysis: 18.8 GB of temporaries), the
+# rematerialised one 8.6 GB peak.
+REMAT_FROM_BLOCKS = 5
 
 # Converter flags for the fields of a fixture's `case` (our names and the published config's).
 _FLAGS = {
@@ -90,9 +95,15 @@ def convert_fixture(fixture: dict, directory: str) -> str:
     return out
 
 
-def compute(checkpoint: str, fixture: dict, dtype_name: str) -> dict:
+def remat_for(fixture: dict) -> bool:
+    """Whether the step of `fixture` runs rematerialised (see REMAT_FROM_BLOCKS)."""
+    return fixture["case"].get("vision_layers", 0) >= REMAT_FROM_BLOCKS
+
+
+def compute(checkpoint: str, fixture: dict, dtype_name: str, remat: bool = False) -> dict:
     """{"loss": float, "module.*": gradient in the released layout} for compute `dtype_name`
-    (float32 master weights; float64: everything float64). Call with x64 set for float64."""
+    (float32 master weights; float64: everything float64), the vision blocks rematerialised with
+    `remat`. Call with x64 set for float64."""
     import jax
     import jax.numpy as jnp
 
@@ -116,7 +127,7 @@ def compute(checkpoint: str, fixture: dict, dtype_name: str) -> dict:
     targets = smooth_labels(
         jnp.asarray(case["labels"]), len(case["classnames"]), case["label_smoothing"], master
     )
-    model = VideoCLIP(cfg, dtype=dtype)
+    model = VideoCLIP(cfg, dtype=dtype, remat=remat)
     trainable, frozen = split_frozen(params)
     step = jax.jit(lambda t, f, c, y, k: loss_and_grads(model, t, f, c, y, k))
     loss, grads = step(trainable, frozen, jnp.asarray(clips, master), targets, tokens)
@@ -131,7 +142,8 @@ def _worker(args) -> None:
 
         jax.config.update("jax_enable_x64", True)
     fixture = golden_recipe.load_fixture(args.fixture)
-    np.savez(args.output, **compute(args.checkpoint, fixture, args.dtype[0]))
+    out = compute(args.checkpoint, fixture, args.dtype[0], remat_for(fixture))
+    np.savez(args.output, **out)
 
 
 def run_worker(checkpoint: str, fixture: str, dtype: str, output: str) -> dict:
