@@ -41,6 +41,7 @@ from tcclip_jax.data.video_decode import VideoReadError
 from tcclip_jax.errors import RunError, error_line
 from tcclip_jax.evaluation.accuracy import Evaluator
 from tcclip_jax.evaluation.protocols import evaluate_protocol
+from tcclip_jax.evaluation.specs import SELECT, eval_plan
 from tcclip_jax.evaluation.tables import flat_metrics, format_results
 from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
@@ -112,17 +113,6 @@ def validation_epochs(num_epochs: int, every_epochs: int) -> list[int]:
     if every_epochs <= 0:
         return []
     return sorted({*range(1, num_epochs + 1, every_epochs), num_epochs})
-
-
-def validation_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config.data` with the validation views (`eval.val_clips` x `eval.val_crops`, e.g. the
-    published 1x1 on K-400 val) in place of the test views."""
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    if config.eval.val_clips is not None:
-        data.test_clips = config.eval.val_clips
-    if config.eval.val_crops is not None:
-        data.test_crops = config.eval.val_crops
-    return data
 
 
 def _count_training_videos(config: ml_collections.ConfigDict, annotations) -> int:
@@ -336,12 +326,12 @@ def _train_and_evaluate(
     del init_params
 
     validate, val_epochs = None, set(validation_epochs(config.num_epochs, config.eval.every_epochs))
-    if val_epochs:
+    for spec in eval_plan(config).role(SELECT):  # the validation the best checkpoint is kept by
         validate = Evaluator(
             model,
             mesh,
-            validation_data(config),
-            annotation_file=config.data.val_list,
+            spec.data_config(config.data),
+            annotation_file=spec.list_file,
             class_names=class_names,
             batch_size=config.eval.batch_size,
             process_index=jax.process_index(),
