@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 
 import ml_collections
 import pytest
+from test_config import get_config
 
 from tcclip_jax.config import resolve
 from tcclip_jax.data import readers
@@ -25,15 +24,6 @@ from tcclip_jax.evaluation.specs import (
     WISE_FT,
     eval_plan,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def get_config(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def _roles(plan) -> list[tuple[str, str]]:

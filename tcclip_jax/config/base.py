@@ -184,6 +184,9 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep_last=2, keep_best=1))
     c.log_every_steps = 10
     c.progress_bar = True
+    # > 0: trace that many training steps (from the second of the run: the first compiles) with
+    # jax.profiler into WORKDIR/profile, for TensorBoard's profile tab or Perfetto.
+    c.profile_steps = 0
     return c
 
 

@@ -133,6 +133,7 @@ _RANGES = (
     ("eval.batch_size", 1, True, None),
     ("eval.every_epochs", 0, True, None),
     ("log_every_steps", 1, True, None),
+    ("profile_steps", 0, True, None),
     ("checkpoint.every_steps", 1, True, None),
     ("checkpoint.keep_last", 1, True, None),
     ("checkpoint.keep_best", 0, True, None),

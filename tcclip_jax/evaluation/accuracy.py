@@ -28,7 +28,7 @@ from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset
 from tcclip_jax.data.readers import make_reader
-from tcclip_jax.inference import prompt_tokens, text_encoder
+from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
 
 TOP_K = 5

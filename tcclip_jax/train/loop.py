@@ -43,13 +43,15 @@ from tcclip_jax.evaluation.accuracy import Evaluator
 from tcclip_jax.evaluation.protocols import evaluate_protocol
 from tcclip_jax.evaluation.specs import SELECT, eval_plan
 from tcclip_jax.evaluation.tables import flat_metrics, format_results
-from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.initialization import adapt_params, random_params
+from tcclip_jax.models.params import split_frozen
+from tcclip_jax.models.prompts import prompt_tokens
 from tcclip_jax.models.variants import variant_config
 from tcclip_jax.train import losses, optim
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
+from tcclip_jax.train.profile import StepProfiler
 from tcclip_jax.train.step import (
     abstract_state,
     create_train_state,
@@ -113,6 +115,10 @@ def validation_epochs(num_epochs: int, every_epochs: int) -> list[int]:
     if every_epochs <= 0:
         return []
     return sorted({*range(1, num_epochs + 1, every_epochs), num_epochs})
+
+
+def _count(params) -> int:
+    return sum(int(np.size(x)) for x in jax.tree.leaves(params))
 
 
 def _count_training_videos(config: ml_collections.ConfigDict, annotations) -> int:
@@ -290,11 +296,14 @@ def _train_and_evaluate(
         mesh,
         state_shardings,
     )
+    trained, frozen = split_frozen(init_params)
     logging.info(
-        "Training %s (%s) on %d videos of %d classes: %d steps of %d clips (%d per epoch), "
-        "%d devices, %d processes",
+        "Training %s (%s, %s parameters, %s of them trained) on %d videos of %d classes: %d "
+        "steps of %d clips (%d per epoch), %d devices, %d processes",
         model_config.model,
         config.model_variant,
+        f"{_count(trained) + _count(frozen):,}",
+        f"{_count(trained):,}",
         num_videos,
         len(class_names),
         total_steps,
@@ -350,9 +359,13 @@ def _train_and_evaluate(
     )
     stopped = False
     log_start, log_step = time.perf_counter(), start
+    profiler = StepProfiler(workdir, config.get("profile_steps", 0), start)
+    cleanup.callback(profiler.stop)
     for step in range(start + 1, total_steps + 1):
         batch = _step_batch(_next_batch(data_iterator), config.grad_accum_steps, batch_sharding)
+        profiler.step_started(step)
         state, metrics = step_fn(state, batch, tokens, rng)
+        profiler.step_done(step, (state, metrics))
         progress.update(1)
         epoch_end = step % steps_per_epoch == 0
         epoch = step // steps_per_epoch
