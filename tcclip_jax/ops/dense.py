@@ -5,9 +5,9 @@ as an N-d `dot_general`. The forward pass is the same either way, but XLA:CPU lo
 *backward* of the N-d form badly: the kernel gradient contracts over several leading axes, so
 XLA first copies the output gradient into a transposed layout and then runs a slow (Eigen)
 contraction on it (`python -m tcclip_jax.bench --mode train` measures the whole step;
-docs/performance.md). Folding the free axes of each operand into one first gives XLA plain matrix products in both
-directions. The product is the same sum in a different order (`tests/test_ops_dense.py`
-proves values and gradients equal the N-d form's in float64).
+docs/performance.md). Folding the free axes of each operand into one first gives XLA plain
+matrix products in both directions. The product is the same sum in a different order
+(`tests/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
 """
 
 from __future__ import annotations
