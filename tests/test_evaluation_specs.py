@@ -64,7 +64,11 @@ def test_zeroshot_tests_three_datasets_of_three_splits_with_and_without_wise_ft(
     assert k600.class_list == "labels/ZS_split3_K600.csv"  # one class list per split
     assert (k600.list_field, k600.class_field) == ("eval.datasets[2].splits[2]",
                                                    "eval.datasets[2].class_list[2]")  # fmt: skip
-    assert k600.data_config(c.data).root == "/data/k600" and k600.root_field.endswith("[2].root")
+    assert k600.data_config(c.data).root == "/data/k600"
+    assert (k600.field("root"), k600.field("num_frames")) == (
+        "eval.datasets[2].root",
+        "data.num_frames",
+    )
     assert plan.weights == (PLAIN, WISE_FT) and plan.wise_ft == 0.7
 
 
@@ -90,13 +94,20 @@ def test_extra_test_datasets_are_one_config_entry_for_any_protocol(tmp_path):
     plan = eval_plan(c)
     assert [s.key for s in plan.role(TEST)] == ["k400", "k400_temporal/split1"]
     extra = plan.role(TEST)[1]
-    assert extra.data_config(c.data).test_clips == 1 and extra.root_field == "data.root"
+    assert extra.data_config(c.data).test_clips == 1 and extra.field("root") == "data.root"
     fields = [u.field for u in resolve.list_uses(c, training=False)]
     assert fields == ["data.val_list", "eval.datasets[0].splits[0]"]
     c.eval.datasets[0].num_frame = 8  # misspelt
     with pytest.raises(
         resolve.ConfigError, match=r"eval\.datasets\[0\]: unknown field 'num_frame'"
     ):
+        resolve.list_uses(c)
+
+
+def test_a_plan_that_tests_nothing_is_an_error():
+    c = get_config("zeroshot")
+    c.eval.datasets = []
+    with pytest.raises(resolve.ConfigError, match=r"config\.eval\.datasets is empty"):
         resolve.list_uses(c)
 
 

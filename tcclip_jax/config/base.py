@@ -2,9 +2,11 @@
 
 The protocol configs (`configs/fewshot.py`, `zeroshot.py`, `base2novel.py`, `fully_supervised.py`,
 `demo.py`) import this module (`from tcclip_jax.config import base`), start from `base_config` and
-set the recipe of the TC-CLIP paper (spec, "Training and
-evaluation recipe"). Every field can be overridden on the command line
-(`--config.optim.lr=1e-5`); configs are locked, so a misspelt field is an error.
+set the recipe of the TC-CLIP paper (spec, "Training and evaluation recipe"). What a config
+evaluates is declared by its fields (`data.val_list`, `data.novel_val_list`, `eval.datasets`,
+`wise_ft`) and read once, by `tcclip_jax.evaluation.specs.eval_plan`. Every field can be
+overridden on the command line (`--config.optim.lr=1e-5`); configs are locked, so a misspelt
+field is an error.
 
 Paths. `data.root` is the folder the annotation lists' video paths are relative to. List and
 class-list paths that are relative are taken relative to `splits_dir`, a copy of the published

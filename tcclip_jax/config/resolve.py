@@ -337,12 +337,11 @@ def list_uses(config: ml_collections.ConfigDict, *, training: bool = True) -> li
         d = spec.data_config(data)
         if d.format not in READERS:
             raise ConfigError(
-                f"config.{spec.root_field.rsplit('.', 1)[0]}.format must be one of "
-                f"{tuple(READERS)}, got {d.format!r}"
+                f"config.{spec.field('format')} must be one of {tuple(READERS)}, got {d.format!r}"
             )
         if spec.list_field not in {u.field for u in out}:
             out.append(ListUse(spec.name, spec.list_field, spec.list_file, spec.class_field,
-                               spec.class_list, spec.root_field, d.root, d.format))  # fmt: skip
+                               spec.class_list, spec.field("root"), d.root, d.format))  # fmt: skip
     return out
 
 

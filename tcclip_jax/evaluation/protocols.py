@@ -47,8 +47,8 @@ def evaluate_protocol(
     }
     if config.get("pretraining"):
         header["pretraining"] = config.pretraining
-    weights = {PLAIN: place_params(params, mesh)}
-    if plan.wise_ft is not None:
+    weights = {PLAIN: params}
+    if WISE_FT in plan.weights:
         if clip_params is None:
             source = config.get("clip_checkpoint") or config.get("init_checkpoint")
             if not source:
@@ -57,9 +57,9 @@ def evaluate_protocol(
                     "config.clip_checkpoint"
                 )
             _, clip_params = load_model(source)
-        weights[WISE_FT] = place_params(wise_ft(clip_params, params, plan.wise_ft), mesh)
+        weights[WISE_FT] = wise_ft(clip_params, params, plan.wise_ft)
     results = {
-        name: summarize(plan, _evaluate_lists(config, plan, w, model, mesh))
+        name: summarize(plan, _evaluate_lists(config, plan, place_params(w, mesh), model, mesh))
         for name, w in weights.items()
     }
     return Results(header, results).to_json()

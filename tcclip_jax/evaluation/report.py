@@ -1,10 +1,12 @@
 """The paper's tables from a set of runs (each run's `final_metrics.json` or `eval_metrics.json`).
 
-How the paper reports each protocol (spec, "Reported metrics"):
-- base-to-novel: base top-1 and novel top-1 each averaged over the training seeds (runs of one
-  dataset and class-name set), and the harmonic mean of those two means;
-- zero-shot: per evaluation dataset, mean and (population) std of top-1 over its three splits,
-  without and with WiSE-FT;
+How the paper reports each protocol (spec, "Reported metrics"), read from the summaries in each
+run's results (`results.Results`), one table per protocol and layout:
+- base-to-novel (a harmonic mean): base top-1 and novel top-1 each averaged over the training
+  seeds (runs of one dataset, class-name set and starting point), and the harmonic mean of those
+  two means;
+- zero-shot (datasets of splits): per dataset, mean and (population) std of top-1 over its
+  splits, without and with WiSE-FT;
 - few-shot, fully supervised (and the demo): the single top-1 of the run.
 """
 

@@ -60,8 +60,9 @@ def check_protocol(name: str) -> Protocol:
 class EvalSpec:
     """One evaluation: a list against a class list, with the data fields it changes.
 
-    `name` (and `split`, for a dataset's splits) key its results; the `*_field`s are the config
-    fields that set the list, class list and video folder, for messages.
+    `name` (and `split`, for a dataset's splits) key its results; `source` is the config
+    node that declares it (`data`, `eval.datasets[i]`) and the `*_field`s the config fields that
+    set the list, class list and video folder, for messages.
     """
 
     name: str
@@ -69,10 +70,14 @@ class EvalSpec:
     role: str  # SELECT | TEST
     list_file: str
     class_list: str
+    source: str
     list_field: str
     class_field: str
-    root_field: str
     overrides: tuple[tuple[str, Any], ...] = ()
+
+    def field(self, key: str) -> str:
+        """The config field that sets data field `key` for this evaluation."""
+        return f"{self.source}.{key}" if key in dict(self.overrides) else f"data.{key}"
 
     @property
     def key(self) -> str:
@@ -105,10 +110,6 @@ class EvalPlan:
     summaries: tuple[Summary, ...]
     wise_ft: float | None
 
-    @property
-    def title(self) -> str:
-        return PROTOCOLS[self.protocol].title
-
     def role(self, role: str) -> list[EvalSpec]:
         return [s for s in self.specs if s.role == role]
 
@@ -139,7 +140,6 @@ def _dataset_specs(config: ml_collections.ConfigDict) -> tuple[list[EvalSpec], l
                 f"{len(ds.splits)} splits (give one, or one per split)"
             )
         overrides = tuple((k, v) for k, v in ds.items() if k not in DATASET_FIELDS)
-        root_field = f"{field}.root" if "root" in ds else "data.root"
         members = []
         for j, split in enumerate(ds.splits):
             spec = EvalSpec(
@@ -148,9 +148,9 @@ def _dataset_specs(config: ml_collections.ConfigDict) -> tuple[list[EvalSpec], l
                 role=TEST,
                 list_file=split,
                 class_list=ds.class_list if one else ds.class_list[j],
+                source=field,
                 list_field=f"{field}.splits[{j}]",
                 class_field=f"{field}.class_list" + ("" if one else f"[{j}]"),
-                root_field=root_field,
                 overrides=overrides,
             )
             specs.append(spec)
@@ -167,23 +167,25 @@ def eval_plan(config: ml_collections.ConfigDict) -> EvalPlan:
     protocol = check_protocol(config.protocol)
     data, specs, summaries = config.data, [], []
 
-    def val_list(name: str, role: str, views: Mapping[str, int | None] = {}) -> EvalSpec:
-        overrides = tuple((k, v) for k, v in views.items() if v is not None)
-        return EvalSpec(name, "", role, data.val_list, data.class_list, "data.val_list",
-                        "data.class_list", "data.root", overrides)  # fmt: skip
+    def val_list(name: str, role: str, views: Mapping[str, int | None] | None = None) -> EvalSpec:
+        overrides = tuple((k, v) for k, v in (views or {}).items() if v is not None)
+        return EvalSpec(name, "", role, data.val_list, data.class_list, "data", "data.val_list",
+                        "data.class_list", overrides)  # fmt: skip
 
     if config.eval.get("every_epochs", 0) > 0:
         views = {"test_clips": config.eval.get("val_clips"),
                  "test_crops": config.eval.get("val_crops")}  # fmt: skip
         specs.append(val_list("val", SELECT, views))
     if protocol.base_and_novel:  # unset novel fields fail the list checks, naming them
-        novel = EvalSpec("novel", "", TEST, data.novel_val_list, data.novel_class_list,
-                         "data.novel_val_list", "data.novel_class_list", "data.root")  # fmt: skip
+        novel = EvalSpec("novel", "", TEST, data.novel_val_list, data.novel_class_list, "data",
+                         "data.novel_val_list", "data.novel_class_list")  # fmt: skip
         specs += [val_list("base", TEST), novel]
         summaries.append(Summary(HARMONIC_MEAN, HARMONIC_MEAN, ("base", "novel")))
     elif protocol.tests_val_list:
         specs.append(val_list(_list_name(config), TEST))
     extra, extra_summaries = _dataset_specs(config)
+    if not extra and not any(s.role == TEST for s in specs):
+        raise ValueError(f"config.eval.datasets is empty: {config.protocol} tests only those")
     return EvalPlan(
         protocol=config.protocol,
         specs=(*specs, *extra),
