@@ -97,6 +97,10 @@ def test_extra_test_datasets_are_one_config_entry_for_any_protocol(tmp_path):
     assert extra.data_config(c.data).test_clips == 1 and extra.field("root") == "data.root"
     fields = [u.field for u in resolve.list_uses(c, training=False)]
     assert fields == ["data.val_list", "eval.datasets[0].splits[0]"]
+    c.eval.datasets[0].name = "k400"  # the fully supervised test's own name
+    with pytest.raises(resolve.ConfigError, match=r"datasets\[0\]\.name: 'k400' names another"):
+        resolve.list_uses(c)
+    c.eval.datasets[0].name = "k400_temporal"
     c.eval.datasets[0].num_frame = 8  # misspelt
     with pytest.raises(
         resolve.ConfigError, match=r"eval\.datasets\[0\]: unknown field 'num_frame'"

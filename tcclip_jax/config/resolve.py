@@ -223,10 +223,9 @@ def _check_sources(uses: list[ListUse], splits_dir: str, need_videos: bool) -> N
         reader = READERS[use.format]
         if reader.uses_root and (need_videos or use.root):
             _need_dir(use.root, use.root_field, f"video folder of the {use.name} list")
+        _need_file(use.class_list, use.class_field, "class list", splits_dir)
         if not reader.carries_list:
             _need_file(use.annotation_file, use.field, f"{use.name} list", splits_dir)
-        what = f"class list of the {use.name} list"
-        _need_file(use.class_list, use.class_field, what, splits_dir)
 
 
 def check_eval_lists(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:

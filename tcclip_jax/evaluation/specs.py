@@ -184,6 +184,12 @@ def eval_plan(config: ml_collections.ConfigDict) -> EvalPlan:
     elif protocol.tests_val_list:
         specs.append(val_list(_list_name(config), TEST))
     extra, extra_summaries = _dataset_specs(config)
+    names = [s.key for s in specs if s.role == TEST] + [m.name for m in extra_summaries]
+    for i, summary in enumerate(extra_summaries):
+        if names.count(summary.name) > 1:
+            raise ValueError(
+                f"config.eval.datasets[{i}].name: {summary.name!r} names another evaluation too"
+            )
     if not extra and not any(s.role == TEST for s in specs):
         raise ValueError(f"config.eval.datasets is empty: {config.protocol} tests only those")
     return EvalPlan(
