@@ -1,11 +1,13 @@
 """Base-to-novel: 16 shots of the base half of the classes; accuracy on base and novel classes.
 
-Argument `DATASET,SEED[,llm]` (default `hmdb51,1`; DATASET: hmdb51, ucf101, ssv2, k400; SEED 1-3
-picks the published 16-shot base list `fs_base_s{SEED}_train.txt`; `llm`: FROSTER's
-LLM-rephrased class names, context length 77). Recipe: lr 3.33e-6 -> 3.33e-8, batch 64, 12 epochs
-(2 warm-up), validation on `base_val` after every epoch, 2 clips x 1 crop at test; reported: base
-top-1, novel top-1 and the harmonic mean of their means over the three seeds
-(`python -m tcclip_jax.report`).
+Argument `DATASET,SEED[,llm][,k400_pretrained]` (default `hmdb51,1`; DATASET: hmdb51, ucf101,
+ssv2, k400; SEED 1-3 picks the published 16-shot base list `fs_base_s{SEED}_train.txt`; `llm`:
+FROSTER's LLM-rephrased class names, context length 77; `k400_pretrained`: the authors' "(P)"
+setting, fine-tuning a TC-CLIP already trained on Kinetics-400, the zero-shot K-400 checkpoint
+as `--config.init_checkpoint`, instead of CLIP: `report` gives those runs rows of their own).
+Recipe: lr 3.33e-6 -> 3.33e-8, batch 64, 12 epochs (2 warm-up), validation on `base_val` after
+every epoch, 2 clips x 1 crop at test; reported: base top-1, novel top-1 and the harmonic mean
+of their means over the three seeds (`python -m tcclip_jax.report`).
 
 The lists are used as published: base lists number the base classes 0..B-1 against
 `*_base_labels.csv` (`data.class_list`), `novel_val.txt` the novel classes 0..N-1 against
@@ -20,7 +22,8 @@ from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    args, llm = base.parse_arg(arg, ("dataset", "seed"))
+    args, flags = base.parse_arg(arg, ("dataset", "seed"), ("llm", "k400_pretrained"))
+    llm = "llm" in flags
     name, seed = args.get("dataset", "hmdb51"), int(args.get("seed", 1))
     if seed not in (1, 2, 3):
         raise ValueError(f"configs/base2novel.py: the published seeds are 1, 2, 3, not {seed}")
@@ -39,5 +42,7 @@ def get_config(arg: str | None = None):
     c.batch_size, c.num_epochs, c.warmup_epochs = 64, 12, 2
     c.data.test_clips, c.data.test_crops = 2, 1
     c.eval.every_epochs = 1
+    if "k400_pretrained" in flags:
+        base.pretrained_on(c, "k400")
     c.lock()
     return c

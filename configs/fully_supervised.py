@@ -12,7 +12,8 @@ from tcclip_jax.config import base
 
 
 def get_config(arg: str | None = None):
-    args, llm = base.parse_arg(arg, ("dataset",))
+    args, flags = base.parse_arg(arg, ("dataset",))
+    llm = "llm" in flags
     name = args.get("dataset", "k400")
     c = base.base_config("fully_supervised")
     base.set_dataset(c, name)

@@ -27,7 +27,8 @@ SUBSETS = {
 
 
 def get_config(arg: str | None = None):
-    args, llm = base.parse_arg(arg, ("dataset", "subset"))
+    args, flags = base.parse_arg(arg, ("dataset", "subset"))
+    llm = "llm" in flags
     key = (args.get("dataset", "k400"), args.get("subset", "temporal"))
     if key not in SUBSETS or llm:
         raise ValueError(f"configs/temporal_static.py: argument must be one of {sorted(SUBSETS)}")

@@ -32,7 +32,8 @@ def _eval_dataset(name: str, splits: list[str], class_list) -> ml_collections.Co
 
 
 def get_config(arg: str | None = None):
-    _, llm = base.parse_arg(arg, ())
+    _, flags = base.parse_arg(arg, ())
+    llm = "llm" in flags
     names = base.llm_class_list if llm else (lambda n: base.DATASETS[n]["class_list"])
     c = base.base_config("zeroshot")
     base.set_dataset(c, "k400")

@@ -1,9 +1,9 @@
 """One-call inference: `Predictor.from_checkpoint(DIR).logits(clips, classnames)`.
 
-Also the pieces every consumer of a model shares (training, evaluation, predict, visualize,
-bench): dtype names, prompt tokens for class names, the jitted text encoder, loading a predictor
-with a one-line error, the normalisation to use with a checkpoint, and the test-time view config
-of a model.
+Also what the command lines share (predict, visualize, bench): dtype names, loading a
+predictor with a one-line error, the normalisation to use with a checkpoint, and the test-time
+view config of a model. Prompt tokens and the text encoder are the model's
+(`tcclip_jax.models.prompts`).
 
 Class embeddings depend on the class names and the weights only, so they are computed once per
 class list and cached; each call then runs the vision tower and (TC-CLIP) VP + the EOT row of
@@ -13,7 +13,7 @@ the last text block.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -24,8 +24,8 @@ import numpy as np
 from tcclip_jax.data.config import NORMALIZATIONS, default_data_config, normalization_stats
 from tcclip_jax.data.transforms import normalize
 from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
 from tcclip_jax.weights.checkpoint import (
     MODEL_CONFIG_FILE,
     CheckpointError,
@@ -46,26 +46,6 @@ def checkpoint_normalization(directory: str, choice: str = "checkpoint") -> str:
         return load_normalization(directory)
     normalization_stats(choice)  # a ValueError naming the choices
     return choice
-
-
-def prompt_tokens(config: ModelConfig, classnames: Sequence[str], trim: bool = True) -> np.ndarray:
-    """Prompt token ids [C, L] of `classnames` (normalised as the published code does).
-
-    With `trim`, the padding after the longest prompt's EOT is dropped: exact (the text tower is
-    causal and reads the EOT row), and the text tower runs on ~30 tokens instead of 77.
-    """
-    tokens = tokenize_prompts(
-        list(classnames), template=config.prompt_template, context_length=config.context_length
-    )
-    return trim_padding(tokens) if trim else tokens
-
-
-def text_encoder(model: VideoCLIP, **jit_kwargs) -> Callable[[Any, jax.Array], Any]:
-    """`encode_text(params, tokens)` under jit: the class-embedding cache of a class set."""
-    return jax.jit(
-        lambda params, tokens: model.apply({"params": params}, tokens, method="encode_text"),
-        **jit_kwargs,
-    )
 
 
 def _dtype(dtype: Any) -> jnp.dtype:

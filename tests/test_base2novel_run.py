@@ -17,7 +17,7 @@ import pytest
 from tcclip_jax import report
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import read_annotations
-from tcclip_jax.evaluation.tables import harmonic_mean
+from tcclip_jax.evaluation.results import harmonic_mean
 from tcclip_jax.train.loop import FINAL_METRICS_FILE, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -49,6 +49,12 @@ def _presets() -> list[tuple[str, str | None]]:
             if not (llm and ds == "ssv2"):
                 out += [("base2novel", f"{ds},{seed}{llm}") for seed in (1, 2, 3)]
     out += [("zeroshot", None), ("zeroshot", "llm"), ("fully_supervised", None)]
+    # The authors' "(P)" presets: the same lists, from a K-400 model.
+    out += [("fewshot", "hmdb51,16,k400_pretrained"), ("fewshot", "ssv2,2,k400_pretrained")]
+    out += [
+        ("base2novel", "ucf101,1,k400_pretrained"),
+        ("base2novel", "hmdb51,3,llm,k400_pretrained"),
+    ]
     out += [
         ("temporal_static", f"{ds},{s}") for ds in ("k400", "ssv2") for s in ("temporal", "static")
     ]

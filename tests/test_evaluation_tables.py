@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tcclip_jax.evaluation.tables import format_results, harmonic_mean, summarize_splits
+from tcclip_jax.evaluation.results import harmonic_mean, summarize_splits
+from tcclip_jax.evaluation.tables import format_results
 
 
 def test_harmonic_mean():

@@ -19,8 +19,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tcclip_jax.evaluation.specs import validation_data
 from tcclip_jax.metrics import read_metrics
-from tcclip_jax.train.loop import validation_data, validation_epochs
+from tcclip_jax.train.loop import validation_epochs
 from tcclip_jax.weights.checkpoint import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

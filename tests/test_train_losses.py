@@ -16,6 +16,20 @@ def test_smooth_labels_values():
     np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_smooth_labels_is_the_published_formula_bit_for_bit(dtype):
+    """optax's smoothing equals the published one-hot * (1 - s) + s / C, bit for bit."""
+    labels = jnp.array([0, 3, 399, 17, 250])
+    for classes, s in ((400, 0.1), (51, 0.1), (8, 0.0), (101, 0.37)):
+        labels_c = labels % classes
+        ours = losses.smooth_labels(labels_c, classes, s, dtype)
+        published = jax.nn.one_hot(labels_c, classes, dtype=dtype) * (1.0 - s) + s / classes
+        assert ours.dtype == dtype
+        np.testing.assert_array_equal(
+            np.asarray(ours, np.float32), np.asarray(published, np.float32)
+        )
+
+
 def test_soft_target_cross_entropy():
     logits = jnp.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     targets = jnp.array([[0.2, 0.7, 0.1], [0.0, 0.0, 1.0]])

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from tcclip_jax.models import ModelConfig
-from tcclip_jax.models.params import expected_shapes, flatten, unflatten
+from tcclip_jax.models.params import FAST, expected_shapes, flatten, param_group, unflatten
 from tcclip_jax.weights import layout
 from tcclip_jax.weights.checkpoint import save_model
+from tcclip_jax.weights.pytorch import PUBLISHED_FAST_PARTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,17 @@ def _random_params(cfg: ModelConfig, seed: int, dtype=np.float32) -> dict:
     return unflatten(
         {k: rng.standard_normal(s).astype(dtype) for k, s in expected_shapes(cfg).items()}
     )
+
+
+@pytest.mark.parametrize("variant", ["tc_clip", "tc_clip_light", "vifi_clip"])
+def test_our_fast_group_is_the_published_codes(tiny_config, variant):
+    """The parameters we train at `fast_lr_multiplier` x the rate are those whose released names
+    the published optimiser puts in its 10x groups (what the bench's published run uses)."""
+    table = layout.released_table(_variants(tiny_config)[variant])
+    fast = [any(p in name for p in PUBLISHED_FAST_PARTS for name in e.torch) for e in table]
+    ours = [all(param_group(path) == FAST for path in e.ours) for e in table]
+    assert ours == fast
+    assert any(fast) == (variant != "vifi_clip")
 
 
 @pytest.mark.parametrize(

@@ -107,9 +107,9 @@ def compute(checkpoint: str, fixture: dict, dtype_name: str, remat: bool = False
     import jax
     import jax.numpy as jnp
 
-    from tcclip_jax.inference import prompt_tokens
     from tcclip_jax.models import VideoCLIP
     from tcclip_jax.models.params import split_frozen
+    from tcclip_jax.models.prompts import prompt_tokens
     from tcclip_jax.train.losses import smooth_labels
     from tcclip_jax.train.step import loss_and_grads
     from tcclip_jax.weights.checkpoint import load_model

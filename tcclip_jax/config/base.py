@@ -2,9 +2,11 @@
 
 The protocol configs (`configs/fewshot.py`, `zeroshot.py`, `base2novel.py`, `fully_supervised.py`,
 `demo.py`) import this module (`from tcclip_jax.config import base`), start from `base_config` and
-set the recipe of the TC-CLIP paper (spec, "Training and
-evaluation recipe"). Every field can be overridden on the command line
-(`--config.optim.lr=1e-5`); configs are locked, so a misspelt field is an error.
+set the recipe of the TC-CLIP paper (spec, "Training and evaluation recipe"). What a config
+evaluates is declared by its fields (`data.val_list`, `data.novel_val_list`, `eval.datasets`,
+`wise_ft`) and read once, by `tcclip_jax.evaluation.specs.eval_plan`. Every field can be
+overridden on the command line (`--config.optim.lr=1e-5`); configs are locked, so a misspelt
+field is an error.
 
 Paths. `data.root` is the folder the annotation lists' video paths are relative to. List and
 class-list paths that are relative are taken relative to `splits_dir`, a copy of the published
@@ -19,11 +21,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from tcclip_jax.data.config import default_data_config
+from tcclip_jax.evaluation.specs import check_protocol
 from tcclip_jax.models.config import ModelConfig
-
-# The protocols `tcclip_jax.evaluation.protocols.evaluate_protocol` knows; `demo` is evaluated as
-# a single validation list, like few-shot.
-PROTOCOLS = ("fewshot", "zeroshot", "base2novel", "fully_supervised", "demo")
 
 # The published split lists and class lists, relative to `splits_dir`. Base-to-novel lists number
 # the base classes 0..B-1 against `base_classes` and the novel ones 0..N-1 against `novel_classes`;
@@ -99,15 +98,6 @@ def _model_overrides() -> ml_collections.ConfigDict:
     return c
 
 
-def check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"config.protocol must be one of {PROTOCOLS}, got {protocol!r}")
-
-
-def dataset_names() -> tuple[str, ...]:
-    return tuple(DATASETS)
-
-
 def check_dataset(name: str) -> dict:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -118,13 +108,17 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     """Defaults shared by every protocol (unlocked; the protocol config fills it and locks)."""
     check_protocol(protocol)
     c = ml_collections.ConfigDict()
-    c.protocol = protocol  # fewshot | zeroshot | base2novel | fully_supervised | demo
+    # What the run evaluates and reports: a name of tcclip_jax.evaluation.specs.PROTOCOLS.
+    c.protocol = protocol
     c.dataset_name = ""  # name in the final table
     c.seed = 0
 
     # Model. A converted checkpoint directory (tools/convert_torch_weights.py): OpenAI CLIP to
     # fine-tune as the paper does, or a TC-CLIP / ViFi-CLIP checkpoint.
     c.init_checkpoint = ""
+    # What `init_checkpoint` was fine-tuned on before this run ("" = CLIP's own pre-training;
+    # "k400": the authors' "(P)" presets, see `pretrained_on`); recorded with the results.
+    c.pretraining = ""
     c.random_init = False  # no init_checkpoint: start from random weights (the demo)
     c.model_variant = "tc_clip"  # tc_clip | tc_clip_light (TC-CLIP§) | vifi_clip
     c.model = _model_overrides()
@@ -192,6 +186,9 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep_last=2, keep_best=1))
     c.log_every_steps = 10
     c.progress_bar = True
+    # > 0: trace that many training steps (from the second of the run: the first compiles) with
+    # jax.profiler into WORKDIR/profile, for TensorBoard's profile tab or Perfetto.
+    c.profile_steps = 0
     return c
 
 
@@ -217,16 +214,27 @@ def use_llm_names(c: ml_collections.ConfigDict) -> None:
     c.model.context_length = LLM_CONTEXT_LENGTH
 
 
-def parse_arg(arg: str | None, names: tuple[str, ...]) -> tuple[dict[str, str], bool]:
-    """'hmdb51,16,llm' -> ({'dataset': 'hmdb51', 'shots': '16'}, True) for names
-    ('dataset', 'shots'): the values in order, and whether `llm` (LLM-rephrased class names)
-    was among them."""
+def parse_arg(
+    arg: str | None, names: tuple[str, ...], flags: tuple[str, ...] = ("llm",)
+) -> tuple[dict[str, str], frozenset[str]]:
+    """'hmdb51,16,llm' -> ({'dataset': 'hmdb51', 'shots': '16'}, {'llm'}) for names
+    ('dataset', 'shots'): the values in order, and which of `flags` were among them (`llm`:
+    LLM-rephrased class names; `k400_pretrained`: start from a K-400 model, see `pretrained_on`)."""
     values = [v.strip() for v in arg.split(",")] if arg else []
-    llm = "llm" in values
-    values = [v for v in values if v != "llm"]
+    present = frozenset(v for v in values if v in flags)
+    values = [v for v in values if v not in flags]
     if len(values) > len(names):
         raise ValueError(
             f"config argument {arg!r}: expected at most {len(names)} values {names} and "
-            "optionally 'llm'"
+            f"optionally {' / '.join(map(repr, flags))}"
         )
-    return dict(zip(names, values, strict=False)), llm
+    return dict(zip(names, values, strict=False)), present
+
+
+def pretrained_on(c: ml_collections.ConfigDict, dataset: str) -> None:
+    """The authors' "(P)" setting (paper, Appendix A, Tables 11-12): fine-tune, with the same
+    recipe, a TC-CLIP already fine-tuned on `dataset` (Kinetics-400: the zero-shot K-400
+    checkpoint, e.g. `python -m tcclip_jax.train --config configs/zeroshot.py`'s `model/` or the
+    released one) instead of CLIP; set `init_checkpoint` to it. `report` gives such runs rows of
+    their own."""
+    c.pretraining = dataset

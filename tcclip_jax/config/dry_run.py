@@ -16,6 +16,7 @@ import ml_collections
 
 from tcclip_jax.config.resolve import ConfigError, ListUse, check_config, check_lists, resolve
 from tcclip_jax.data.classes import ListSummary
+from tcclip_jax.data.readers import READERS
 from tcclip_jax.metrics import save_config
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.variants import variant_config
@@ -28,10 +29,10 @@ NAME_WIDTH = 40  # LLM-rephrased names are sentences: shown cut
 
 def missing_videos(use: ListUse, summary: ListSummary) -> int | None:
     """How many listed videos are not under `use.root` (None: no folder set)."""
-    if not use.root:
+    reader = READERS[use.format]
+    if not use.root or not reader.uses_root:
         return None
-    exists = os.path.isdir if use.format == "frames" else os.path.isfile
-    return sum(not exists(os.path.join(use.root, rel)) for rel, _ in summary.annotations)
+    return sum(not reader.present(use.root, rel) for rel, _ in summary.annotations)
 
 
 def check_prompts(config: ml_collections.ConfigDict, checked) -> None:

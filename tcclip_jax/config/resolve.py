@@ -14,10 +14,11 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from tcclip_jax.config.base import check_protocol
 from tcclip_jax.data.classes import AnnotationError, ListSummary, check_list
-from tcclip_jax.data.config import FORMATS
+from tcclip_jax.data.pipeline import ClipSpec
+from tcclip_jax.data.readers import READERS
 from tcclip_jax.errors import UserError
+from tcclip_jax.evaluation.specs import SELECT, EvalPlan, eval_plan
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.variants import VARIANTS, variant_config
 from tcclip_jax.weights.checkpoint import CheckpointError, load_config
@@ -64,10 +65,7 @@ def _data_hook(config: ml_collections.ConfigDict) -> Callable:
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """A copy of `config` with resolved paths, after its `prepare_data` hook (if any) ran."""
-    try:
-        check_protocol(config.protocol)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    plan(config)  # a protocol and evaluations that exist
     config = resolve_paths(config)
     if config.prepare_data:
         with config.unlocked():
@@ -135,6 +133,7 @@ _RANGES = (
     ("eval.batch_size", 1, True, None),
     ("eval.every_epochs", 0, True, None),
     ("log_every_steps", 1, True, None),
+    ("profile_steps", 0, True, None),
     ("checkpoint.every_steps", 1, True, None),
     ("checkpoint.keep_last", 1, True, None),
     ("checkpoint.keep_best", 0, True, None),
@@ -144,10 +143,8 @@ _RANGES = (
     ("mixup.cutmix_alpha", 0, True, None),
     ("mixup.switch_prob", 0, True, 1),
     ("wise_ft", 0, True, 1),
-    ("data.num_frames", 1, True, None),
     ("data.image_size", 1, True, None),
     ("data.resize_size", 1, True, None),
-    ("data.test_clips", 1, True, None),
     ("data.color_jitter_p", 0, True, 1),
     ("data.grayscale_p", 0, True, 1),
     ("data.max_bad_videos", 0, True, None),
@@ -187,8 +184,11 @@ def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(
             f"config.optim.min_lr {config.optim.min_lr} is above config.optim.lr {config.optim.lr}"
         )
-    if config.data.test_crops not in (1, 3):
-        problems.append(f"config.data.test_crops must be 1 or 3, got {config.data.test_crops}")
+    try:  # the clip's geometry and views, as the pipeline checks them
+        clip = ClipSpec.from_config(config.data, validate=False)
+        problems += [f"config.data.{p}" for p in clip.problems()]
+    except TypeError as e:
+        problems.append(f"config.data: {e}")
     return problems
 
 
@@ -197,6 +197,12 @@ def _model_problem(config: ml_collections.ConfigDict) -> str | None:
     try:
         base = load_config(config.init_checkpoint) if config.init_checkpoint else ModelConfig()
         variant_config(base, config.model_variant, **model_overrides(config))
+        if config.get("pretraining") and config.init_checkpoint and base.model == "clip":
+            return (
+                f"config.init_checkpoint: {config.init_checkpoint} is CLIP, but "
+                f"config.pretraining={config.pretraining!r} starts from a model already trained "
+                "on it (e.g. the zero-shot K-400 run's model/ directory)"
+            )
     except CheckpointError as e:
         return f"config.init_checkpoint: {e}"
     except (ValueError, TypeError) as e:
@@ -204,34 +210,29 @@ def _model_problem(config: ml_collections.ConfigDict) -> str | None:
     return None
 
 
+def plan(config: ml_collections.ConfigDict) -> EvalPlan:
+    """`specs.eval_plan(config)`, its problems as ConfigErrors."""
+    try:
+        return eval_plan(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_sources(uses: list[ListUse], splits_dir: str, need_videos: bool) -> None:
+    for use in uses:
+        reader = READERS[use.format]
+        if reader.uses_root and (need_videos or use.root):
+            _need_dir(use.root, use.root_field, f"video folder of the {use.name} list")
+        _need_file(use.class_list, use.class_field, "class list", splits_dir)
+        if not reader.carries_list:
+            _need_file(use.annotation_file, use.field, f"{use.name} list", splits_dir)
+
+
 def check_eval_lists(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:
-    """The lists and folders the protocol's evaluation reads exist (train and evaluate), each
-    missing one named by its config field. `need_videos=False` (the dry run) accepts unset
-    video folders; set ones must exist."""
-    data, splits_dir = config.data, config.splits_dir
-    if config.protocol != "zeroshot":
-        if data.format != "tfds" and (need_videos or data.root):
-            _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
-        _need_file(data.class_list, "data.class_list", "class list", splits_dir)
-        _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
-    if config.protocol == "base2novel":
-        _need_file(data.novel_val_list, "data.novel_val_list", "novel-class list", splits_dir)
-        _need_file(
-            data.novel_class_list, "data.novel_class_list", "novel classes' class list", splits_dir
-        )
-    if config.protocol == "zeroshot":
-        if not config.eval.datasets:
-            raise ConfigError("config.eval.datasets is empty: zero-shot needs datasets to test")
-        for i, ds in enumerate(config.eval.datasets):
-            field = f"eval.datasets[{i}]"
-            root = ds.get("root", data.root)
-            if ds.get("format", data.format) != "tfds" and (need_videos or root):
-                _need_dir(root, f"{field}.root", f"{ds.name} video folder")
-            for j, split in enumerate(ds.splits):
-                _need_file(split, f"{field}.splits[{j}]", f"{ds.name} list", splits_dir)
-            lists = [ds.class_list] if isinstance(ds.class_list, str) else ds.class_list
-            for c in lists:
-                _need_file(c, f"{field}.class_list", f"{ds.name} class list", splits_dir)
+    """The lists, class lists and folders of the run's tests exist (`evaluate`), each missing
+    one named by its config field. `need_videos=False` accepts unset video folders; set ones
+    must exist."""
+    _check_sources(list_uses(config, training=False), config.splits_dir, need_videos)
 
 
 def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:
@@ -266,17 +267,7 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
         )
     if config.clip_checkpoint:
         _need_dir(config.clip_checkpoint, "clip_checkpoint", "CLIP checkpoint directory")
-    data, splits_dir = config.data, config.splits_dir
-    if data.format not in FORMATS:
-        raise ConfigError(f"config.data.format must be one of {FORMATS}, got {data.format!r}")
-    if data.format != "tfds":
-        if need_videos or data.root:
-            _need_dir(data.root, "data.root", "video folder the annotation lists are relative to")
-        _need_file(data.train_list, "data.train_list", "training list", splits_dir)
-    _need_file(data.class_list, "data.class_list", "class list", splits_dir)
-    if config.eval.every_epochs > 0:
-        _need_file(data.val_list, "data.val_list", "validation list", splits_dir)
-    check_eval_lists(config, need_videos=need_videos)
+    _check_sources(list_uses(config), config.splits_dir, need_videos)
     for key in ("val_clips", "val_crops"):
         if config.eval[key] is not None and config.eval[key] < 1:
             raise ConfigError(f"config.eval.{key} must be >= 1 (or None: the test views)")
@@ -313,55 +304,49 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
 
 @dataclasses.dataclass(frozen=True)
 class ListUse:
-    """One annotation list a protocol reads, the class list its labels index, where its videos
-    are, and the config fields that name them (for messages)."""
+    """One annotation list a run reads (`name`: 'training' or the evaluation's name), the class
+    list its labels index, where its videos are, and the config fields that name them (for
+    messages)."""
 
+    name: str
     field: str
     annotation_file: str
     class_field: str
     class_list: str
+    root_field: str
     root: str
     format: str
 
 
-def protocol_lists(config: ml_collections.ConfigDict, *, training: bool = True) -> list[ListUse]:
-    """Every list `config` will read, training (`training`) and evaluation, in use order.
-
-    Shards (`format` tfds) carry their own labels: their lists are not read.
-    """
+def list_uses(config: ml_collections.ConfigDict, *, training: bool = True) -> list[ListUse]:
+    """Every list `config` reads, training (`training`: the training list and the validation)
+    and the tests of its evaluation plan, in use order, each list once."""
     data = config.data
+    if data.format not in READERS:
+        raise ConfigError(
+            f"config.data.format must be one of {tuple(READERS)}, got {data.format!r}"
+        )
     out = []
-
-    def add(field, path, class_field, class_list, root=data.root, fmt=data.format):
-        if fmt != "tfds":
-            out.append(ListUse(field, path, class_field, class_list, root, fmt))
-
     if training:
-        add("data.train_list", data.train_list, "data.class_list", data.class_list)
-    if config.protocol != "zeroshot" or (training and config.eval.every_epochs > 0):
-        add("data.val_list", data.val_list, "data.class_list", data.class_list)
-    if config.protocol == "base2novel":
-        add("data.novel_val_list", data.novel_val_list, "data.novel_class_list",
-            data.novel_class_list)  # fmt: skip
-    if config.protocol == "zeroshot":
-        for i, ds in enumerate(config.eval.datasets):
-            classes = ds.class_list
-            one = isinstance(classes, str)
-            if not one and len(classes) != len(ds.splits):
-                raise ConfigError(
-                    f"config.eval.datasets[{i}].class_list: {len(classes)} class lists for "
-                    f"{len(ds.splits)} splits (give one, or one per split)"
-                )
-            for j, split in enumerate(ds.splits):
-                add(
-                    f"eval.datasets[{i}].splits[{j}]",
-                    split,
-                    f"eval.datasets[{i}].class_list" + ("" if one else f"[{j}]"),
-                    classes if one else classes[j],
-                    ds.get("root", data.root),
-                    ds.get("format", data.format),
-                )
+        out.append(ListUse("training", "data.train_list", data.train_list, "data.class_list",
+                           data.class_list, "data.root", data.root, data.format))  # fmt: skip
+    for spec in plan(config).specs:
+        if spec.role == SELECT and not training:
+            continue
+        d = spec.data_config(data)
+        if d.format not in READERS:
+            raise ConfigError(
+                f"config.{spec.field('format')} must be one of {tuple(READERS)}, got {d.format!r}"
+            )
+        if spec.list_field not in {u.field for u in out}:
+            out.append(ListUse(spec.name, spec.list_field, spec.list_file, spec.class_field,
+                               spec.class_list, spec.field("root"), d.root, d.format))  # fmt: skip
     return out
+
+
+def protocol_lists(config: ml_collections.ConfigDict, *, training: bool = True) -> list[ListUse]:
+    """The lists of `list_uses` that are read: shards (e.g. tfds) carry their own labels."""
+    return [u for u in list_uses(config, training=training) if not READERS[u.format].carries_list]
 
 
 def check_lists(

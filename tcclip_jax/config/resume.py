@@ -22,6 +22,7 @@ from tcclip_jax.config.resolve import ConfigError
 FREE = (
     "progress_bar",
     "log_every_steps",
+    "profile_steps",
     "checkpoint.",
     "data.num_workers",
     "data.num_threads",
@@ -37,6 +38,7 @@ SAFE = (
     "wise_ft",
     "clip_checkpoint",
     "init_checkpoint",
+    "pretraining",
     "dataset_name",
     "splits_dir",
     "data.root",

@@ -23,14 +23,11 @@ def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
     return NORMALIZATIONS[name]
 
 
-FORMATS = ("video", "frames", "tfds")
-
-
 def default_data_config() -> ml_collections.ConfigDict:
     """The data config; training and evaluation configs override fields of it."""
     c = ml_collections.ConfigDict()
 
-    # --- Where the data is -----------------------------------------------------------------
+    # --- Where the data is (`format`: a reader of data/readers.py's READERS) ---------------
     # 'video': video files (any container/codec FFmpeg reads) under `root`;
     # 'frames': one JPEG per frame in `root/<relative path>/` named by `frame_template`;
     # 'tfds': ArrayRecord shards written by tools/build_tfds_dataset.py (see tfds_builder.py).

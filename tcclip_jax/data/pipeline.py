@@ -31,16 +31,17 @@ import numpy as np
 from absl import flags, logging
 
 from tcclip_jax.data import sampling, transforms
-from tcclip_jax.data.classes import AnnotationError, load_class_names
-from tcclip_jax.data.config import FORMATS, NORMALIZATIONS, normalization_stats
+from tcclip_jax.data.classes import load_class_names
+from tcclip_jax.data.config import NORMALIZATIONS, normalization_stats
 from tcclip_jax.data.readers import (
     Entries,
     Entry,
     FrameFolderReader,
-    TfdsReader,
+    Reader,
     VideoFileReader,
-    entries_from_list,
+    check_entries,
     entries_from_pairs,
+    make_reader,
 )
 from tcclip_jax.data.video_decode import VideoReadError
 
@@ -66,17 +67,24 @@ class ClipSpec:
     test_clip_sampling: str
 
     @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict) -> ClipSpec:
+    def from_config(cls, cfg: ml_collections.ConfigDict, *, validate: bool = True) -> ClipSpec:
         spec = cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
         spec = dataclasses.replace(
             spec,
             crop_scales=tuple(spec.crop_scales),
             color_jitter=tuple(spec.color_jitter),
         )
-        spec.validate()
+        if validate:
+            spec.validate()
         return spec
 
     def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid data config: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is out of range, one 'field must ...' phrase each."""
         problems = []
         if self.num_frames < 1:
             problems.append(f"num_frames must be positive, got {self.num_frames}")
@@ -97,8 +105,7 @@ class ClipSpec:
             problems.append(
                 f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}"
             )
-        if problems:
-            raise ValueError("invalid data config: " + "; ".join(problems))
+        return problems
 
     @property
     def num_views(self) -> int:
@@ -114,46 +121,19 @@ class ClipSpec:
         return np.uint8 if self.uint8_output else np.float32
 
 
-def make_reader(cfg: ml_collections.ConfigDict, split: str):
-    """The frame reader for `cfg.format`; `split` ('train' or 'val') picks the tfds split."""
-    if cfg.format not in FORMATS:
-        raise ValueError(f"data format must be one of {FORMATS}, got {cfg.format!r}")
-    if cfg.format == "tfds":
-        tfds_split = cfg.tfds_train_split if split == "train" else cfg.tfds_val_split
-        return TfdsReader(cfg.tfds_name, cfg.tfds_dir, tfds_split, cfg.decode_threads)
-    if not os.path.isdir(cfg.root):
-        raise AnnotationError(f"data root {cfg.root!r} is not a directory")
-    if cfg.format == "frames":
-        return FrameFolderReader(cfg.root, cfg.frame_template, cfg.frame_start_index)
-    return VideoFileReader(cfg.root, cfg.decode_threads)
-
-
 def _num_classes(cfg: ml_collections.ConfigDict) -> int | None:
     return len(load_class_names(cfg.class_list)) if cfg.class_list else None
 
 
 def _entries(
     cfg: ml_collections.ConfigDict,
-    reader,
+    reader: Reader,
     list_file: str,
     annotations: Sequence[tuple[str, int]] | None,
 ) -> Entries:
-    num_classes = _num_classes(cfg)
     if annotations is not None:
-        entries = entries_from_pairs(annotations, "annotations")
-    elif cfg.format == "tfds":
-        entries = reader.entries()
-    else:
-        if not list_file:
-            raise AnnotationError("no annotation list configured (train_list / val_list)")
-        return entries_from_list(list_file, num_classes)
-    if not len(entries):
-        raise AnnotationError("no videos to read: the annotations are empty")
-    outside = (entries.labels < 0) | (entries.labels >= (num_classes or np.inf))
-    if outside.any():
-        e = entries[int(np.argmax(outside))]
-        raise AnnotationError(f"{e.where}: label {e.label} is outside the class list")
-    return entries
+        return check_entries(entries_from_pairs(annotations, "annotations"), _num_classes(cfg))
+    return reader.entries(list_file, _num_classes(cfg))
 
 
 def num_examples(
@@ -179,7 +159,7 @@ class _TrainExample:
     """(epoch, video index) -> {'video': [T, S, S, 3], 'label': int32}, or a _Failure."""
 
     entries: Entries
-    reader: object
+    reader: Reader
     spec: ClipSpec
     seed: int
 
@@ -385,7 +365,7 @@ class _EvalBatch:
     """Positions in the list (-1: padding) -> one evaluation batch."""
 
     entries: Entries
-    reader: object
+    reader: Reader
     spec: ClipSpec
 
     def __call__(self, positions: Sequence[int]) -> dict:

@@ -1,12 +1,15 @@
 """Where a clip's frames come from: video files, frame folders, or packed tfds ArrayRecord shards.
 
-Every reader maps an `Entry` (one annotation line) and a frame picker `pick(num_frames) ->
-indices` to uint8 RGB frames [K, H, W, 3], resized to a given short side (or as stored). Readers
-are pickled into grain worker processes, so they hold only paths and open files lazily.
+Every `Reader` lists the entries of an annotation list (`entries`) and maps an `Entry` (one
+annotation line) and a frame picker `pick(num_frames) -> indices` to uint8 RGB frames
+[K, H, W, 3], resized to a given short side (or as stored). `READERS` maps each
+`data.format` to its reader; `make_reader(cfg, split)` builds the one a data config names.
+Readers are pickled into grain worker processes, so they hold only paths and open files lazily.
 """
 
 from __future__ import annotations
 
+import abc
 import collections.abc
 import dataclasses
 import io
@@ -14,7 +17,9 @@ import os
 import re
 import string
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -79,6 +84,55 @@ def entries_from_pairs(pairs: Sequence[tuple[str, int]], origin: str) -> Entries
     )
 
 
+class Reader(abc.ABC):
+    """The frames of the entries of an annotation list, in one storage format."""
+
+    # Whether the entries' paths are relative to `data.root` (which must then be a folder).
+    uses_root: ClassVar[bool] = True
+    # Whether the storage holds its own annotation list (no list file is read).
+    carries_list: ClassVar[bool] = False
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict, split: str) -> Reader:
+        """The reader of a data config; `split` ('train' or 'val') for formats with splits."""
+
+    def entries(self, list_file: str, num_classes: int | None) -> Entries:
+        """The entries of the annotation list (or of the storage's own, if it `carries_list`),
+        every label checked against `num_classes` if given."""
+        return check_entries(self._list_entries(list_file, num_classes), num_classes)
+
+    def _list_entries(self, list_file: str, num_classes: int | None) -> Entries:
+        if not list_file:
+            raise AnnotationError("no annotation list configured (train_list / val_list)")
+        return entries_from_list(list_file, num_classes)
+
+    @abc.abstractmethod
+    def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
+        """uint8 frames `pick(n)` of the entry's n frames, at `short_side` if given."""
+
+    @staticmethod
+    def present(root: str, path: str) -> bool:
+        """Whether the listed video `path` is stored under `root` (the dry run counts)."""
+        return os.path.isfile(os.path.join(root, path))
+
+
+def check_entries(entries: Entries, num_classes: int | None) -> Entries:
+    """`entries`, if there are some and every label is a class (0..num_classes-1 if given)."""
+    if not len(entries):
+        raise AnnotationError("no videos to read: the annotations are empty")
+    outside = (entries.labels < 0) | (entries.labels >= (num_classes or np.inf))
+    if outside.any():
+        e = entries[int(np.argmax(outside))]
+        raise AnnotationError(f"{e.where}: label {e.label} is outside the class list")
+    return entries
+
+
+def _check_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise AnnotationError(f"data root {root!r} is not a directory")
+
+
 def _existing_file(root: str, entry: Entry) -> str:
     path = os.path.join(root, entry.path)
     if not os.path.isfile(path):
@@ -88,12 +142,17 @@ def _existing_file(root: str, entry: Entry) -> str:
     return path
 
 
-class VideoFileReader:
+class VideoFileReader(Reader):
     """Videos under `root`, decoded with PyAV (only the sampled frames)."""
 
     def __init__(self, root: str, decode_threads: int = 1):
         self.root = root
         self.decode_threads = decode_threads
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict, split: str) -> VideoFileReader:
+        _check_root(cfg.root)
+        return cls(cfg.root, cfg.decode_threads)
 
     def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
         path = _existing_file(self.root, entry)
@@ -122,7 +181,7 @@ def load_image(source: str | bytes) -> np.ndarray:
         return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert copies
 
 
-class FrameFolderReader:
+class FrameFolderReader(Reader):
     """One image per frame in `root/<entry path>/`, named `template.format(start + i)`."""
 
     def __init__(self, root: str, template: str = "img_{:05d}.jpg", start_index: int = 1):
@@ -130,6 +189,15 @@ class FrameFolderReader:
         self.template = template
         self.start_index = start_index
         self._pattern = _template_regex(template)
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict, split: str) -> FrameFolderReader:
+        _check_root(cfg.root)
+        return cls(cfg.root, cfg.frame_template, cfg.frame_start_index)
+
+    @staticmethod
+    def present(root: str, path: str) -> bool:
+        return os.path.isdir(os.path.join(root, path))
 
     def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
         folder = os.path.join(self.root, entry.path)
@@ -153,12 +221,21 @@ class FrameFolderReader:
         return _resized(np.stack([frames[i] for i in wanted]), short_side)
 
 
-class TfdsReader:
+class TfdsReader(Reader):
     """Records of a split written by `tfds_builder.TcclipVideos`, read with tfds.data_source.
 
     Records hold either JPEG frames already resized to the pipeline's short side (`frames`
-    storage) or the original video file's bytes (`video` storage).
+    storage) or the original video file's bytes (`video` storage), and the split's metadata
+    the annotation list it was packed from (so no list file is read).
     """
+
+    uses_root = False
+    carries_list = True
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict, split: str) -> TfdsReader:
+        tfds_split = cfg.tfds_train_split if split == "train" else cfg.tfds_val_split
+        return cls(cfg.tfds_name, cfg.tfds_dir, tfds_split, cfg.decode_threads)
 
     def __init__(self, name: str, data_dir: str, split: str, decode_threads: int = 1):
         self.name, self.data_dir, self.split = name, data_dir, split
@@ -183,8 +260,8 @@ class TfdsReader:
                 ) from None
         return self._source
 
-    def entries(self) -> Entries:
-        """The annotation list the split was packed from, in record order."""
+    def _list_entries(self, list_file: str, num_classes: int | None) -> Entries:
+        """The annotation list the split was packed from, in record order (not `list_file`)."""
         split = self.source.dataset_info.metadata.get("splits", {}).get(self.split)
         if split is None:
             raise AnnotationError(
@@ -196,7 +273,7 @@ class TfdsReader:
 
     def record_index(self, entry: Entry) -> int:
         if self._index_of is None:
-            self._index_of = {e.path: i for i, e in enumerate(self.entries())}
+            self._index_of = {e.path: i for i, e in enumerate(self._list_entries("", None))}
         if entry.path not in self._index_of:
             raise AnnotationError(
                 f"{entry.path} (listed at {entry.where}) is not in tfds dataset {self.name!r} "
@@ -230,3 +307,18 @@ def decode_jpeg_frames(blob: bytes, offsets: np.ndarray, pick: Picker, name: str
         except (OSError, ValueError) as e:
             raise VideoReadError(f"{name}: cannot decode stored frame {i}: {e}") from None
     return np.stack([frames[i] for i in wanted])
+
+
+# `data.format` -> its reader.
+READERS: dict[str, type[Reader]] = {
+    "video": VideoFileReader,
+    "frames": FrameFolderReader,
+    "tfds": TfdsReader,
+}
+
+
+def make_reader(cfg: ml_collections.ConfigDict, split: str) -> Reader:
+    """The reader of `cfg.format`; `split` ('train' or 'val') picks the split where there are."""
+    if cfg.format not in READERS:
+        raise ValueError(f"data format must be one of {tuple(READERS)}, got {cfg.format!r}")
+    return READERS[cfg.format].from_config(cfg, split)

@@ -24,12 +24,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from tcclip_jax import sharding
-from tcclip_jax.data.classes import AnnotationError
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
-from tcclip_jax.data.pipeline import create_eval_dataset, make_reader
-from tcclip_jax.data.readers import entries_from_list
-from tcclip_jax.inference import prompt_tokens, text_encoder
+from tcclip_jax.data.pipeline import create_eval_dataset
+from tcclip_jax.data.readers import make_reader
+from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
 
 TOP_K = 5
@@ -142,19 +141,10 @@ class Evaluator:
         self.process_count = process_count
         annotation_file = annotation_file or data_cfg.val_list
         self.annotation_file = annotation_file
-        if data_cfg.format == "tfds":  # the list the shards were packed from
-            entries = make_reader(data_cfg, "val").entries()
-        else:
-            entries = entries_from_list(annotation_file, len(class_names))
+        entries = make_reader(data_cfg, "val").entries(annotation_file, len(class_names))
         # The denominator: every entry of the list, whatever the loader does.
         self.num_videos = len(entries)
         self._where = [e.where for e in entries]
-        for e in entries:
-            if not 0 <= e.label < len(class_names):
-                raise AnnotationError(
-                    f"{e.where}: label {e.label} is outside the {len(class_names)} evaluated "
-                    "classes"
-                )
         self.class_names = list(class_names)
         self.tokens = prompt_tokens(model.config, self.class_names)
         self._batch_sharding = sharding.batch_sharding(mesh)

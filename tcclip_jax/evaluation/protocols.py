@@ -1,4 +1,4 @@
-"""The paper's evaluation protocols: which lists, class sets and summaries each one reports."""
+"""A run's test: every `test` evaluation of its plan (`specs.eval_plan`), and the summaries."""
 
 from __future__ import annotations
 
@@ -10,44 +10,14 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from tcclip_jax.config.base import check_protocol
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.evaluation.accuracy import Evaluator, place_params
-from tcclip_jax.evaluation.tables import harmonic_mean, summarize_splits
+from tcclip_jax.evaluation.results import Accuracy, Results, summarize
+from tcclip_jax.evaluation.specs import PLAIN, TEST, WISE_FT, EvalPlan, eval_plan
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
 from tcclip_jax.weights.checkpoint import load_model
-
-
-def _dataset_data_config(
-    data: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict
-) -> ml_collections.ConfigDict:
-    """`config.data` with a zero-shot dataset's own fields (root, format, ...) swapped in."""
-    out = ml_collections.ConfigDict(data.to_dict())
-    for key, value in dataset.items():
-        if key in ("name", "splits", "class_list"):
-            continue
-        if key not in out:
-            raise ValueError(
-                f"config.eval.datasets[{dataset.get('name')!r}]: unknown field {key!r} (allowed: "
-                f"name, splits, class_list and the data config fields)"
-            )
-        out[key] = value
-    return out
-
-
-def _split_class_lists(dataset: ml_collections.ConfigDict) -> list[str]:
-    """One class list per split: a single list for all, or one each (K-600's zero-shot splits)."""
-    lists = dataset.class_list
-    if isinstance(lists, str):
-        return [lists] * len(dataset.splits)
-    if len(lists) != len(dataset.splits):
-        raise ValueError(
-            f"config.eval.datasets[{dataset.name!r}]: {len(lists)} class lists for "
-            f"{len(dataset.splits)} splits"
-        )
-    return list(lists)
 
 
 def evaluate_protocol(
@@ -58,90 +28,57 @@ def evaluate_protocol(
     model_config: ModelConfig,
     clip_params: Any = None,
 ) -> dict:
-    """Evaluates `params` as `config.protocol` prescribes (layout: `tables.format_results`).
+    """Evaluates `params` on every test list of `config` (see `specs.eval_plan`), with the
+    plan's summaries; returns the results file's layout (`results.Results.to_json`).
 
-    zero-shot: every split of every `config.eval.datasets` entry, and mean / std per dataset;
-    few-shot, fully supervised, demo: `config.data.val_list`; base-to-novel: the base list
-    (`data.val_list` against `data.class_list`) and the novel list (`data.novel_val_list` against
-    `data.novel_class_list`), and their harmonic mean. With `config.wise_ft` set, the weights are
-    evaluated as they are and again ensembled with CLIP's (the paper reports both, under
-    `with_wise_ft`): `clip_params`, else those of `config.clip_checkpoint`, else of
-    `config.init_checkpoint` (where fine-tuning started).
+    With `config.wise_ft` set, the weights are evaluated as they are and again ensembled with
+    CLIP's (the paper reports both, under `with_wise_ft`): `clip_params`, else those of
+    `config.clip_checkpoint`, else of `config.init_checkpoint` (where fine-tuning started).
     """
-    check_protocol(config.protocol)
+    plan = eval_plan(config)
     model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype))
-    metrics = {
+    header = {
         "protocol": config.protocol,
         # What `python -m tcclip_jax.report` groups runs by (seeds of one setting).
         "dataset": config.get("dataset_name", ""),
         "train_list": os.path.basename(config.data.get("train_list", "")),
         "class_list": os.path.basename(config.data.class_list),
-        "wise_ft": config.get("wise_ft"),
-        **_evaluate_weights(config, place_params(params, mesh), model, mesh),
+        "wise_ft": plan.wise_ft,
     }
-    weight = config.get("wise_ft")
-    if weight is not None:
+    if config.get("pretraining"):
+        header["pretraining"] = config.pretraining
+    weights = {PLAIN: params}
+    if WISE_FT in plan.weights:
         if clip_params is None:
             source = config.get("clip_checkpoint") or config.get("init_checkpoint")
             if not source:
                 raise ValueError(
-                    f"config.wise_ft={weight} needs CLIP's weights: set config.clip_checkpoint"
+                    f"config.wise_ft={plan.wise_ft} needs CLIP's weights: set "
+                    "config.clip_checkpoint"
                 )
             _, clip_params = load_model(source)
-        ensembled = place_params(wise_ft(clip_params, params, weight), mesh)
-        metrics["with_wise_ft"] = _evaluate_weights(config, ensembled, model, mesh)
-    return metrics
+        weights[WISE_FT] = wise_ft(clip_params, params, plan.wise_ft)
+    results = {
+        name: summarize(plan, _evaluate_lists(config, plan, place_params(w, mesh), model, mesh))
+        for name, w in weights.items()
+    }
+    return Results(header, results).to_json()
 
 
-def _evaluate_weights(
-    config: ml_collections.ConfigDict, params: Any, model: VideoCLIP, mesh: Mesh
-) -> dict:
-    """{'results': {name: accuracy}} (+ 'harmonic_mean' for base-to-novel) of one set of weights."""
-
-    def evaluate(data_cfg, annotation_file, class_names) -> dict:
+def _evaluate_lists(
+    config: ml_collections.ConfigDict, plan: EvalPlan, params: Any, model: VideoCLIP, mesh: Mesh
+) -> dict[str, Accuracy]:
+    out = {}
+    for spec in plan.role(TEST):
         evaluator = Evaluator(
             model,
             mesh,
-            data_cfg,
-            annotation_file=annotation_file,
-            class_names=class_names,
+            spec.data_config(config.data),
+            annotation_file=spec.list_file,
+            class_names=load_class_names(spec.class_list),
             batch_size=config.eval.batch_size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        return {**evaluator(params), "annotation_file": evaluator.annotation_file}
-
-    data = config.data
-    if config.protocol == "zeroshot":
-        results = {}
-        for k, dataset in enumerate(config.eval.datasets):
-            data_cfg = _dataset_data_config(data, dataset)
-            if data_cfg.format != "tfds" and not os.path.isdir(data_cfg.root):
-                raise ValueError(
-                    f"config.eval.datasets[{k}].root ({dataset.name} videos): {data_cfg.root!r} "
-                    "is not a directory"
-                )
-            splits = {}
-            for i, (split, class_list) in enumerate(
-                zip(dataset.splits, _split_class_lists(dataset), strict=True)
-            ):
-                data_cfg.class_list = class_list
-                splits[f"split{i + 1}"] = evaluate(data_cfg, split, load_class_names(class_list))
-            results[dataset.name] = {**summarize_splits(list(splits.values())), "splits": splits}
-        return {"results": results}
-    if config.protocol == "base2novel":
-        if not data.get("novel_val_list") or not data.get("novel_class_list"):
-            raise ValueError(
-                "base-to-novel needs config.data.novel_val_list and config.data.novel_class_list "
-                "(the novel classes' list and class list)"
-            )
-        base = evaluate(data, data.val_list, load_class_names(data.class_list))
-        novel_cfg = ml_collections.ConfigDict(data.to_dict())
-        novel_cfg.class_list = data.novel_class_list
-        novel = evaluate(novel_cfg, data.novel_val_list, load_class_names(data.novel_class_list))
-        return {
-            "results": {"base": base, "novel": novel},
-            "harmonic_mean": harmonic_mean(base["top1"], novel["top1"]),
-        }
-    name = config.get("dataset_name") or os.path.splitext(os.path.basename(data.val_list))[0]
-    return {"results": {name: evaluate(data, data.val_list, load_class_names(data.class_list))}}
+        out[spec.key] = Accuracy(**evaluator(params), annotation_file=evaluator.annotation_file)
+    return out

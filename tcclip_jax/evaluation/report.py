@@ -1,10 +1,12 @@
 """The paper's tables from a set of runs (each run's `final_metrics.json` or `eval_metrics.json`).
 
-How the paper reports each protocol (spec, "Reported metrics"):
-- base-to-novel: base top-1 and novel top-1 each averaged over the training seeds (runs of one
-  dataset and class-name set), and the harmonic mean of those two means;
-- zero-shot: per evaluation dataset, mean and (population) std of top-1 over its three splits,
-  without and with WiSE-FT;
+How the paper reports each protocol (spec, "Reported metrics"), read from the summaries in each
+run's results (`results.Results`), one table per protocol and layout:
+- base-to-novel (a harmonic mean): base top-1 and novel top-1 each averaged over the training
+  seeds (runs of one dataset, class-name set and starting point), and the harmonic mean of those
+  two means;
+- zero-shot (datasets of splits): per dataset, mean and (population) std of top-1 over its
+  splits, without and with WiSE-FT;
 - few-shot, fully supervised (and the demo): the single top-1 of the run.
 """
 
@@ -16,18 +18,13 @@ import os
 
 import numpy as np
 
-from tcclip_jax.evaluation.tables import harmonic_mean, summarize_splits
+from tcclip_jax.evaluation.results import Results, harmonic_mean, split_key
+from tcclip_jax.evaluation.specs import PLAIN, PROTOCOLS, WISE_FT
 
 # A run directory's metrics, most specific first: an explicit `evaluate` over the training's own.
 METRICS_FILES = ("eval_metrics.json", "final_metrics.json")
-# In the paper's order (Tables 2-5).
-PROTOCOL_TITLES = {
-    "zeroshot": "Zero-shot",
-    "fewshot": "Few-shot",
-    "base2novel": "Base-to-novel",
-    "fully_supervised": "Fully supervised",
-    "demo": "Demo",
-}
+# Row layouts: seeds of base-to-novel, mean ± std over splits, one list.
+SEEDS, SPLITS, SINGLE = "seeds", "splits", "single"
 
 
 def load_run(path: str) -> dict:
@@ -46,70 +43,79 @@ def load_run(path: str) -> dict:
         raise ValueError(f"{file}: cannot read the run's metrics ({e})") from None
     if not isinstance(metrics, dict) or "protocol" not in metrics or "results" not in metrics:
         raise ValueError(f"{file}: not the metrics of a run (no 'protocol' and 'results')")
-    if metrics["protocol"] not in PROTOCOL_TITLES:
+    if metrics["protocol"] not in PROTOCOLS:
         raise ValueError(f"{file}: unknown protocol {metrics['protocol']!r}")
     return {**metrics, "run": path}
 
 
-def _zeroshot(result: dict) -> dict:
-    """Mean and std of top-1 over a dataset's splits (recomputed from the splits)."""
-    summary = summarize_splits(list(result["splits"].values()))
+def _split_means(results: Results, weights: str) -> dict[str, dict]:
+    """Mean and std of top-1 over each dataset's splits (recomputed from the splits)."""
+    top1 = collections.defaultdict(list)
+    lists = results.weights[weights].lists if weights in results.weights else {}
+    for key, accuracy in lists.items():
+        name, split = split_key(key)
+        if split:
+            top1[name].append(accuracy.top1)
     return {
-        "top1": summary["top1"],
-        "top1_std": summary["top1_std"],
-        "splits": len(result["splits"]),
+        name: {"top1": float(np.mean(v)), "top1_std": float(np.std(v)), "splits": len(v)}
+        for name, v in top1.items()
     }
 
 
 def summarize(runs: list[dict]) -> dict[str, list[dict]]:
-    """The rows of every protocol's table, as plain numbers (the JSON output)."""
+    """The rows of every protocol's table, as plain numbers (the JSON output).
+
+    A run with a harmonic mean (base-to-novel) is one seed of the row of its dataset, class
+    names and starting point (`pretraining`); a dataset of splits gives a row of mean ± std
+    without and with WiSE-FT; any other list a row of its top-1 and top-5.
+    """
     out: dict[str, list[dict]] = collections.defaultdict(list)
-    groups = collections.defaultdict(list)
+    seeds = collections.defaultdict(list)
     for run in runs:
-        protocol = run["protocol"]
-        if protocol == "base2novel":
-            groups[(run.get("dataset", ""), run.get("class_list", ""))].append(run)
-        elif protocol == "zeroshot":
-            plain, with_wise_ft = run["results"], run.get("with_wise_ft", {}).get("results", {})
-            for name, result in plain.items():
+        results = Results.from_json(run)
+        protocol, plain = results.protocol, results.weights[PLAIN]
+        if plain.harmonic_mean is not None:
+            key = (protocol, run.get("dataset", ""), run.get("class_list", ""),
+                   run.get("pretraining", ""))  # fmt: skip
+            seeds[key].append((run["run"], plain))
+            continue
+        with_wise_ft = _split_means(results, WISE_FT)
+        for name, summary in _split_means(results, PLAIN).items():
+            out[protocol].append(
+                {
+                    "run": run["run"],
+                    "dataset": name,
+                    "class_list": run.get("class_list", ""),
+                    "without_wise_ft": summary,
+                    "with_wise_ft": with_wise_ft.get(name),
+                    "wise_ft": run.get("wise_ft"),
+                }
+            )
+        for key, accuracy in plain.lists.items():
+            if not split_key(key)[1]:
                 out[protocol].append(
                     {
                         "run": run["run"],
-                        "dataset": name,
-                        "class_list": run.get("class_list", ""),
-                        "without_wise_ft": _zeroshot(result),
-                        "with_wise_ft": _zeroshot(with_wise_ft[name])
-                        if name in with_wise_ft
-                        else None,
-                        "wise_ft": run.get("wise_ft"),
-                    }
-                )
-        else:
-            for name, result in run["results"].items():
-                out[protocol].append(
-                    {
-                        "run": run["run"],
-                        "dataset": name,
+                        "dataset": key,
                         "train_list": run.get("train_list", ""),
                         "class_list": run.get("class_list", ""),
-                        "top1": result["top1"],
-                        "top5": result["top5"],
+                        "top1": accuracy.top1,
+                        "top5": accuracy.top5,
                     }
                 )
-    for (dataset, class_list), members in groups.items():
-        base = float(np.mean([r["results"]["base"]["top1"] for r in members]))
-        novel = float(np.mean([r["results"]["novel"]["top1"] for r in members]))
-        out["base2novel"].append(
-            {
-                "dataset": dataset,
-                "class_list": class_list,
-                "runs": [r["run"] for r in members],
-                "base": base,
-                "novel": novel,
-                "harmonic_mean": harmonic_mean(base, novel),
-            }
-        )
+    for (protocol, dataset, class_list, pretraining), members in seeds.items():
+        base = float(np.mean([m.lists["base"].top1 for _, m in members]))
+        novel = float(np.mean([m.lists["novel"].top1 for _, m in members]))
+        row = {"dataset": dataset, "class_list": class_list, "runs": [r for r, _ in members]}
+        if pretraining:
+            row["pretraining"] = pretraining
+        row.update(base=base, novel=novel, harmonic_mean=harmonic_mean(base, novel))
+        out[protocol].append(row)
     return dict(out)
+
+
+def _layout(row: dict) -> str:
+    return SEEDS if "harmonic_mean" in row else SPLITS if "without_wise_ft" in row else SINGLE
 
 
 def _pm(x: dict | None) -> str:
@@ -121,38 +127,35 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _dataset(r: dict) -> str:
+    return r["dataset"] + (f" ({r['pretraining']} pre-trained)" if r.get("pretraining") else "")
+
+
+_TABLES = {
+    SEEDS: (
+        ["dataset", "class names", "seeds", "base", "novel", "HM"],
+        lambda r: [_dataset(r), r["class_list"], str(len(r["runs"])), f"{r['base']:.1f}",
+                   f"{r['novel']:.1f}", f"{r['harmonic_mean']:.1f}"],
+    ),
+    SPLITS: (
+        ["run", "dataset", "top-1 (mean ± std)", "with WiSE-FT"],
+        lambda r: [r["run"], r["dataset"], _pm(r["without_wise_ft"]), _pm(r["with_wise_ft"])],
+    ),
+    SINGLE: (
+        ["run", "dataset", "training list", "class names", "top-1", "top-5"],
+        lambda r: [r["run"], r["dataset"], r["train_list"], r["class_list"], f"{r['top1']:.1f}",
+                   f"{r['top5']:.1f}"],
+    ),
+}  # fmt: skip
+
+
 def markdown(summary: dict[str, list[dict]]) -> str:
-    """The tables as the paper lays them out (top-1, %), one per protocol present."""
+    """The tables as the paper lays them out (top-1, %), one per protocol and row layout."""
     parts = []
-    for protocol, title in PROTOCOL_TITLES.items():
-        if protocol not in summary:
-            continue
-        rows, title = summary[protocol], f"### {title}"
-        if protocol == "base2novel":
-            table = _markdown_table(
-                ["dataset", "class names", "seeds", "base", "novel", "HM"],
-                [
-                    [r["dataset"], r["class_list"], str(len(r["runs"])), f"{r['base']:.1f}",
-                     f"{r['novel']:.1f}", f"{r['harmonic_mean']:.1f}"]
-                    for r in rows
-                ],
-            )  # fmt: skip
-        elif protocol == "zeroshot":
-            table = _markdown_table(
-                ["run", "dataset", "top-1 (mean ± std)", "with WiSE-FT"],
-                [
-                    [r["run"], r["dataset"], _pm(r["without_wise_ft"]), _pm(r["with_wise_ft"])]
-                    for r in rows
-                ],
-            )
-        else:
-            table = _markdown_table(
-                ["run", "dataset", "training list", "class names", "top-1", "top-5"],
-                [
-                    [r["run"], r["dataset"], r["train_list"], r["class_list"], f"{r['top1']:.1f}",
-                     f"{r['top5']:.1f}"]
-                    for r in rows
-                ],
-            )  # fmt: skip
-        parts.append(f"{title}\n\n{table}")
+    for protocol, spec in PROTOCOLS.items():
+        for layout, (header, cells) in _TABLES.items():
+            rows = [r for r in summary.get(protocol, []) if _layout(r) == layout]
+            if rows:
+                table = _markdown_table(header, [cells(r) for r in rows])
+                parts.append(f"### {spec.title}\n\n{table}")
     return "\n\n".join(parts)

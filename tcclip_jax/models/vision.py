@@ -11,9 +11,8 @@ context tokens s [B, k, W] summarised by the previous block:
 4. the block's FFN on frame and context tokens alike.
 
 As in the published code, the context tokens' keys and values are appended to every frame's
-own (they are computed once, then broadcast). Attention runs head-major ([B, T, heads, N, H]):
-the batched matmuls then read contiguous rows, which XLA:CPU runs ~16% faster than with the
-heads in the middle.
+own (they are computed once, then broadcast). Attention runs head-major ([B, T, heads, N, H])
+so that the batched matmuls read contiguous rows (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
@@ -212,8 +211,8 @@ class TCTransformer(nn.Module):
 
 class PatchEmbedding(nn.Module):
     """CLIP's `conv1`: a bias-free p x p convolution with stride p, i.e. one linear map of each
-    patch, computed as a matrix product of the flattened patches (the same sum; XLA:CPU runs the
-    convolution ~1.3x slower forward and ~2.5x slower in its kernel gradient). The kernel keeps
+    patch, computed as a matrix product of the flattened patches: the same sum, which XLA:CPU
+    runs faster than a strided convolution, forward and in its kernel gradient. The kernel keeps
     `nn.Conv`'s HWIO layout, [p, p, 3, width]."""
 
     width: int

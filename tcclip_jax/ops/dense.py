@@ -4,11 +4,10 @@ Flax's `Dense` / `DenseGeneral` contract an `[B, T, N, W]` activation with a `[W
 as an N-d `dot_general`. The forward pass is the same either way, but XLA:CPU lowers the
 *backward* of the N-d form badly: the kernel gradient contracts over several leading axes, so
 XLA first copies the output gradient into a transposed layout and then runs a slow (Eigen)
-contraction on it. For a ViT-B/16 MLP layer on 2 x 16 frames that backward takes ~500 ms
-instead of ~375 ms (`python -m tcclip_jax.bench --mode train` measures the whole step).
-Folding the free axes of each operand into one first gives XLA plain matrix products in both
-directions. The product is the same sum in a different order (`tests/test_ops_dense.py`
-proves values and gradients equal the N-d form's in float64).
+contraction on it (`python -m tcclip_jax.bench --mode train` measures the whole step;
+docs/performance.md). Folding the free axes of each operand into one first gives XLA plain
+matrix products in both directions. The product is the same sum in a different order
+(`tests/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
 """
 
 from __future__ import annotations

@@ -118,13 +118,10 @@ class TrainCheckpoints:
         self.manager.reload()
 
     def best_step(self) -> int | None:
-        """The step with the highest validation top-1; the latest if none was validated."""
-        scored = []
-        for step in self.manager.all_steps():
-            metrics = self.manager.metrics(step)
-            if metrics and VAL_METRIC in metrics:
-                scored.append((metrics[VAL_METRIC], step))
-        return max(scored)[1] if scored else self.latest_step()
+        """The step with the highest validation top-1 (the latest of equals); the latest step
+        if none was validated."""
+        best = self.manager.best_step()
+        return self.latest_step() if best is None else best
 
     def metrics(self, step: int) -> dict | None:
         return self.manager.metrics(step)

@@ -41,14 +41,17 @@ from tcclip_jax.data.video_decode import VideoReadError
 from tcclip_jax.errors import RunError, error_line
 from tcclip_jax.evaluation.accuracy import Evaluator
 from tcclip_jax.evaluation.protocols import evaluate_protocol
+from tcclip_jax.evaluation.specs import SELECT, eval_plan
 from tcclip_jax.evaluation.tables import flat_metrics, format_results
-from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.initialization import adapt_params, random_params
+from tcclip_jax.models.params import split_frozen
+from tcclip_jax.models.prompts import prompt_tokens
 from tcclip_jax.models.variants import variant_config
 from tcclip_jax.train import losses, optim
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
+from tcclip_jax.train.profile import StepProfiler
 from tcclip_jax.train.step import (
     abstract_state,
     create_train_state,
@@ -114,15 +117,8 @@ def validation_epochs(num_epochs: int, every_epochs: int) -> list[int]:
     return sorted({*range(1, num_epochs + 1, every_epochs), num_epochs})
 
 
-def validation_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config.data` with the validation views (`eval.val_clips` x `eval.val_crops`, e.g. the
-    published 1x1 on K-400 val) in place of the test views."""
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    if config.eval.val_clips is not None:
-        data.test_clips = config.eval.val_clips
-    if config.eval.val_crops is not None:
-        data.test_crops = config.eval.val_crops
-    return data
+def _count(params) -> int:
+    return sum(int(np.size(x)) for x in jax.tree.leaves(params))
 
 
 def _count_training_videos(config: ml_collections.ConfigDict, annotations) -> int:
@@ -300,11 +296,14 @@ def _train_and_evaluate(
         mesh,
         state_shardings,
     )
+    trained, frozen = split_frozen(init_params)
     logging.info(
-        "Training %s (%s) on %d videos of %d classes: %d steps of %d clips (%d per epoch), "
-        "%d devices, %d processes",
+        "Training %s (%s, %s parameters, %s of them trained) on %d videos of %d classes: %d "
+        "steps of %d clips (%d per epoch), %d devices, %d processes",
         model_config.model,
         config.model_variant,
+        f"{_count(trained) + _count(frozen):,}",
+        f"{_count(trained):,}",
         num_videos,
         len(class_names),
         total_steps,
@@ -336,12 +335,12 @@ def _train_and_evaluate(
     del init_params
 
     validate, val_epochs = None, set(validation_epochs(config.num_epochs, config.eval.every_epochs))
-    if val_epochs:
+    for spec in eval_plan(config).role(SELECT):  # the validation the best checkpoint is kept by
         validate = Evaluator(
             model,
             mesh,
-            validation_data(config),
-            annotation_file=config.data.val_list,
+            spec.data_config(config.data),
+            annotation_file=spec.list_file,
             class_names=class_names,
             batch_size=config.eval.batch_size,
             process_index=jax.process_index(),
@@ -360,9 +359,13 @@ def _train_and_evaluate(
     )
     stopped = False
     log_start, log_step = time.perf_counter(), start
+    profiler = StepProfiler(workdir, config.get("profile_steps", 0), start)
+    cleanup.callback(profiler.stop)
     for step in range(start + 1, total_steps + 1):
         batch = _step_batch(_next_batch(data_iterator), config.grad_accum_steps, batch_sharding)
+        profiler.step_started(step)
         state, metrics = step_fn(state, batch, tokens, rng)
+        profiler.step_done(step, (state, metrics))
         progress.update(1)
         epoch_end = step % steps_per_epoch == 0
         epoch = step // steps_per_epoch

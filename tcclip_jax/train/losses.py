@@ -20,6 +20,7 @@ import dataclasses
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,7 @@ def smooth_labels(
     labels: jax.Array, num_classes: int, smoothing: float, dtype=jnp.float32
 ) -> jax.Array:
     """One-hot [..., C] with 1 - smoothing + smoothing / C on, smoothing / C off."""
-    off = smoothing / num_classes
-    return jax.nn.one_hot(labels, num_classes, dtype=dtype) * (1.0 - smoothing) + off
+    return optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=dtype), smoothing)
 
 
 def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -30,8 +30,8 @@ from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.weights.pytorch import (
     ConversionError,
     StateDict,
-    _count_blocks,
     clip_architecture,
+    count_blocks,
     openai_state_dict,
     read_torch_file,
 )
@@ -119,7 +119,7 @@ def hf_to_openai(sd: StateDict, source: str) -> StateDict:
 
     out = {o: take(h).T if o in _TRANSPOSED else take(h) for o, h in _TOP}
     for openai_prefix, hf_prefix in _TOWERS:
-        for i in range(_count_blocks(sd, hf_prefix)):
+        for i in range(count_blocks(sd, hf_prefix)):
             o, h = f"{openai_prefix}{i}.", f"{hf_prefix}{i}."
             for openai_key, hf_key in _BLOCK:
                 out[o + openai_key] = take(h + hf_key)
@@ -141,7 +141,7 @@ def openai_to_hf(sd: StateDict) -> StateDict:
     """The transformers `CLIPModel` state dict of an OpenAI-layout CLIP state dict."""
     out = {h: sd[o].T if o in _TRANSPOSED else sd[o] for o, h in _TOP}
     for openai_prefix, hf_prefix in _TOWERS:
-        for i in range(_count_blocks(sd, openai_prefix)):
+        for i in range(count_blocks(sd, openai_prefix)):
             o, h = f"{openai_prefix}{i}.", f"{hf_prefix}{i}."
             for openai_key, hf_key in _BLOCK:
                 out[h + hf_key] = sd[o + openai_key]

@@ -30,7 +30,8 @@ from tcclip_jax.weights import layout
 from tcclip_jax.weights.layout import ConversionError, StateDict
 
 # The published code's parameter-name fragments of the modules it trains at 10x the learning
-# rate (its optimiser groups; ours are `models.params.FAST_MODULES`).
+# rate (its optimiser groups, as the bench's run of it builds them); tests check that they pick
+# the released names of our `models.params.FAST_MODULES`.
 PUBLISHED_FAST_PARTS = ("prompt_learner", "VPT", "prompt_generation")
 
 
@@ -220,7 +221,8 @@ def read_torch_file(path: str) -> StateDict:
 # Architecture ------------------------------------------------------------------------------
 
 
-def _count_blocks(sd: StateDict, prefix: str) -> int:
+def count_blocks(sd: StateDict, prefix: str) -> int:
+    """How many numbered blocks `prefix0.`, `prefix1.`, ... the state dict holds."""
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
     ids = {int(m.group(1)) for k in sd if (m := pat.match(k))}
     return max(ids) + 1 if ids else 0
@@ -253,11 +255,11 @@ def clip_architecture(sd: StateDict, path: str = "CLIP weights") -> dict:
         image_resolution=patch * grid,
         vision_patch_size=patch,
         vision_width=vision_width,
-        vision_layers=_count_blocks(sd, "visual.transformer.resblocks."),
+        vision_layers=count_blocks(sd, "visual.transformer.resblocks."),
         vision_heads=vision_width // 64,
         vocab_size=sd["token_embedding.weight"].shape[0],
         text_width=text_width,
-        text_layers=_count_blocks(sd, "transformer.resblocks."),
+        text_layers=count_blocks(sd, "transformer.resblocks."),
         text_heads=text_width // 64,
         positional_table_length=sd["positional_embedding"].shape[0],
     )
