@@ -47,7 +47,7 @@ from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_c
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.variants import variant_config
-from tcclip_jax.train import losses, optim
+from tcclip_jax.train import losses, optim, run_lock
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
 from tcclip_jax.train.step import (
     abstract_state,
@@ -250,6 +250,7 @@ def _train_and_evaluate(
 ) -> dict:
     workdir = os.path.abspath(workdir)
     _make_workdir(workdir)
+    cleanup.enter_context(run_lock.hold(workdir))  # one run per workdir, released last
     config = prepare_config(config, workdir)
     check_lists(config)  # every list against its class list, before anything compiles
     if _has_checkpoints(os.path.join(workdir, "checkpoints")) and os.path.isfile(
