@@ -15,18 +15,21 @@ checkpoint deleted the latest, and a preempted run would resume from an older st
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from tcclip_jax import sharding
+from tcclip_jax import diskspace, sharding
+from tcclip_jax.errors import error_line
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.weights import checkpoint
 
@@ -50,6 +53,8 @@ class TrainCheckpoints:
             ]
         )
         self.directory = os.path.abspath(directory)
+        self._in_flight: int | None = None  # the step of the save being written
+        self._needed = 0  # the space it was expected to need
         self.damaged = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -68,16 +73,57 @@ class TrainCheckpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict | None = None) -> None:
-        """Start saving `state` and the iterator's position at `step` (returns before writing)."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        """Start saving `state` and the iterator's position at `step` (returns before writing).
+
+        The previous save is waited for first (orbax would too), then the free space checked: a
+        save that cannot fit is not started, and a DiskFullError names the filesystem, the
+        folder and the size of the last checkpoint, which the next one needs.
+        """
+        self.wait()
+        needed = self._next_size(state)
+        short = diskspace.free_bytes(self.directory) < needed
+        if jax.process_count() > 1:  # every process stops, or none
+            short = bool(np.max(multihost_utils.process_allgather(np.int32(short))))
+        if short:
+            raise diskspace.disk_full(self.directory, f"checkpoint {step}", needed, self._kept())
+        self._in_flight, self._needed = step, needed
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as e:
+            if not diskspace.is_disk_full(e):
+                raise
+            raise self._failed(e) from e
+
+    def _next_size(self, state: Any) -> int:
+        """The space the next save needs: the last checkpoint's, or the state's bytes + 1 MiB."""
+        latest = self.manager.latest_step()
+        if latest is not None:
+            return diskspace.tree_bytes(os.path.join(self.directory, str(latest)))
+        return sum(x.nbytes for x in jax.tree.leaves(state)) + 2**20
+
+    def _kept(self) -> str:
+        steps = sorted(self.manager.all_steps())
+        if not steps:
+            return "; no checkpoint was saved yet"
+        return f"; checkpoint{'s' * (len(steps) > 1)} {', '.join(map(str, steps))} kept"
+
+    def _failed(self, error: Exception) -> diskspace.DiskFullError:
+        """The DiskFullError for a save that did not fit, after removing what it wrote."""
+        step, self._in_flight = self._in_flight, None
+        if jax.process_index() == 0:
+            for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(partial, ignore_errors=True)
+        self.manager.reload()
+        logging.error("Saving checkpoint %s failed: %s", step, error_line(error))
+        return diskspace.disk_full(self.directory, f"checkpoint {step}", self._needed, self._kept())
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """The state at `step` laid out as `abstract_state` (ShapeDtypeStructs with shardings);
@@ -130,7 +176,14 @@ class TrainCheckpoints:
         return self.manager.metrics(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the save in flight; a DiskFullError if it did not fit."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if not diskspace.is_disk_full(e):
+                raise
+            raise self._failed(e) from e
+        self._in_flight = None
 
     def close(self) -> None:
         self.manager.close()
@@ -156,7 +209,14 @@ def export_model(
     if jax.process_index() == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     multihost_utils.sync_global_devices("export_model:clean")
-    checkpoint.save_model(tmp, config, params, info=info, normalization=normalization)
+    try:
+        checkpoint.save_model(tmp, config, params, info=info, normalization=normalization)
+    except Exception as e:
+        if jax.process_index() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if diskspace.is_disk_full(e):
+            raise diskspace.disk_full(os.path.dirname(tmp), f"the exported model {tmp}") from e
+        raise
     multihost_utils.sync_global_devices("export_model:written")
     if jax.process_index() == 0:
         if os.path.exists(directory):

@@ -30,7 +30,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tcclip_jax import sharding
+from tcclip_jax import diskspace, sharding
 from tcclip_jax.config.resolve import ConfigError, check_lists, model_overrides, prepare_config
 from tcclip_jax.config.resume import check_resume
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
@@ -416,7 +416,8 @@ def _train_and_evaluate(
     table = format_results(metrics)
     if jax.process_index() == 0:
         print(table, flush=True)
-        with open(os.path.join(workdir, FINAL_METRICS_FILE), "w") as f:
+        path = os.path.join(workdir, FINAL_METRICS_FILE)
+        with diskspace.writing(path), open(path, "w") as f:
             json.dump({**metrics, **final}, f, indent=2)
     writer.write(final["step"], flat_metrics(metrics), prefix="final/")
     writer.close()
