@@ -41,7 +41,9 @@ def guarded(body: Callable[[], int | None], debug: bool) -> int:
     except OSError as e:  # a full disk wherever a command writes: named in one line
         if not diskspace.is_disk_full(e):
             raise
-        return report(diskspace.from_os_error(e), debug)
+        if debug:
+            traceback.print_exception(e)
+        return report(diskspace.from_os_error(e), False)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

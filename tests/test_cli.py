@@ -221,3 +221,33 @@ def test_convert_failure_leaves_nothing_half_written(tmp_path):
     (line,) = error_lines(proc)
     assert line.startswith(f"error: {bad}: not a PyTorch checkpoint")
     assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
+
+
+# benchmarks -------------------------------------------------------------------------------------
+
+
+def test_model_bench_published_checkout_error_is_one_line(tmp_path):
+    proc = run("-m", "tcclip_jax.bench", "--arch", "ViT-B/16", "--depth", "2",
+               "--compare-published", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --compare-published: ") and "naver-ai/tc-clip" in line
+
+
+def test_data_bench_full_disk_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    keep = tmp_path / "fs"
+    keep.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(keep)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        proc = run("-m", "tcclip_jax.data.bench", "--videos", "2", "--keep", str(keep / "d"))
+        lines = error_lines(proc, status=1)
+        assert lines[-1].startswith(f"error: disk full: cannot write {keep}/d/"), lines
+        assert f"{keep} (tmpfs) has " in lines[-1]
+        proc = run("-m", "tcclip_jax.data.bench", "--videos", "2", "--keep", str(keep / "e"),
+                   "--debug")  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" in proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(keep)], check=False)

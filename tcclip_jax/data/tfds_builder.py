@@ -18,6 +18,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import signal
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -57,6 +58,12 @@ def _encode_entry(job) -> dict | str:
         "label": entry.label,
         "path": entry.path,
     }
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """Pool workers ignore Ctrl-C (the terminal sends it to them too): the builder stops them,
+    without a traceback from each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -143,7 +150,9 @@ class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         with contextlib.ExitStack() as stack:
             if self._num_workers > 1:
                 pool = stack.enter_context(
-                    multiprocessing.get_context("spawn").Pool(self._num_workers)
+                    multiprocessing.get_context("spawn").Pool(
+                        self._num_workers, initializer=_leave_interrupts_to_the_parent
+                    )
                 )
                 records = pool.imap(_encode_entry, jobs, chunksize=4)
             else:

@@ -15,6 +15,7 @@ checkpoint deleted the latest, and a preempted run would resume from an older st
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import shutil
@@ -25,15 +26,31 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from tcclip_jax import diskspace, sharding
-from tcclip_jax.errors import error_line
+from tcclip_jax.errors import UserError, error_line
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.weights import checkpoint
 
 VAL_METRIC = "top1"
+# Fields TrainState gained after the first release, with the value that a checkpoint written
+# before stands for (a run of that release stopped at a non-finite step, so it had none).
+ADDED_FIELDS = {"nonfinite_step": 0}
+
+
+class CheckpointVersionError(UserError):
+    """A whole checkpoint whose training state another version of the code wrote."""
+
+
+def _full(abstract: jax.ShapeDtypeStruct, value: Any) -> jax.Array:
+    """An array of `value` shaped, typed and laid out as `abstract`."""
+    host = np.full(abstract.shape, value, abstract.dtype)
+    if getattr(abstract, "sharding", None) is None:
+        return jax.numpy.asarray(host)
+    return jax.make_array_from_callback(abstract.shape, abstract.sharding, lambda i: host[i])
 
 
 class TrainCheckpoints:
@@ -127,11 +144,50 @@ class TrainCheckpoints:
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """The state at `step` laid out as `abstract_state` (ShapeDtypeStructs with shardings);
-        `data_iterator`, if given, is moved to the position saved with it."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        `data_iterator`, if given, is moved to the position saved with it.
+
+        A checkpoint of an earlier release lacks the fields TrainState gained since
+        (`ADDED_FIELDS`): they get the value that release's runs stand for."""
+        missing = self._missing_fields(step, abstract_state)
+        target = abstract_state
+        if missing:
+            target = {
+                f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state)
+                if f.name not in missing
+            }
+        items = {"state": ocp.args.StandardRestore(target)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if not missing:
+            return state
+        logging.warning(
+            "Checkpoint %d is from an earlier release (no %s): filled in", step, ", ".join(missing)
+        )
+        filled = {
+            name: _full(getattr(abstract_state, name), ADDED_FIELDS[name]) for name in missing
+        }
+        return type(abstract_state)(**state, **filled)
+
+    def _missing_fields(self, step: int, abstract_state: Any) -> list[str]:
+        """The fields of `abstract_state` (a TrainState) the checkpoint lacks and may lack; a
+        CheckpointVersionError if it lacks others or has fields TrainState does not know."""
+        if not dataclasses.is_dataclass(abstract_state):
+            return []
+        path = epath.Path(self.directory) / str(step) / "state"
+        saved = set(ocp.StandardCheckpointHandler().metadata(path).keys())
+        fields = [f.name for f in dataclasses.fields(abstract_state)]
+        missing = [name for name in fields if name not in saved]
+        unknown = sorted(saved - set(fields))
+        if unknown or set(missing) - ADDED_FIELDS.keys():
+            raise CheckpointVersionError(
+                f"checkpoint {step} in {self.directory} was written by another version of "
+                f"tcclip-jax (its training state has {sorted(saved)}, this version's "
+                f"{sorted(fields)}); resume it with the version that wrote it, or export its "
+                "weights with that version and start a new --workdir from them"
+            )
+        return missing
 
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that restores, or None if there is none.
@@ -142,6 +198,8 @@ class TrainCheckpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 return step, self.restore(step, abstract_state, data_iterator)
+            except CheckpointVersionError:
+                raise  # whole, but not this version's: nothing to set aside
             except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are bad.
                 reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
                 self._set_aside(step)
