@@ -41,8 +41,10 @@ def train(shared, workdir, *overrides) -> subprocess.CompletedProcess:
 
 
 def start(shared, workdir, *overrides, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(command(shared, workdir, *overrides), cwd=REPO, env=shared["env"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        command(shared, workdir, *overrides), cwd=REPO, env=shared["env"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )  # fmt: skip
 
 
 def wait_for_metrics(workdir, proc: subprocess.Popen) -> None:
@@ -168,8 +170,9 @@ def test_a_second_run_in_the_same_workdir_refuses_and_a_killed_ones_lock_does_no
     assert (workdir / "run.lock").exists()  # left behind
     restart = train(shared, workdir, "--config.num_epochs=1")
     last_line(restart, 0)
+    host = re.escape(socket.gethostname())
     assert re.search(rf"Taking over {workdir}/run.lock, left by a run that is gone \(host "
-                     rf"{re.escape(socket.gethostname())}, pid {first.pid},", restart.stderr)  # fmt: skip
+                     rf"{host}, pid {first.pid},", restart.stderr)  # fmt: skip
     assert not (workdir / "run.lock").exists()
     assert (workdir / "model").is_dir()
 
@@ -238,3 +241,39 @@ def test_a_checkpoint_of_another_layout_is_refused_in_one_line_and_kept(shared, 
         "'params', 'step'], this version's ['nonfinite_step', 'opt_state', 'params', 'step']); "
     ), line
     assert saved_steps(workdir) == [2, 4] and not (workdir / "damaged_checkpoints").exists()
+
+
+# Ctrl-C with data worker processes -----------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_with_data_workers_stops_them_and_completes_the_save(shared, tmp_path):
+    workdir = tmp_path / "run"
+    # Its own process group, which a terminal's Ctrl-C reaches whole: the command and workers.
+    proc = start(shared, workdir, *LONG, "--config.data.num_workers=2", start_new_session=True)
+    wait_for_metrics(workdir, proc)
+    found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    workers = [int(pid) for pid in found.stdout.split()]
+    assert len(workers) >= 2
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    line = last_line(done, 0)  # and no traceback, from the workers either
+    match = re.search(r"Stopped at step (\d+); run the same command to resume.", line)
+    assert match, line
+    assert "KeyboardInterrupt" not in err
+    assert saved_steps(workdir) == [int(match.group(1))]
+    path = workdir / "checkpoints" / match.group(1) / "state"
+    ocp.StandardCheckpointer().metadata(str(path))  # complete
+    no_partial_files(workdir)
+    deadline = time.time() + 30
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)

@@ -18,13 +18,13 @@ import contextlib
 import io
 import multiprocessing
 import os
-import signal
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from tcclip_jax.data import workers
 from tcclip_jax.data.readers import Entries, FrameFolderReader, VideoFileReader, entries_from_list
 from tcclip_jax.data.video_decode import VideoReadError
 
@@ -58,12 +58,6 @@ def _encode_entry(job) -> dict | str:
         "label": entry.label,
         "path": entry.path,
     }
-
-
-def _leave_interrupts_to_the_parent() -> None:
-    """Pool workers ignore Ctrl-C (the terminal sends it to them too): the builder stops them,
-    without a traceback from each."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -151,7 +145,7 @@ class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if self._num_workers > 1:
                 pool = stack.enter_context(
                     multiprocessing.get_context("spawn").Pool(
-                        self._num_workers, initializer=_leave_interrupts_to_the_parent
+                        self._num_workers, initializer=workers.leave_interrupts_to_the_parent
                     )
                 )
                 records = pool.imap(_encode_entry, jobs, chunksize=4)
