@@ -1,8 +1,9 @@
 """A full disk, said in one line: which filesystem, which folder, how much the next write needs.
 
-Training checks the free space before each checkpoint (`require`), so a save that cannot fit is
-never started; a write that fails anyway (the disk filled up meanwhile, a quota) is recognised by
-`is_disk_full`, whatever layer raised it (Python's OSError, tensorstore's RESOURCE_EXHAUSTED).
+Training checks the free space before each checkpoint (`train.checkpoints`), so a save that
+cannot fit is never started; a write that fails anyway (the disk filled up meanwhile, a quota)
+is recognised by `is_disk_full`, whatever layer raised it (Python's OSError, tensorstore's
+RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -113,9 +114,3 @@ def writing(path: str) -> Iterator[None]:
         if not is_disk_full(e):
             raise
         raise disk_full(os.path.dirname(os.path.abspath(path)), path) from e
-
-
-def require(folder: str, needed: int, what: str, kept: str = "") -> None:
-    """Raise `disk_full` unless `folder`'s filesystem has `needed` bytes free."""
-    if free_bytes(folder) < needed:
-        raise disk_full(folder, what, needed, kept)

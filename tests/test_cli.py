@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -251,3 +252,16 @@ def test_data_bench_full_disk_is_one_line_and_debug_shows_the_traceback(tmp_path
         assert proc.returncode == 1 and "Traceback" in proc.stderr
     finally:
         subprocess.run(["umount", "-l", str(keep)], check=False)
+
+
+def test_train_dry_run_reads_lists_saved_on_windows(tmp_path, dataset):
+    """Class list and annotation lists with Excel's byte-order mark and CRLF endings."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset["root"], root)
+    for name in ("classes.csv", "train.txt", "val.txt"):
+        text = (root / name).read_text()
+        (root / name).write_bytes(text.replace("\n", "\r\n").encode("utf-8-sig"))
+    proc = run("-m", "tcclip_jax.train", "--config", DEMO_CI, "--workdir", str(tmp_path / "w"),
+               f"--config.data.root={root}", "--dry_run")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr
