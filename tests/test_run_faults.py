@@ -265,10 +265,12 @@ def test_ctrl_c_with_data_workers_stops_them_and_completes_the_save(shared, tmp_
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
-    line = last_line(done, 0)  # and no traceback, from the workers either
-    match = re.search(r"Stopped at step (\d+); run the same command to resume.", line)
-    assert match, line
-    assert "KeyboardInterrupt" not in err
+    last_line(done, 0)  # and no traceback, from the workers either
+    # (After it, Python's resource tracker may count the shared-memory batches the workers had
+    # prepared when they were stopped, and removes them: grain does so on any early close.)
+    match = re.search(r"Stopped at step (\d+); run the same command to resume.", err)
+    assert match, err[-3000:]
+    assert "KeyboardInterrupt" not in err and "SIGINT: saving a checkpoint and stopping" in err
     assert saved_steps(workdir) == [int(match.group(1))]
     path = workdir / "checkpoints" / match.group(1) / "state"
     ocp.StandardCheckpointer().metadata(str(path))  # complete

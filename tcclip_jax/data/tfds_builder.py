@@ -143,11 +143,9 @@ class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         kept, skipped = [], []
         with contextlib.ExitStack() as stack:
             if self._num_workers > 1:
-                pool = stack.enter_context(
-                    multiprocessing.get_context("spawn").Pool(
-                        self._num_workers, initializer=workers.leave_interrupts_to_the_parent
-                    )
-                )
+                with workers.starting_workers():
+                    pool = multiprocessing.get_context("spawn").Pool(self._num_workers)
+                stack.enter_context(pool)
                 records = pool.imap(_encode_entry, jobs, chunksize=4)
             else:
                 records = map(_encode_entry, jobs)
