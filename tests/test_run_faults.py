@@ -7,7 +7,6 @@ Every test runs the demo's CI config in subprocesses (minutes on 2 cores: marked
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from test_train_failures import _command, last_line, no_temporary_files, saved_steps, train
 
 from tcclip_jax.metrics import read_metrics
 from tcclip_jax.weights.checkpoint import load_model
@@ -31,18 +31,9 @@ LONG = ("--config.num_epochs=50", "--config.checkpoint.every_steps=1000",
         "--config.eval.every_epochs=0")  # fmt: skip
 
 
-def command(shared, workdir, *overrides) -> list[str]:
-    return [*shared["command"], "--workdir", str(workdir), *overrides]
-
-
-def train(shared, workdir, *overrides) -> subprocess.CompletedProcess:
-    return subprocess.run(command(shared, workdir, *overrides), cwd=REPO, env=shared["env"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-
-
 def start(shared, workdir, *overrides, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        command(shared, workdir, *overrides), cwd=REPO, env=shared["env"],
+        _command(shared, workdir, *overrides), cwd=REPO, env=shared["env"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )  # fmt: skip
 
@@ -53,20 +44,6 @@ def wait_for_metrics(workdir, proc: subprocess.Popen) -> None:
     while not (os.path.exists(path) and os.path.getsize(path)) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-5000:]
         time.sleep(0.2)
-
-
-def last_line(proc, status: int) -> str:
-    assert proc.returncode == status, proc.stderr[-5000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
-    return proc.stderr.strip().splitlines()[-1]
-
-
-def saved_steps(workdir) -> list[int]:
-    return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
-
-
-def no_partial_files(workdir) -> None:
-    assert not glob.glob(os.path.join(str(workdir), "**", "*tmp*"), recursive=True)
 
 
 @pytest.fixture
@@ -104,7 +81,7 @@ def test_full_disk_stops_in_one_line_and_the_same_command_resumes(shared, tmpfs)
     assert match, line
     assert float(match.group(1)) > float(match.group(2))
     assert saved_steps(workdir) == [2, 4]
-    no_partial_files(workdir)
+    no_temporary_files(workdir)
     assert not (workdir / "run.lock").exists()
     assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [2, 4, 6]
 
@@ -114,7 +91,7 @@ def test_full_disk_stops_in_one_line_and_the_same_command_resumes(shared, tmpfs)
     assert "Resuming from step 4" in proc.stderr
     assert saved_steps(workdir)[-1] == 8 and (workdir / "model").is_dir()
     assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [2, 4, 6, 8]
-    no_partial_files(workdir)
+    no_temporary_files(workdir)
 
 
 def test_disk_filling_up_under_the_metrics_stops_in_one_line(shared, tmpfs):
@@ -274,7 +251,7 @@ def test_ctrl_c_with_data_workers_stops_them_and_completes_the_save(shared, tmp_
     assert saved_steps(workdir) == [int(match.group(1))]
     path = workdir / "checkpoints" / match.group(1) / "state"
     ocp.StandardCheckpointer().metadata(str(path))  # complete
-    no_partial_files(workdir)
+    no_temporary_files(workdir)
     deadline = time.time() + 30
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)

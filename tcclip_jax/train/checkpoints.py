@@ -6,7 +6,13 @@ same batches in the same order as an uninterrupted one. Saves are asynchronous: 
 copied off the devices during `save` and written while training goes on.
 
 A checkpoint that does not restore (files lost or cut short) is moved to
-`workdir/damaged_checkpoints/` and the next older one is used.
+`workdir/damaged_checkpoints/` and the next older one is used. One of an earlier release restores
+with the fields TrainState gained since filled in (`ADDED_FIELDS`); one of another layout is
+refused in one line and left where it is.
+
+Each save first checks the free space against the size of the last checkpoint: a save that cannot
+fit is not started, and one that fills the disk anyway (another writer) is removed; both stop the
+run with a `diskspace.DiskFullError`, the older checkpoints untouched.
 
 Kept: the last `keep_last` checkpoints, and the `keep_best` with the highest validation top-1
 (the two policies combined: with orbax's single `max_to_keep` + `best_fn`, keeping one best
