@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcclip_jax import allocator
+from tcclip_jax import allocator, cli
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
@@ -109,6 +109,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "ours alternately (best of --rounds x --steps calls each) and print same-run ratios",
     )
     p.add_argument("--rounds", type=int, default=2, help="alternations with --compare-published")
+    p.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     args = p.parse_args(argv)
     for name in ("frames", "batch", "classes", "steps", "rounds"):
         if getattr(args, name) < 1:
@@ -651,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_comparable(args)
             import_published(args.compare_published)
         except PublishedCodeError as e:
-            sys.exit(f"--compare-published: {e}")
+            sys.exit(f"error: --compare-published: {e}")
     dtype = DTYPES[args.dtype]
     device = jax.devices()[0]
     peak, peak_source = peak_flops(device, args.dtype)
@@ -704,4 +705,5 @@ def check_comparable(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     allocator.configure()
-    main()
+    cli.quiet_libraries()
+    sys.exit(cli.guarded(main, debug="--debug" in sys.argv[1:]))

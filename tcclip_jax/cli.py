@@ -1,9 +1,9 @@
 """What every command line shares: a mistake is one line on stderr, never a traceback.
 
 `UserError` (a setting, path or file that cannot be used) exits with status 2, `RunError` (a run
-that stopped for a reason it names) with 1; `--debug` prints the traceback as well. Library
-chatter that says nothing to a user (orbax's INFO lines for every save, JAX's "Unable to
-initialize backend 'tpu'") stays below the default verbosity.
+that stopped for a reason it names, a full disk among them) with 1; `--debug` prints the
+traceback as well. Library chatter that says nothing to a user (orbax's INFO lines for every
+save, JAX's "Unable to initialize backend 'tpu'") stays below the default verbosity.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
+from tcclip_jax import diskspace
 from tcclip_jax.errors import RunError, UserError, error_line
 
 DEBUG_HELP = "Print the traceback of an error as well as its one-line message."
@@ -32,11 +33,17 @@ def report(error: BaseException, debug: bool) -> int:
 
 
 def guarded(body: Callable[[], int | None], debug: bool) -> int:
-    """`body()`'s exit status, or `report`'s for a UserError / RunError / Ctrl-C."""
+    """`body()`'s exit status, or `report`'s for a UserError / RunError / full disk / Ctrl-C."""
     try:
         return body() or 0
     except (UserError, RunError) as e:
         return report(e, debug)
+    except OSError as e:  # a full disk wherever a command writes: named in one line
+        if not diskspace.is_disk_full(e):
+            raise
+        if debug:
+            traceback.print_exception(e)
+        return report(diskspace.from_os_error(e), False)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
@@ -46,12 +53,17 @@ def guarded(body: Callable[[], int | None], debug: bool) -> int:
 
 class _Quiet(pylogging.Filter):
     """Drops INFO records from libraries (orbax logs every stage of every save; JAX lists the
-    backends it did not find) and orbax's warning for each save without validation metrics."""
+    backends it did not find), orbax's warning for each save without validation metrics and its
+    reports of a full disk (the command's error names it)."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
         library = "/tcclip_jax/" not in record.pathname
         if library and record.levelno < pylogging.WARNING and "/absl/" not in record.pathname:
             return False
+        if library and diskspace.is_disk_full(
+            (record.exc_info or (None, None))[1] or Exception(record.getMessage())
+        ):
+            return False  # orbax's tracebacks of a save that hit a full disk: the error says it
         return "did not provide metrics" not in str(record.msg)
 
 

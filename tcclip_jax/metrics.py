@@ -8,13 +8,18 @@ branch on the process index.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+
+from tcclip_jax import diskspace
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "config.json"
@@ -28,34 +33,81 @@ def _scalar(value: Any) -> float | int:
 
 
 class MetricWriter:
-    """Appends scalars to `metrics.jsonl` and TensorBoard events to `tensorboard/` in a workdir."""
+    """Appends scalars to `metrics.jsonl` and TensorBoard events to `tensorboard/` in a workdir.
+
+    Both are written synchronously, so a failed write (a full disk) raises here, in the caller,
+    and is undone: each file ends with its last complete record (a line, an event), and the
+    writer stops. A full disk is a `diskspace.DiskFullError` naming the file.
+    """
 
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self._jsonl = None
+        self._jsonl = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
 
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
+            self._tb = EventsWriter(os.path.join(workdir, "tensorboard", "events"))
+            self._tb.flush()
+            self._tb_path = self._tb._file_name  # noqa: SLF001 - tensorboardX names the file
 
     def write(self, step: int, metrics: dict[str, Any], prefix: str = "") -> None:
         """Record scalar `metrics` at `step`; TensorBoard tags get `prefix` (e.g. "train/")."""
         if not self.enabled:
             return
+        if self._tb is None:
+            raise RuntimeError("MetricWriter: a write failed before; the writer is closed")
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.summary import scalar
+
         values = {name: _scalar(v) for name, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-        self._jsonl.flush()
-        for name, value in values.items():
-            self._tb.add_scalar(prefix + name, value, int(step))
-        self._tb.flush()
+        line = (json.dumps({"step": int(step), **values}) + "\n").encode()
+        summary = Summary(value=[scalar(prefix + n, v).value[0] for n, v in values.items()])
+        event = Event(wall_time=time.time(), step=int(step), summary=summary)
+        self._undone_on_error(self._jsonl, lambda: _append(self._jsonl, line))
+        self._undone_on_error(
+            self._tb_path, lambda: (self._tb.write_event(event), self._tb.flush())
+        )
+
+    def _undone_on_error(self, path: str, write: Callable[[], Any]) -> None:
+        """`write()`, appending to `path`; if it fails, `path` is cut back to its size before
+        and the writer closes."""
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        try:
+            write()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self._tb.close()  # flushes what it still holds if it can: cut back below
+            self._tb = None
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)
+            if diskspace.is_disk_full(e):
+                raise diskspace.disk_full(os.path.dirname(path), path) from e
+            raise
 
     def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
+        if self.enabled and self._tb is not None:
             self._tb.close()
+            self._tb = None
+
+
+def _append(path: str, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _write_whole(path: str, text: str) -> None:
+    """Write `path` through a temporary file: it holds the old text or the new, never a part."""
+    try:
+        with diskspace.writing(path), open(path + ".tmp", "w") as f:
+            f.write(text)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise
+    os.replace(path + ".tmp", path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -71,9 +123,7 @@ def drop_after(workdir: str, step: int) -> None:
     if jax.process_index() != 0 or not os.path.isfile(path):
         return
     kept = [r for r in read_metrics(workdir) if r["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(path + ".tmp", path)
+    _write_whole(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -81,5 +131,6 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RUN_CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    _write_whole(
+        os.path.join(workdir, RUN_CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True)
+    )

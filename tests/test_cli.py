@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -221,3 +222,46 @@ def test_convert_failure_leaves_nothing_half_written(tmp_path):
     (line,) = error_lines(proc)
     assert line.startswith(f"error: {bad}: not a PyTorch checkpoint")
     assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
+
+
+# benchmarks -------------------------------------------------------------------------------------
+
+
+def test_model_bench_published_checkout_error_is_one_line(tmp_path):
+    proc = run("-m", "tcclip_jax.bench", "--arch", "ViT-B/16", "--depth", "2",
+               "--compare-published", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --compare-published: ") and "naver-ai/tc-clip" in line
+
+
+def test_data_bench_full_disk_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    keep = tmp_path / "fs"
+    keep.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(keep)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        proc = run("-m", "tcclip_jax.data.bench", "--videos", "2", "--keep", str(keep / "d"))
+        lines = error_lines(proc, status=1)
+        assert lines[-1].startswith(f"error: disk full: cannot write {keep}/d/"), lines
+        assert f"{keep} (tmpfs) has " in lines[-1]
+        proc = run("-m", "tcclip_jax.data.bench", "--videos", "2", "--keep", str(keep / "e"),
+                   "--debug")  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" in proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(keep)], check=False)
+
+
+def test_train_dry_run_reads_lists_saved_on_windows(tmp_path, dataset):
+    """Class list and annotation lists with Excel's byte-order mark and CRLF endings."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset["root"], root)
+    for name in ("classes.csv", "train.txt", "val.txt"):
+        text = (root / name).read_text()
+        (root / name).write_bytes(text.replace("\n", "\r\n").encode("utf-8-sig"))
+    proc = run("-m", "tcclip_jax.train", "--config", DEMO_CI, "--workdir", str(tmp_path / "w"),
+               f"--config.data.root={root}", "--dry_run")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr

@@ -138,3 +138,44 @@ def test_check_list_against_its_class_list(tmp_path):
     with pytest.raises(AnnotationError, match=r"no video of 1 of the 3 classes .*1 'pullup'"):
         check_list(str(subset), str(classes))
     assert check_list(str(subset), str(classes), every_class=False).labels_used == 2
+
+
+# Files saved on Windows: a byte-order mark (Excel's "CSV UTF-8", Notepad), CRLF line endings,
+# or UTF-16 (Excel's "Unicode text").
+WINDOWS_ENCODINGS = [
+    pytest.param(lambda text: text.replace("\n", "\r\n").encode("utf-8-sig"), id="utf8-bom-crlf"),
+    pytest.param(lambda text: text.encode("utf-8-sig"), id="utf8-bom"),
+    pytest.param(lambda text: text.replace("\n", "\r\n").encode("utf-8"), id="crlf"),
+    pytest.param(lambda text: text.replace("\n", "\r\n").encode("utf-16"), id="utf16-crlf"),
+]
+
+
+@pytest.mark.parametrize("encode", WINDOWS_ENCODINGS)
+def test_class_lists_and_annotation_lists_saved_on_windows(tmp_path, encode):
+    csv_path, json_path, list_path = tmp_path / "c.csv", tmp_path / "c.json", tmp_path / "a.txt"
+    csv_path.write_bytes(encode("id,name\n1,Café au lait\n0,brush hair\n"))
+    json_path.write_bytes(encode('{\n  "0": "brush hair: a comb",\n  "1": "café"\n}\n'))
+    list_path.write_bytes(encode("brush_hair/v 1.avi 0\ncafé/v2.avi 1\n"))
+    assert load_class_names(str(csv_path)) == ["brush hair", "Café au lait"]
+    assert load_class_names(str(json_path)) == ["brush hair: a comb", "café"]
+    assert read_annotations(str(list_path), num_classes=2) == [
+        ("brush_hair/v 1.avi", 0),
+        ("café/v2.avi", 1),
+    ]
+    entries = entries_from_list(str(list_path), 2)
+    assert entries[0].path == "brush_hair/v 1.avi" and entries[1].label == 1
+
+
+def test_a_mark_inside_a_line_is_still_an_error(tmp_path):
+    # Only a mark at the very start of the file is dropped: one in a header is a real mistake.
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"name,\xef\xbb\xbfid\n0,a\n")
+    with pytest.raises(AnnotationError, match=r"expected a header with columns 'id' and 'name'"):
+        load_class_names(str(path))
+
+
+def test_latin1_list_names_the_byte(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_bytes("id,name\n0,café\n".encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"c.csv: not UTF-8 text \(byte 13: b'\\xe9'\)"):
+        load_class_names(str(path))

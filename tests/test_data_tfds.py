@@ -1,7 +1,12 @@
 """Packed ArrayRecord datasets read back through tfds.data_source give the file path's clips."""
 
+import glob
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -125,3 +130,59 @@ def test_packing_stops_at_or_lists_unreadable_videos(tmp_path):
     metadata = pipeline.make_reader(cfg, "train").source.dataset_info.metadata
     (skipped,) = metadata["splits"]["train"]["skipped"]
     assert "missing.mp4: no such video file" in skipped
+
+
+def test_an_interrupted_build_leaves_nothing_readers_accept_and_reruns(tmp_path):
+    """Ctrl-C (to the process group, as a terminal sends it) and SIGKILL during packing: no
+    dataset that readers would open, no traceback from the worker processes; the same command
+    then builds it whole."""
+    root = str(tmp_path / "videos")
+    train = write_grey_dataset(root, [40] * 120)
+    data_dir = tmp_path / "tfds"
+    command = [sys.executable, os.path.join(ROOT_DIR, "tools", "build_tfds_dataset.py"),
+               "--name=g", f"--root={root}", f"--split=train={train}", f"--data-dir={data_dir}",
+               "--workers=2", "--resize-size=36"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT_DIR}
+    cfg = small_config(root, format="tfds", tfds_name="tcclip_videos/g", tfds_dir=str(data_dir))
+    partial = str(data_dir / "tcclip_videos" / "g" / "incomplete*")
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
+        deadline = time.time() + 120
+        while not glob.glob(partial) and time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(3)  # the workers are up and packing
+        assert proc.poll() is None, "finished before the interruption"
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, err[-3000:]
+            assert "Traceback" not in err, err[-3000:]
+            assert err.strip().splitlines()[-1] == "error: interrupted"
+            assert not glob.glob(partial)  # removed on the way out
+        else:
+            assert glob.glob(partial)  # left behind, under a name no reader opens
+        with pytest.raises(AnnotationError, match="cannot open tfds dataset 'tcclip_videos/g'"):
+            pipeline.num_examples(cfg)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pipeline.num_examples(cfg) == 120
+
+
+def test_build_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    root = str(tmp_path)
+    train = write_grey_dataset(root, [10])
+    command = [sys.executable, os.path.join(ROOT_DIR, "tools", "build_tfds_dataset.py"),
+               "--name=g", f"--root={root}", f"--data-dir={tmp_path / 'tfds'}"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT_DIR}
+    run = lambda *a: subprocess.run([*command, *a], env=env, capture_output=True, text=True)  # noqa: E731
+    proc = run(f"--split=train={train}", f"--split=train={train}")
+    assert (proc.returncode, proc.stderr) == (2, "error: a split name is given twice\n")
+    proc = run(f"--split=train={tmp_path / 'nope.txt'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: annotation list {tmp_path / 'nope.txt'} does not exist"
+    )
+    proc = run(f"--split=train={tmp_path / 'nope.txt'}", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr

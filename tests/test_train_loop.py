@@ -193,6 +193,7 @@ def test_two_process_run(shared, tmp_path):
         )
     outputs = [_finish(proc) for proc in procs]
     assert "protocol: demo" in outputs[0] and "protocol: demo" not in outputs[1]
+    assert not (tmp_path / "run.lock").exists()  # taken once, by process 0, and released
     last = 2 * STEPS_PER_EPOCH
     data = os.listdir(tmp_path / "checkpoints" / str(last) / "data")
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data)

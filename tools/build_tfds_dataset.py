@@ -7,6 +7,10 @@
 then train with `format='tfds', tfds_name='tcclip_videos/hmdb51_split1', tfds_dir='/data/tfds'`.
 `--storage frames` (default) stores every frame as a JPEG already resized to the pipeline's short
 side: fast to read, bigger on disk. `--storage video` stores the video files' bytes unchanged.
+
+The shards are written into a temporary folder beside the dataset's and renamed when complete:
+an interrupted build (Ctrl-C, a kill, a full disk) leaves no dataset readers would open, and
+running the same command again builds it from the start.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tcclip_jax.data.classes import AnnotationError
+from tcclip_jax import cli
 from tcclip_jax.data.tfds_builder import STORAGES, TcclipVideos
 from tcclip_jax.data.video_decode import VideoReadError
+from tcclip_jax.errors import RunError, UserError
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -46,15 +51,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="leave unreadable videos out (listed in the metadata) instead of stopping",
     )
+    p.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli.quiet_libraries()
+    return cli.guarded(lambda: build(args), args.debug)
+
+
+def build(args: argparse.Namespace) -> int:
     splits = dict(args.split)
     if len(splits) != len(args.split):
-        print("error: a split name is given twice", file=sys.stderr)
-        return 2
+        raise UserError("a split name is given twice")
     builder = TcclipVideos(
         name=args.name,
         root=args.root,
@@ -71,9 +81,8 @@ def main(argv=None) -> int:
     )
     try:
         builder.download_and_prepare()
-    except (AnnotationError, VideoReadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except VideoReadError as e:
+        raise RunError(f"{e} (pass --skip-unreadable to leave such videos out)") from e
     skipped = {s: m["skipped"] for s, m in builder.info.metadata["splits"].items() if m["skipped"]}
     for split, messages in skipped.items():
         print(f"{split}: left out {len(messages)} unreadable videos:", *messages, sep="\n  ")

@@ -21,6 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from tcclip_jax import cli
 from tcclip_jax.data import pipeline
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.tfds_builder import TcclipVideos
@@ -130,13 +131,29 @@ def measure(cfg, num_workers: int, batches: int, batch_size: int) -> tuple[float
     return clips / wall, clips / cpu
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,2, got {text!r}") from None
+    if any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 1, got {text!r}")
+    return counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--videos", type=int, default=24)
     p.add_argument("--batches", type=int, default=12, help="timed batches of 8 clips per run")
-    p.add_argument("--workers", default="1,2", help="worker-process counts to time")
+    p.add_argument("--workers", type=_counts, default="1,2", help="worker-process counts to time")
     p.add_argument("--keep", help="write the data here and keep it (default: a temporary dir)")
+    p.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     args = p.parse_args(argv)
+    cli.quiet_libraries()
+    return cli.guarded(lambda: run(args), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
 
     directory = args.keep or tempfile.mkdtemp(prefix="tcclip_bench_")
     try:
@@ -145,7 +162,7 @@ def main(argv=None) -> int:
             make_data(directory, args.videos)
             print(f"made {args.videos} videos in {time.perf_counter() - start:.0f} s: {directory}")
         modes = [("in process, 1 thread", 0)]
-        modes += [(f"{w} worker{'s' * (w > 1)}", w) for w in map(int, args.workers.split(","))]
+        modes += [(f"{w} worker{'s' * (w > 1)}", w) for w in args.workers]
         rows = [["source", "processes", "clips/s", "clips per CPU-second"]]
         for name, cfg in source_configs(directory).items():
             for mode, workers in modes:

@@ -8,6 +8,7 @@ file and line it comes from, because these lists are edited by hand.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
@@ -56,11 +57,20 @@ def _parse_id(text: str, where: str) -> int:
 
 
 def read_text(path: str) -> str:
-    """A list file's text; not UTF-8 is an AnnotationError naming the file and the byte."""
+    """A list file's text: UTF-8, with or without the byte-order mark Windows tools write (Excel's
+    "CSV UTF-8", Notepad), or UTF-16 with its mark (Excel's "Unicode text"); CRLF or LF endings.
+    Anything else is an AnnotationError naming the file and the byte."""
     with open(path, "rb") as f:
         raw = f.read()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise AnnotationError(
+                f"{path}: not UTF-16 text after its byte-order mark ({e.reason})"
+            ) from None
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise AnnotationError(
             f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r}); "

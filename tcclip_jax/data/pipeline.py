@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from tcclip_jax.data import sampling, transforms
+from tcclip_jax.data import sampling, transforms, workers
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.data.config import NORMALIZATIONS, normalization_stats
 from tcclip_jax.data.readers import (
@@ -286,7 +286,7 @@ def _multiprocessing(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> g
         options = grain.MultiprocessingOptions(
             num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch
         )
-        return ds.mp_prefetch(options)
+        return ds.mp_prefetch(options, worker_init_fn=workers.leave_interrupts_to_the_parent)
     return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
 
 

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from tcclip_jax.data import workers
 from tcclip_jax.data.readers import Entries, FrameFolderReader, VideoFileReader, entries_from_list
 from tcclip_jax.data.video_decode import VideoReadError
 
@@ -142,9 +143,9 @@ class TcclipVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         kept, skipped = [], []
         with contextlib.ExitStack() as stack:
             if self._num_workers > 1:
-                pool = stack.enter_context(
-                    multiprocessing.get_context("spawn").Pool(self._num_workers)
-                )
+                with workers.starting_workers():
+                    pool = multiprocessing.get_context("spawn").Pool(self._num_workers)
+                stack.enter_context(pool)
                 records = pool.imap(_encode_entry, jobs, chunksize=4)
             else:
                 records = map(_encode_entry, jobs)

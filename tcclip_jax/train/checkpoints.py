@@ -6,7 +6,13 @@ same batches in the same order as an uninterrupted one. Saves are asynchronous: 
 copied off the devices during `save` and written while training goes on.
 
 A checkpoint that does not restore (files lost or cut short) is moved to
-`workdir/damaged_checkpoints/` and the next older one is used.
+`workdir/damaged_checkpoints/` and the next older one is used. One of an earlier release restores
+with the fields TrainState gained since filled in (`ADDED_FIELDS`); one of another layout is
+refused in one line and left where it is.
+
+Each save first checks the free space against the size of the last checkpoint: a save that cannot
+fit is not started, and one that fills the disk anyway (another writer) is removed; both stop the
+run with a `diskspace.DiskFullError`, the older checkpoints untouched.
 
 Kept: the last `keep_last` checkpoints, and the `keep_best` with the highest validation top-1
 (the two policies combined: with orbax's single `max_to_keep` + `best_fn`, keeping one best
@@ -15,22 +21,42 @@ checkpoint deleted the latest, and a preempted run would resume from an older st
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
 import shutil
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from tcclip_jax import sharding
+from tcclip_jax import diskspace, sharding
+from tcclip_jax.errors import UserError, error_line
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.weights import checkpoint
 
 VAL_METRIC = "top1"
+# Fields TrainState gained after the first release, with the value that a checkpoint written
+# before stands for (a run of that release stopped at a non-finite step, so it had none).
+ADDED_FIELDS = {"nonfinite_step": 0}
+
+
+class CheckpointVersionError(UserError):
+    """A whole checkpoint whose training state another version of the code wrote."""
+
+
+def _full(abstract: jax.ShapeDtypeStruct, value: Any) -> jax.Array:
+    """An array of `value` shaped, typed and laid out as `abstract`."""
+    host = np.full(abstract.shape, value, abstract.dtype)
+    if getattr(abstract, "sharding", None) is None:
+        return jax.numpy.asarray(host)
+    return jax.make_array_from_callback(abstract.shape, abstract.sharding, lambda i: host[i])
 
 
 class TrainCheckpoints:
@@ -50,6 +76,8 @@ class TrainCheckpoints:
             ]
         )
         self.directory = os.path.abspath(directory)
+        self._in_flight: int | None = None  # the step of the save being written
+        self._needed = 0  # the space it was expected to need
         self.damaged = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -68,24 +96,104 @@ class TrainCheckpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict | None = None) -> None:
-        """Start saving `state` and the iterator's position at `step` (returns before writing)."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        """Start saving `state` and the iterator's position at `step` (returns before writing).
+
+        The previous save is waited for first (orbax would too), then the free space checked: a
+        save that cannot fit is not started, and a DiskFullError names the filesystem, the
+        folder and the size of the last checkpoint, which the next one needs.
+        """
+        self.wait()
+        needed = self._next_size(state)
+        short = diskspace.free_bytes(self.directory) < needed
+        if jax.process_count() > 1:  # every process stops, or none
+            short = bool(np.max(multihost_utils.process_allgather(np.int32(short))))
+        if short:
+            raise diskspace.disk_full(self.directory, f"checkpoint {step}", needed, self._kept())
+        self._in_flight, self._needed = step, needed
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as e:
+            if not diskspace.is_disk_full(e):
+                raise
+            raise self._failed(e) from e
+
+    def _next_size(self, state: Any) -> int:
+        """The space the next save needs: the last checkpoint's, or the state's bytes + 1 MiB."""
+        latest = self.manager.latest_step()
+        if latest is not None:
+            return diskspace.tree_bytes(os.path.join(self.directory, str(latest)))
+        return sum(x.nbytes for x in jax.tree.leaves(state)) + 2**20
+
+    def _kept(self) -> str:
+        steps = sorted(self.manager.all_steps())
+        if not steps:
+            return "; no checkpoint was saved yet"
+        return f"; checkpoint{'s' * (len(steps) > 1)} {', '.join(map(str, steps))} kept"
+
+    def _failed(self, error: Exception) -> diskspace.DiskFullError:
+        """The DiskFullError for a save that did not fit, after removing what it wrote."""
+        step, self._in_flight = self._in_flight, None
+        if jax.process_index() == 0:
+            for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(partial, ignore_errors=True)
+        self.manager.reload()
+        logging.error("Saving checkpoint %s failed: %s", step, error_line(error))
+        return diskspace.disk_full(self.directory, f"checkpoint {step}", self._needed, self._kept())
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """The state at `step` laid out as `abstract_state` (ShapeDtypeStructs with shardings);
-        `data_iterator`, if given, is moved to the position saved with it."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        `data_iterator`, if given, is moved to the position saved with it.
+
+        A checkpoint of an earlier release lacks the fields TrainState gained since
+        (`ADDED_FIELDS`): they get the value that release's runs stand for."""
+        missing = self._missing_fields(step, abstract_state)
+        target = abstract_state
+        if missing:
+            target = {
+                f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state)
+                if f.name not in missing
+            }
+        items = {"state": ocp.args.StandardRestore(target)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if not missing:
+            return state
+        logging.warning(
+            "Checkpoint %d is from an earlier release (no %s): filled in", step, ", ".join(missing)
+        )
+        filled = {
+            name: _full(getattr(abstract_state, name), ADDED_FIELDS[name]) for name in missing
+        }
+        return type(abstract_state)(**state, **filled)
+
+    def _missing_fields(self, step: int, abstract_state: Any) -> list[str]:
+        """The fields of `abstract_state` (a TrainState) the checkpoint lacks and may lack; a
+        CheckpointVersionError if it lacks others or has fields TrainState does not know."""
+        if not dataclasses.is_dataclass(abstract_state):
+            return []
+        path = epath.Path(self.directory) / str(step) / "state"
+        saved = set(ocp.StandardCheckpointHandler().metadata(path).keys())
+        fields = [f.name for f in dataclasses.fields(abstract_state)]
+        missing = [name for name in fields if name not in saved]
+        unknown = sorted(saved - set(fields))
+        if unknown or set(missing) - ADDED_FIELDS.keys():
+            raise CheckpointVersionError(
+                f"checkpoint {step} in {self.directory} was written by another version of "
+                f"tcclip-jax (its training state has {sorted(saved)}, this version's "
+                f"{sorted(fields)}); resume it with the version that wrote it, or export its "
+                "weights with that version and start a new --workdir from them"
+            )
+        return missing
 
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that restores, or None if there is none.
@@ -96,6 +204,8 @@ class TrainCheckpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 return step, self.restore(step, abstract_state, data_iterator)
+            except CheckpointVersionError:
+                raise  # whole, but not this version's: nothing to set aside
             except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are bad.
                 reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
                 self._set_aside(step)
@@ -127,7 +237,14 @@ class TrainCheckpoints:
         return self.manager.metrics(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the save in flight; a DiskFullError if it did not fit."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if not diskspace.is_disk_full(e):
+                raise
+            raise self._failed(e) from e
+        self._in_flight = None
 
     def close(self) -> None:
         self.manager.close()
@@ -153,7 +270,14 @@ def export_model(
     if jax.process_index() == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     multihost_utils.sync_global_devices("export_model:clean")
-    checkpoint.save_model(tmp, config, params, info=info, normalization=normalization)
+    try:
+        checkpoint.save_model(tmp, config, params, info=info, normalization=normalization)
+    except Exception as e:
+        if jax.process_index() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if diskspace.is_disk_full(e):
+            raise diskspace.disk_full(os.path.dirname(tmp), f"the exported model {tmp}") from e
+        raise
     multihost_utils.sync_global_devices("export_model:written")
     if jax.process_index() == 0:
         if os.path.exists(directory):

@@ -30,7 +30,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tcclip_jax import sharding
+from tcclip_jax import diskspace, sharding
 from tcclip_jax.config.resolve import ConfigError, check_lists, model_overrides, prepare_config
 from tcclip_jax.config.resume import check_resume
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
@@ -49,7 +49,7 @@ from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.params import split_frozen
 from tcclip_jax.models.prompts import prompt_tokens
 from tcclip_jax.models.variants import variant_config
-from tcclip_jax.train import losses, optim
+from tcclip_jax.train import losses, optim, run_lock
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
 from tcclip_jax.train.profile import StepProfiler
 from tcclip_jax.train.step import (
@@ -246,6 +246,7 @@ def _train_and_evaluate(
 ) -> dict:
     workdir = os.path.abspath(workdir)
     _make_workdir(workdir)
+    cleanup.enter_context(run_lock.hold(workdir))  # one run per workdir, released last
     config = prepare_config(config, workdir)
     check_lists(config)  # every list against its class list, before anything compiles
     if _has_checkpoints(os.path.join(workdir, "checkpoints")) and os.path.isfile(
@@ -418,7 +419,8 @@ def _train_and_evaluate(
     table = format_results(metrics)
     if jax.process_index() == 0:
         print(table, flush=True)
-        with open(os.path.join(workdir, FINAL_METRICS_FILE), "w") as f:
+        path = os.path.join(workdir, FINAL_METRICS_FILE)
+        with diskspace.writing(path), open(path, "w") as f:
             json.dump({**metrics, **final}, f, indent=2)
     writer.write(final["step"], flat_metrics(metrics), prefix="final/")
     writer.close()
