@@ -157,6 +157,15 @@ class Predictor:
         return jax.tree.map(np.asarray, video), np.asarray(logits)
 
 
+def class_probabilities(predictor: Predictor, views: np.ndarray, classnames: Sequence[str]):
+    """[B, V, T, H, W, 3] normalised views of B videos -> [B, C] probabilities: per-view
+    softmax, averaged over the V views."""
+    b, v = views.shape[:2]
+    logits = predictor.logits(views.reshape(b * v, *views.shape[2:]), classnames)  # [B*V, C]
+    probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    return np.asarray(probs.reshape(b, v, -1).mean(axis=1))
+
+
 def _not_a_model_hint(directory: str) -> str:
     """Where the model probably is, when `directory` is a training run or its state."""
     run_model = os.path.join(directory, "model")

@@ -15,7 +15,11 @@ divided by the number of views so that it sums to 1). Works for TC-CLIP, ViFi-CL
 checkpoints alike. Videos are decoded ahead by worker processes while the model classifies
 `--batch-size` of them at a time; with `--output`, one row per video (path, duration, views,
 top-k classes and probabilities, or the reason it could not be read) is written as it is done,
-and `--resume` keeps an interrupted run's rows and skips their videos.
+and `--resume` keeps an interrupted run's rows and skips their videos. `--timeline` classifies every
+window of long videos instead (`tcclip_jax.timeline`):
+
+  python -m tcclip_jax.predict --checkpoint DIR --video match.mp4 --labels classes.csv \
+      --timeline --output timelines/ [--window 8 --stride 4]
 
 Exit status: 0 when every video was classified; 1 when some could not be read (each is named on
 stderr, the others are still classified); 2 for unusable arguments (no class names, a path that is
@@ -32,18 +36,17 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tcclip_jax import allocator, cli, collection
+from tcclip_jax import allocator, cli, collection, timeline
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
 from tcclip_jax.errors import UserError
 from tcclip_jax.inference import (
     DTYPES,
     NORMALIZATION_CHOICES,
     Predictor,
+    class_probabilities,
     load_predictor,
     prompt_tokens,
     view_config,
@@ -93,15 +96,6 @@ def check_prompts(predictor: Predictor, names: Sequence[str], origin: str) -> No
 
 
 # Scoring -----------------------------------------------------------------------------------
-
-
-def class_probabilities(predictor: Predictor, views: np.ndarray, classnames: Sequence[str]):
-    """[B, V, T, H, W, 3] normalised views of B videos -> [B, C] probabilities: per-view
-    softmax, averaged over the V views."""
-    b, v = views.shape[:2]
-    logits = predictor.logits(views.reshape(b * v, *views.shape[2:]), classnames)  # [B*V, C]
-    probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-    return np.asarray(probs.reshape(b, v, -1).mean(axis=1))
 
 
 @dataclasses.dataclass
@@ -159,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="Print one JSON document instead.")
     parser.add_argument(
         "--output",
-        help="Write one row per video as it is done, to a .csv or .jsonl file.",
+        help="Write one row per video as it is done, to a .csv or .jsonl file (with "
+        "--timeline: the folder for each video's timeline files).",
     )
     parser.add_argument(
         "--resume", action="store_true", help="Keep --output's rows and skip their videos."
@@ -181,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         default="checkpoint",
         help="Input normalisation: the one the checkpoint records (default), or this one.",
     )
+    timeline.add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return parser
 
@@ -258,7 +254,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output (the file to carry on)")
-    if args.json and args.output:
+    if args.timeline:
+        timeline.check_arguments(args, 1)
+    elif args.json and args.output:
         raise UsageError("--json prints results held in memory; with --output use a .jsonl file")
 
 
@@ -273,6 +271,8 @@ def predict(args: argparse.Namespace) -> int:
     cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
     cfg.uint8_output = True  # normalised here, after the batch is stacked
     videos = collection.find_videos(args.video, cfg.frame_template)
+    if args.timeline:
+        return 1 if timeline.run(predictor, videos, classnames, cfg, args, _error) else 0
 
     output = collection.ResultFile(args.output, args.top_k, args.resume) if args.output else None
     todo = [v for v in videos if output is None or v not in output.done]
