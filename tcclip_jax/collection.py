@@ -9,22 +9,27 @@ absolute; a trailing integer label, as in annotation lists, is ignored).
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 
 import av
 import grain
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
+from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
 from tcclip_jax.data.pipeline import ClipSpec, eval_views, prefetch
 from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader
 from tcclip_jax.errors import UserError
+from tcclip_jax.inference import Predictor, prompt_tokens
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
@@ -33,8 +38,58 @@ VIDEO_EXTENSIONS = (
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
 
 
-class CollectionError(UserError):
-    """An input that names no video, or an output file the run cannot continue."""
+class UsageError(UserError):
+    """Arguments the command cannot run with; reported as one line, exit status 2."""
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that does not break a progress bar."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+# Class names -------------------------------------------------------------------------------
+
+
+def read_class_names(path: str) -> list[str]:
+    """Class names from a class CSV (`id,name`), the LLM JSON (`{"0": name}`) or a plain text
+    file with one name per line (blank lines skipped)."""
+    if path.lower().endswith((".csv", ".json")):
+        return load_class_names(path)
+    if not os.path.isfile(path):
+        raise AnnotationError(f"class list {path} does not exist")
+    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    if not names:
+        raise AnnotationError(f"{path}: the class list is empty")
+    return names
+
+
+def check_class_names(names: Sequence[str], origin: str) -> list[str]:
+    names = [n.strip() for n in names]
+    if not names:
+        raise UsageError(f"no class names given ({origin})")
+    blank = [i + 1 for i, n in enumerate(names) if not n]
+    if blank:
+        raise UsageError(f"class names {blank} ({origin}, 1-based) are empty")
+    repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+    if repeated:
+        warn(f"duplicate class names ({origin}): {repeated}; they share their probability")
+    return names
+
+
+def class_names(labels: str | None, classes: Sequence[str] | None) -> tuple[list[str], str]:
+    """(names, where they came from) of a `--labels FILE` / `--classes NAME...` pair."""
+    origin = labels if labels is not None else "--classes"
+    names = read_class_names(labels) if labels is not None else classes
+    return check_class_names(names, origin), origin
+
+
+def check_prompts(predictor: Predictor, names: Sequence[str], origin: str) -> None:
+    """Every class name fits the model's prompt (checked before any video is decoded)."""
+    for i, name in enumerate(names):
+        try:
+            prompt_tokens(predictor.config, [name])
+        except ValueError as e:
+            raise UsageError(f"class {i + 1} ({origin}): {e}") from None
 
 
 # Finding videos ----------------------------------------------------------------------------
@@ -82,14 +137,14 @@ def find_videos(inputs: Sequence[str], frame_template: str = "img_{:05d}.jpg") -
                     if name.lower().endswith(VIDEO_EXTENSIONS):
                         found[os.path.join(root, name)] = None
             if len(found) == before:
-                raise CollectionError(
+                raise UsageError(
                     f"{item}: no video files ({', '.join(VIDEO_EXTENSIONS[:4])}, ...) or frame "
                     f"folders (frames named like {frame_template!r}) in this folder"
                 )
         elif os.path.isfile(item) and item.lower().endswith(LIST_EXTENSIONS):
             listed = _read_list(item)
             if not listed:
-                raise CollectionError(f"{item}: the video list is empty")
+                raise UsageError(f"{item}: the video list is empty")
             found.update(dict.fromkeys(listed))
         else:
             found[item] = None
@@ -165,11 +220,23 @@ def read_ahead(
     return iter(prefetch(ds, cfg))
 
 
-def batched(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    batch = []
-    for item in items:
+def default_workers(num_videos: int, batch_size: int) -> int:
+    """Decoding processes: none when one batch holds every video (starting them costs more
+    than it saves), else one per spare core, at most 8."""
+    if num_videos <= batch_size:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def view_batches(
+    videos: Sequence[str], cfg: ml_collections.ConfigDict, workers: int, batch_size: int
+) -> Iterator[list[dict]]:
+    """`read_ahead`'s items in order, in lists holding `batch_size` readable videos each (the
+    last one fewer) and the unreadable ones met on the way."""
+    batch: list[dict] = []
+    for item in read_ahead(videos, cfg, workers):
         batch.append(item)
-        if len(batch) == size:
+        if sum("views" in i for i in batch) == batch_size:
             yield batch
             batch = []
     if batch:
@@ -205,12 +272,12 @@ class ResultFile:
         self.path, self.top_k = path, top_k
         self.format = os.path.splitext(path)[1].lower().lstrip(".")
         if self.format not in ("csv", "jsonl"):
-            raise CollectionError(f"--output {path}: must end in .csv or .jsonl")
+            raise UsageError(f"--output {path}: must end in .csv or .jsonl")
         self.done: set[str] = set()
         kept: list[str] = []
         if os.path.exists(path):
             if not resume:
-                raise CollectionError(
+                raise UsageError(
                     f"--output {path} exists; pass --resume to add to it, or remove it"
                 )
             kept = self._kept_lines()
@@ -235,7 +302,7 @@ class ResultFile:
                 return []
             header = next(csv.reader([lines[0]]))
             if header != _csv_header(self.top_k):
-                raise CollectionError(
+                raise UsageError(
                     f"--output {self.path}: its columns are not those of this run (--top-k "
                     f"{self.top_k}); use another file"
                 )
@@ -250,7 +317,7 @@ class ResultFile:
                     record = json.loads(line)
                     video, failed = record["video"], record.get("error") is not None
                 except (ValueError, KeyError, TypeError):
-                    raise CollectionError(
+                    raise UsageError(
                         f"--output {self.path}: a line is not a result record: {line[:60]!r}"
                     ) from None
             if video is not None and not failed and video not in self.done:

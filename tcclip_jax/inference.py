@@ -147,7 +147,11 @@ class Predictor:
 
     def logits(self, clips: np.ndarray, classnames: Sequence[str]) -> np.ndarray:
         """[B, n_cls] logits, exp(logit_scale) * cosine, as NumPy."""
-        video = self.encode_video(clips)
+        return self.score(self.encode_video(clips), classnames)
+
+    def score(self, video: dict, classnames: Sequence[str]) -> np.ndarray:
+        """`logits` from vision outputs: `video_embedding` [B, E] and, for TC-CLIP,
+        `context_embeddings` [B, k, D] (e.g. stored by `embed`)."""
         return np.asarray(self._logits(self.params, video, self.encode_classes(classnames)))
 
     def predict(self, clips: np.ndarray, classnames: Sequence[str]) -> tuple[dict, np.ndarray]:

@@ -29,7 +29,6 @@ not a model checkpoint, a folder without videos, an output file that exists with
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import os
@@ -40,62 +39,20 @@ import numpy as np
 from tqdm import tqdm
 
 from tcclip_jax import allocator, cli, collection, timeline
-from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
-from tcclip_jax.errors import UserError
+from tcclip_jax.collection import (
+    UsageError,
+    check_prompts,
+    class_names,
+    warn,
+)
 from tcclip_jax.inference import (
     DTYPES,
     NORMALIZATION_CHOICES,
     Predictor,
     class_probabilities,
     load_predictor,
-    prompt_tokens,
     view_config,
 )
-
-
-class UsageError(UserError):
-    """Arguments the command cannot run with; reported as one line, exit status 2."""
-
-
-# Inputs ------------------------------------------------------------------------------------
-
-
-def read_class_names(path: str) -> list[str]:
-    """Class names from a class CSV (`id,name`), the LLM JSON (`{"0": name}`) or a plain text
-    file with one name per line (blank lines skipped)."""
-    if path.lower().endswith((".csv", ".json")):
-        return load_class_names(path)
-    if not os.path.isfile(path):
-        raise AnnotationError(f"class list {path} does not exist")
-    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
-    if not names:
-        raise AnnotationError(f"{path}: the class list is empty")
-    return names
-
-
-def check_class_names(names: Sequence[str], origin: str) -> list[str]:
-    names = [n.strip() for n in names]
-    if not names:
-        raise UsageError(f"no class names given ({origin})")
-    blank = [i + 1 for i, n in enumerate(names) if not n]
-    if blank:
-        raise UsageError(f"class names {blank} ({origin}, 1-based) are empty")
-    repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
-    if repeated:
-        _warn(f"duplicate class names ({origin}): {repeated}; they share their probability")
-    return names
-
-
-def check_prompts(predictor: Predictor, names: Sequence[str], origin: str) -> None:
-    """Every class name fits the model's prompt (checked before any video is decoded)."""
-    for i, name in enumerate(names):
-        try:
-            prompt_tokens(predictor.config, [name])
-        except ValueError as e:
-            raise UsageError(f"class {i + 1} ({origin}): {e}") from None
-
-
-# Scoring -----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -185,22 +142,10 @@ def _error(message: str) -> None:
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
-def _warn(message: str) -> None:
-    tqdm.write(f"warning: {message}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cli.quiet_libraries()
     return cli.guarded(lambda: predict(args), args.debug)
-
-
-def default_workers(num_videos: int, batch_size: int) -> int:
-    """Decoding processes: none when one batch holds every video (starting them costs more
-    than it saves), else one per spare core, at most 8."""
-    if num_videos <= batch_size:
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def classify_videos(
@@ -215,33 +160,24 @@ def classify_videos(
 ) -> Iterator[VideoResult]:
     """A VideoResult per video, in order: videos decoded `workers` processes ahead, classified
     `batch_size` at a time (the last batch padded, so the model compiles once)."""
-    pending: list[dict] = []
-
-    def flush() -> Iterator[VideoResult]:
-        readable = [item for item in pending if "views" in item]
+    for batch in collection.view_batches(videos, cfg, workers, batch_size):
+        readable = [item for item in batch if "views" in item]
         probs = iter(())
         if readable:
             views = predictor.normalize(collection.stack_views(readable, batch_size))
             probs = iter(class_probabilities(predictor, views, classnames))
-        for item in pending:
+        for item in batch:
             if "error" in item:
                 yield VideoResult(item["video"], error=item["error"])
                 continue
             if item["warning"]:
-                _warn(item["warning"])
+                warn(item["warning"])
             yield VideoResult(
                 item["video"],
                 top=top_classes(next(probs), classnames, top_k),
                 duration=item["duration"],
                 views=item["views"].shape[0],
             )
-        pending.clear()
-
-    for item in collection.read_ahead(videos, cfg, workers):
-        pending.append(item)
-        if sum("views" in i for i in pending) == batch_size:
-            yield from flush()
-    yield from flush()
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -263,9 +199,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def predict(args: argparse.Namespace) -> int:
     """Classify `args.video`; bad arguments raise a UserError before any video is decoded."""
     _check_args(args)
-    origin = args.labels if args.labels is not None else "--classes"
-    names = read_class_names(args.labels) if args.labels is not None else args.classes
-    classnames = check_class_names(names, origin)
+    classnames, origin = class_names(args.labels, args.classes)
     predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
     check_prompts(predictor, classnames, origin)
     cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
@@ -277,8 +211,10 @@ def predict(args: argparse.Namespace) -> int:
     output = collection.ResultFile(args.output, args.top_k, args.resume) if args.output else None
     todo = [v for v in videos if output is None or v not in output.done]
     if output is not None and len(todo) < len(videos):
-        _warn(f"{args.output}: {len(videos) - len(todo)} videos already done, skipped")
-    workers = default_workers(len(todo), args.batch_size) if args.workers is None else args.workers
+        warn(f"{args.output}: {len(videos) - len(todo)} videos already done, skipped")
+    workers = args.workers
+    if workers is None:
+        workers = collection.default_workers(len(todo), args.batch_size)
     results, failed = [], 0
     bar = tqdm(total=len(todo), unit="video", disable=None, file=sys.stderr, dynamic_ncols=True)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tcclip_jax import predict
+from tcclip_jax import collection, predict
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.config import (
     CLIP_MEAN,
@@ -217,12 +217,12 @@ def test_class_list_formats(tmp_path):
     llm.write_text('{"0": "Juggling balls: tossing", "1": "Riding a bike: pedalling"}')
     text = tmp_path / "classes.txt"
     text.write_text("juggling balls\n\n  riding a bike  \n")
-    assert predict.read_class_names(str(csv)) == ["juggling balls", "riding a bike"]
-    assert predict.read_class_names(str(llm)) == [
+    assert collection.read_class_names(str(csv)) == ["juggling balls", "riding a bike"]
+    assert collection.read_class_names(str(llm)) == [
         "Juggling balls: tossing",
         "Riding a bike: pedalling",
     ]
-    assert predict.read_class_names(str(text)) == ["juggling balls", "riding a bike"]
+    assert collection.read_class_names(str(text)) == ["juggling balls", "riding a bike"]
 
 
 def error_line(capsys) -> str:
