@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from tcclip_jax.config.base import check_protocol
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.evaluation.accuracy import Evaluator, place_params
+from tcclip_jax.evaluation.analysis import write_analysis
 from tcclip_jax.evaluation.tables import harmonic_mean, summarize_splits
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models.config import ModelConfig
@@ -57,6 +58,7 @@ def evaluate_protocol(
     *,
     model_config: ModelConfig,
     clip_params: Any = None,
+    analysis_dir: str | None = None,
 ) -> dict:
     """Evaluates `params` as `config.protocol` prescribes (layout: `tables.format_results`).
 
@@ -66,7 +68,9 @@ def evaluate_protocol(
     `data.novel_class_list`), and their harmonic mean. With `config.wise_ft` set, the weights are
     evaluated as they are and again ensembled with CLIP's (the paper reports both, under
     `with_wise_ft`): `clip_params`, else those of `config.clip_checkpoint`, else of
-    `config.init_checkpoint` (where fine-tuning started).
+    `config.init_checkpoint` (where fine-tuning started). With `analysis_dir`, each evaluated
+    list's predictions, per-class accuracy and confusion matrix go to a folder of it named after
+    the list (`analysis.write_analysis`; WiSE-FT's under `with_wise_ft/`).
     """
     check_protocol(config.protocol)
     model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype))
@@ -77,7 +81,7 @@ def evaluate_protocol(
         "train_list": os.path.basename(config.data.get("train_list", "")),
         "class_list": os.path.basename(config.data.class_list),
         "wise_ft": config.get("wise_ft"),
-        **_evaluate_weights(config, place_params(params, mesh), model, mesh),
+        **_evaluate_weights(config, place_params(params, mesh), model, mesh, analysis_dir),
     }
     weight = config.get("wise_ft")
     if weight is not None:
@@ -89,16 +93,21 @@ def evaluate_protocol(
                 )
             _, clip_params = load_model(source)
         ensembled = place_params(wise_ft(clip_params, params, weight), mesh)
-        metrics["with_wise_ft"] = _evaluate_weights(config, ensembled, model, mesh)
+        wise_dir = analysis_dir and os.path.join(analysis_dir, "with_wise_ft")
+        metrics["with_wise_ft"] = _evaluate_weights(config, ensembled, model, mesh, wise_dir)
     return metrics
 
 
 def _evaluate_weights(
-    config: ml_collections.ConfigDict, params: Any, model: VideoCLIP, mesh: Mesh
+    config: ml_collections.ConfigDict,
+    params: Any,
+    model: VideoCLIP,
+    mesh: Mesh,
+    analysis_dir: str | None = None,
 ) -> dict:
     """{'results': {name: accuracy}} (+ 'harmonic_mean' for base-to-novel) of one set of weights."""
 
-    def evaluate(data_cfg, annotation_file, class_names) -> dict:
+    def evaluate(data_cfg, annotation_file, class_names, name) -> dict:
         evaluator = Evaluator(
             model,
             mesh,
@@ -109,7 +118,11 @@ def _evaluate_weights(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        return {**evaluator(params), "annotation_file": evaluator.annotation_file}
+        result = {**evaluator(params), "annotation_file": evaluator.annotation_file}
+        if analysis_dir and jax.process_index() == 0:
+            write_analysis(os.path.join(analysis_dir, name), evaluator.videos, evaluator.labels,
+                           evaluator.scores, class_names)  # fmt: skip
+        return result
 
     data = config.data
     if config.protocol == "zeroshot":
@@ -126,7 +139,9 @@ def _evaluate_weights(
                 zip(dataset.splits, _split_class_lists(dataset), strict=True)
             ):
                 data_cfg.class_list = class_list
-                splits[f"split{i + 1}"] = evaluate(data_cfg, split, load_class_names(class_list))
+                name = f"split{i + 1}"
+                classes = load_class_names(class_list)
+                splits[name] = evaluate(data_cfg, split, classes, f"{dataset.name}_{name}")
             results[dataset.name] = {**summarize_splits(list(splits.values())), "splits": splits}
         return {"results": results}
     if config.protocol == "base2novel":
@@ -135,13 +150,15 @@ def _evaluate_weights(
                 "base-to-novel needs config.data.novel_val_list and config.data.novel_class_list "
                 "(the novel classes' list and class list)"
             )
-        base = evaluate(data, data.val_list, load_class_names(data.class_list))
+        base = evaluate(data, data.val_list, load_class_names(data.class_list), "base")
         novel_cfg = ml_collections.ConfigDict(data.to_dict())
         novel_cfg.class_list = data.novel_class_list
-        novel = evaluate(novel_cfg, data.novel_val_list, load_class_names(data.novel_class_list))
+        novel_classes = load_class_names(data.novel_class_list)
+        novel = evaluate(novel_cfg, data.novel_val_list, novel_classes, "novel")
         return {
             "results": {"base": base, "novel": novel},
             "harmonic_mean": harmonic_mean(base["top1"], novel["top1"]),
         }
     name = config.get("dataset_name") or os.path.splitext(os.path.basename(data.val_list))[0]
-    return {"results": {name: evaluate(data, data.val_list, load_class_names(data.class_list))}}
+    classes = load_class_names(data.class_list)
+    return {"results": {name: evaluate(data, data.val_list, classes, name)}}
