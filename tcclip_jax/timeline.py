@@ -8,7 +8,8 @@ The video is decoded once from start to end, keeping only the frames of the wind
 (memory does not grow with the video), and seeks ahead over gaps of more than `SEEK_GAP` seconds
 between windows (stride > window). Each window is scored as `predict` scores a video (softmax per
 spatial crop, averaged). For segments, window w stands for the `stride` seconds around its centre
-(the first from 0, the last to the video's end), so segments tile the video without overlapping.
+(the first from 0, the last to the video's end), so segments tile the video without overlapping;
+`--smooth K` merges on the probabilities averaged over K neighbouring windows instead.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ def merge_segments(
             segments.append({"index": int(c), "start": float(lo[w]), "end": float(hi[w]),
                              "windows": [w, w]})  # fmt: skip
     return segments
+
+
+def smoothed(probabilities: np.ndarray, width: int) -> np.ndarray:
+    """[W, C] each window's probabilities averaged with its neighbours, `width` windows
+    centred on it (fewer at the ends): single-window flickers do not split a segment."""
+    if width <= 1:
+        return probabilities
+    half = width // 2
+    padded = np.cumsum(np.pad(probabilities, ((1, 0), (0, 0))), axis=0)
+    idx = np.arange(len(probabilities))
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, len(probabilities))
+    return (padded[hi] - padded[lo]) / (hi - lo)[:, None]
 
 
 # Decoding window by window -----------------------------------------------------------------
@@ -202,15 +215,16 @@ class Timeline:
     classes: list[str]
     bounds: np.ndarray  # [W, 2] seconds
     probabilities: np.ndarray  # [W, C]
+    smooth: int = 1  # windows averaged for the segments (odd; 1: none)
 
     @property
     def segments(self) -> list[dict]:
-        top = self.probabilities.argmax(axis=1)
-        segments = merge_segments(top, self.bounds, self.stride, self.duration)
+        probs = smoothed(self.probabilities, self.smooth)
+        segments = merge_segments(probs.argmax(axis=1), self.bounds, self.stride, self.duration)
         for s in segments:
             first, last = s["windows"]
             s["class"] = self.classes[s["index"]]
-            s["mean_probability"] = float(self.probabilities[first : last + 1, s["index"]].mean())
+            s["mean_probability"] = float(probs[first : last + 1, s["index"]].mean())
         return segments
 
 
@@ -222,6 +236,7 @@ def score_timeline(
     window: float,
     stride: float,
     batch_size: int,
+    smooth: int = 1,
 ) -> Timeline:
     """Every window of `path` classified, `batch_size` windows per model call."""
     duration = probe(path)
@@ -246,7 +261,7 @@ def score_timeline(
         views[: len(batch)] = [crops for _, crops in batch]
         p = class_probabilities(predictor, predictor.normalize(views), classnames)
         probs[[w for w, _ in batch]] = p[: len(batch)]
-    return Timeline(path, duration, window, stride, list(classnames), bounds, probs)
+    return Timeline(path, duration, window, stride, list(classnames), bounds, probs, smooth)
 
 
 # Files -------------------------------------------------------------------------------------
@@ -276,6 +291,7 @@ def write_timeline(timeline: Timeline, directory: str) -> dict[str, str]:
         "duration_s": timeline.duration,
         "window_s": timeline.window,
         "stride_s": timeline.stride,
+        "smooth_windows": timeline.smooth,
         "classes": timeline.classes,
         "segments": segments,
         "windows": [
@@ -323,6 +339,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window", type=float, help=f"Window seconds (default {SECONDS_PER_FRAME} per frame)."
     )
     group.add_argument("--stride", type=float, help="Seconds between windows (default: window/2).")
+    group.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        help="Segments from probabilities averaged over this many windows (odd; default 1).",
+    )
 
 
 def check_arguments(args: argparse.Namespace, num_frames: int) -> tuple[float, float]:
@@ -335,6 +357,8 @@ def check_arguments(args: argparse.Namespace, num_frames: int) -> tuple[float, f
     stride = args.stride if args.stride is not None else window / 2
     if not (window > 0 and stride > 0):
         raise UserError(f"--window and --stride must be positive, got {window}, {stride}")
+    if args.smooth < 1 or args.smooth % 2 == 0:
+        raise UserError(f"--smooth must be an odd number of windows, got {args.smooth}")
     return window, stride
 
 
@@ -355,7 +379,7 @@ def run(
             continue
         try:
             timeline = score_timeline(
-                predictor, video, classnames, cfg, window, stride, args.batch_size
+                predictor, video, classnames, cfg, window, stride, args.batch_size, args.smooth
             )
         except (ValueError, OSError) as e:  # VideoReadError names the file
             report_error(str(e) if video in str(e) else f"{video}: {e}")

@@ -123,3 +123,13 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
     (out / "long.windows.csv").write_text("kept")
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 1 and (out / "long.windows.csv").read_text() == "kept"
+
+
+def test_smoothing_averages_neighbours_and_removes_a_flicker():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.95, 0.05], [0.4, 0.6], [0.1, 0.9]])
+    smooth = timeline.smoothed(probs, 3)
+    np.testing.assert_allclose(smooth[0], probs[:2].mean(0))
+    np.testing.assert_allclose(smooth[2], probs[1:4].mean(0))
+    np.testing.assert_allclose(smooth[-1], probs[-2:].mean(0))
+    assert smooth.argmax(1).tolist() == [0, 0, 0, 0, 1, 1]  # window 2's flicker is gone
+    assert timeline.smoothed(probs, 1) is probs

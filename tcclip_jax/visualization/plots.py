@@ -3,6 +3,7 @@ long video's classes over time, and a confusion matrix."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,18 +39,13 @@ def timeline_figure(
     bar, heat = fig.subplots(2, 1, sharex=True, height_ratios=[1.2, max(1.0, 0.28 * len(rows))])
     for k, s in enumerate(segments):
         bar.axvspan(s["start"], s["end"], color=colour[s["index"]], alpha=0.85, lw=0)
-        width = s["end"] - s["start"]
-        narrow = width < duration / 12
-        bar.text(
-            (s["start"] + s["end"]) / 2,
-            0.5 if not narrow else (0.25 if k % 2 else 0.75),
-            classes[s["index"]],
-            ha="center",
-            va="center",
-            fontsize=8,
-            rotation=0,
-            clip_on=True,
-        )
+        # Wrapped to the segment's width (about 100 characters span the axis at this size).
+        chars = int((s["end"] - s["start"]) / duration * 100)
+        label = textwrap.fill(classes[s["index"]], max(chars, 6), break_long_words=False)
+        tall = label.count("\n") >= 2
+        bar.text((s["start"] + s["end"]) / 2, 0.5 if not tall else (0.3 if k % 2 else 0.7),
+                 label, ha="center", va="center", fontsize=8, linespacing=0.9,
+                 clip_on=True)  # fmt: skip
     bar.set_yticks([])
     bar.set_ylim(0, 1)
     bar.set_title(title, fontsize=10, loc="left")
