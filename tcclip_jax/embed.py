@@ -98,9 +98,7 @@ def embed(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cli.quiet_libraries()
-    return cli.guarded(lambda: embed(args), args.debug)
+    return cli.run_argparse(_parser(), embed, argv)
 
 
 if __name__ == "__main__":

@@ -143,9 +143,7 @@ def _error(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cli.quiet_libraries()
-    return cli.guarded(lambda: predict(args), args.debug)
+    return cli.run_argparse(_parser(), predict, argv)
 
 
 def classify_videos(

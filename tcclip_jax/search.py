@@ -58,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cli.quiet_libraries()
-    return cli.guarded(lambda: run(args), args.debug)
+    return cli.run_argparse(_parser(), run, argv)
 
 
 if __name__ == "__main__":
