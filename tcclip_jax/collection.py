@@ -234,13 +234,18 @@ def view_batches(
     """`read_ahead`'s items in order, in lists holding `batch_size` readable videos each (the
     last one fewer) and the unreadable ones met on the way."""
     batch: list[dict] = []
-    for item in read_ahead(videos, cfg, workers):
-        batch.append(item)
-        if sum("views" in i for i in batch) == batch_size:
+    items = read_ahead(videos, cfg, workers)
+    try:
+        for item in items:
+            batch.append(item)
+            if sum("views" in i for i in batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
+    finally:
+        if hasattr(items, "close"):
+            items.close()  # stops the worker processes
 
 
 # Result rows -------------------------------------------------------------------------------

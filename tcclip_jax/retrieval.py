@@ -145,10 +145,13 @@ def _without_vp(predictor: Predictor):
 
 @dataclasses.dataclass
 class EmbeddingIndex:
+    """The videos of an embedding folder and their view embeddings [N, V, E], in memory; context
+    tokens are read from the shards only for the videos asked for (`context_tokens`)."""
+
     videos: list[str]
     video_embedding: np.ndarray  # [N, V, E]
-    context_tokens: np.ndarray | None  # [N, V, k, D]
     meta: dict
+    locations: list[tuple[str, int]]  # (shard file, row) per video
 
     @classmethod
     def load(cls, directory: str) -> EmbeddingIndex:
@@ -171,21 +174,34 @@ class EmbeddingIndex:
                         raise UsageError(f"{index_path}:{number}: not a JSON line") from None
         if not rows:
             raise UsageError(f"{index_path}: no videos embedded yet")
-        shards: dict[str, dict] = {}
-        emb, ctx = [], []
-        for row in rows:
-            if row["shard"] not in shards:
-                path = os.path.join(directory, "shards", row["shard"] + ".npz")
-                try:
-                    with np.load(path) as data:
-                        shards[row["shard"]] = dict(data)
-                except (OSError, ValueError) as e:
-                    raise UsageError(f"{path}: cannot read the shard: {e}") from None
-            shard = shards[row["shard"]]
-            emb.append(shard["video_embedding"][row["row"]])
-            if "context_tokens" in shard:
-                ctx.append(shard["context_tokens"][row["row"]])
-        return cls([r["video"] for r in rows], np.stack(emb), np.stack(ctx) if ctx else None, meta)
+        locations = [
+            (os.path.join(directory, "shards", r["shard"] + ".npz"), int(r["row"])) for r in rows
+        ]
+        embeddings = _read_rows(locations, "video_embedding")
+        return cls([r["video"] for r in rows], embeddings, meta, locations)
+
+    def context_tokens(self, rows: np.ndarray) -> np.ndarray | None:
+        """[len(rows), V, k, D] TC-CLIP's stored context tokens of videos `rows` (else None)."""
+        if self.meta["model"] != "tc_clip":  # no VP, nothing stored
+            return None
+        return _read_rows([self.locations[i] for i in rows], "context_tokens")
+
+
+def _read_rows(locations: Sequence[tuple[str, int]], key: str) -> np.ndarray:
+    """Array `key` at each (shard file, row), each shard read once."""
+    out: list = [None] * len(locations)
+    by_shard: dict[str, list[int]] = {}
+    for i, (path, _) in enumerate(locations):
+        by_shard.setdefault(path, []).append(i)
+    for path, positions in by_shard.items():
+        try:
+            with np.load(path) as data:
+                array = data[key]
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"{path}: cannot read {key} from the shard: {e}") from None
+        for i in positions:
+            out[i] = array[locations[i][1]]
+    return np.stack(out)
 
 
 def stage_one_scores(index: EmbeddingIndex, text: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -202,8 +218,8 @@ def vp_scores(
     stored context tokens, averaged over views (= `Predictor.logits` on their views)."""
     v = index.video_embedding.shape[1]
     video = {"video_embedding": index.video_embedding[rows].reshape(len(rows) * v, -1)}
-    if index.context_tokens is not None:
-        ctx = index.context_tokens[rows]
+    ctx = index.context_tokens(rows)
+    if ctx is not None:
         video["context_embeddings"] = ctx.reshape(len(rows) * v, *ctx.shape[2:])
     return predictor.score(video, texts).reshape(len(rows), v, -1).mean(axis=1)
 
@@ -224,8 +240,8 @@ def search(
     if predictor.config.is_temporal and rerank > 0:
         pool = pool[: max(rerank, top)]
         final = vp_scores(predictor, index, [query], pool)[:, 0]
+        score = dict(zip(pool.tolist(), final.tolist(), strict=True))
         pool = pool[np.argsort(-final, kind="stable")]
-        score = dict(zip(pool.tolist(), np.sort(final)[::-1].tolist(), strict=True))
     else:
         score = {int(i): float(stage1[i]) for i in pool[:top]}
     return [
