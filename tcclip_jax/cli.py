@@ -8,6 +8,7 @@ save, JAX's "Unable to initialize backend 'tpu'") stays below the default verbos
 
 from __future__ import annotations
 
+import argparse
 import logging as pylogging
 import re
 import sys
@@ -49,6 +50,18 @@ def guarded(body: Callable[[], int | None], debug: bool) -> int:
             traceback.print_exc()
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+def run_argparse(
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int | None],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """An argparse command line (with a `--debug` flag): `body(args)` under `guarded`, with
+    library logs quiet."""
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    return guarded(lambda: body(args), args.debug)
 
 
 class _Quiet(pylogging.Filter):

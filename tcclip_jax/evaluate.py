@@ -18,7 +18,9 @@ used (zero-shot: HMDB-51, UCF-101 and K-600, three splits each), every list chec
 class list first. Zero-shot is evaluated as the weights are and with WiSE-FT, which needs CLIP's
 weights (`--config.clip_checkpoint`, a converted OpenAI CLIP). The table is printed, and written
 with the checkpoint path and normalisation to `WORKDIR/eval_metrics.json` (what `python -m
-tcclip_jax.report` reads), and the scalars appended to `WORKDIR/metrics.jsonl` under `eval/`.
+tcclip_jax.report` reads), and the scalars appended to `WORKDIR/metrics.jsonl` under `eval/`;
+per evaluated list, `WORKDIR/analysis/<list>/` holds every video's predictions, the per-class
+accuracy and the confusion matrix (`tcclip_jax.evaluation.analysis`).
 WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`.
 """
 
@@ -53,6 +55,7 @@ _DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 METRICS_FILE = "eval_metrics.json"
+ANALYSIS_DIR = "analysis"  # per evaluated list: predictions, per-class accuracy, confusion
 
 
 def main(argv: Sequence[str]) -> None:
@@ -76,7 +79,10 @@ def main(argv: Sequence[str]) -> None:
     check_eval_lists(config)  # every list and folder exists (named by its config field)
     check_lists(config, training=False)  # each test list against its class list, first
     config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
-    metrics = evaluate_protocol(config, params, sharding.create_mesh(), model_config=model_config)
+    metrics = evaluate_protocol(
+        config, params, sharding.create_mesh(), model_config=model_config,
+        analysis_dir=os.path.join(workdir, ANALYSIS_DIR),
+    )  # fmt: skip
 
     step = 0
     if os.path.isfile(os.path.join(checkpoint, INFO_FILE)):

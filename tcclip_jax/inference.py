@@ -127,7 +127,11 @@ class Predictor:
 
     def logits(self, clips: np.ndarray, classnames: Sequence[str]) -> np.ndarray:
         """[B, n_cls] logits, exp(logit_scale) * cosine, as NumPy."""
-        video = self.encode_video(clips)
+        return self.score(self.encode_video(clips), classnames)
+
+    def score(self, video: dict, classnames: Sequence[str]) -> np.ndarray:
+        """`logits` from vision outputs: `video_embedding` [B, E] and, for TC-CLIP,
+        `context_embeddings` [B, k, D] (e.g. stored by `embed`)."""
         return np.asarray(self._logits(self.params, video, self.encode_classes(classnames)))
 
     def predict(self, clips: np.ndarray, classnames: Sequence[str]) -> tuple[dict, np.ndarray]:
@@ -135,6 +139,15 @@ class Predictor:
         video = self.encode_video(clips)
         logits = self._logits(self.params, video, self.encode_classes(classnames))
         return jax.tree.map(np.asarray, video), np.asarray(logits)
+
+
+def class_probabilities(predictor: Predictor, views: np.ndarray, classnames: Sequence[str]):
+    """[B, V, T, H, W, 3] normalised views of B videos -> [B, C] probabilities: per-view
+    softmax, averaged over the V views."""
+    b, v = views.shape[:2]
+    logits = predictor.logits(views.reshape(b * v, *views.shape[2:]), classnames)  # [B*V, C]
+    probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    return np.asarray(probs.reshape(b, v, -1).mean(axis=1))
 
 
 def _not_a_model_hint(directory: str) -> str:

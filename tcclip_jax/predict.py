@@ -1,98 +1,58 @@
-"""Classify video files against any class names with a converted or trained checkpoint.
+"""Classify videos against any class names with a converted or trained checkpoint.
 
   python -m tcclip_jax.predict --checkpoint checkpoints/tcclip_k400 --video a.mp4 b.mp4 \
       --classes "juggling balls" "playing guitar" "riding a bike"
   python -m tcclip_jax.predict --checkpoint DIR --video a.mp4 --labels classes.csv --json
+  python -m tcclip_jax.predict --checkpoint DIR --video clips/ list.txt --labels classes.csv \
+      --output results.csv [--resume]
 
-Each video is decoded and sampled as evaluation does (`load_test_views`: the published test
-views, short side resize + centre crop(s)) at the checkpoint's frame count and resolution, and
-normalised as the checkpoint records (`--normalization` overrides it);
-its class probabilities are the per-view softmax averaged over the views (the evaluation's
-softmax sum, divided by the number of views so that it sums to 1). Works for TC-CLIP, ViFi-CLIP
-and CLIP checkpoints alike.
+`--video` takes video files, frame folders, folders (searched recursively for both) and list
+files (`tcclip_jax.collection`). Each video is decoded and sampled as evaluation does (the
+published test views, short side resize + centre crop(s)) at the checkpoint's frame count and
+resolution, and normalised as the checkpoint records (`--normalization` overrides it); its class
+probabilities are the per-view softmax averaged over the views (the evaluation's softmax sum,
+divided by the number of views so that it sums to 1). Works for TC-CLIP, ViFi-CLIP and CLIP
+checkpoints alike. Videos are decoded ahead by worker processes while the model classifies
+`--batch-size` of them at a time; with `--output`, one row per video (path, duration, views,
+top-k classes and probabilities, or the reason it could not be read) is written as it is done,
+and `--resume` keeps an interrupted run's rows and skips their videos. `--timeline` classifies every
+window of long videos instead (`tcclip_jax.timeline`):
+
+  python -m tcclip_jax.predict --checkpoint DIR --video match.mp4 --labels classes.csv \
+      --timeline --output timelines/ [--window 8 --stride 4]
 
 Exit status: 0 when every video was classified; 1 when some could not be read (each is named on
 stderr, the others are still classified); 2 for unusable arguments (no class names, a path that is
-not a model checkpoint).
+not a model checkpoint, a folder without videos, an output file that exists without --resume).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
-from tcclip_jax import allocator, cli
-from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
-from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.errors import UserError
+from tcclip_jax import allocator, cli, collection, timeline
+from tcclip_jax.collection import (
+    UsageError,
+    check_prompts,
+    class_names,
+    warn,
+)
 from tcclip_jax.inference import (
     DTYPES,
     NORMALIZATION_CHOICES,
     Predictor,
+    class_probabilities,
     load_predictor,
-    prompt_tokens,
     view_config,
 )
-
-
-class UsageError(UserError):
-    """Arguments the command cannot run with; reported as one line, exit status 2."""
-
-
-# Inputs ------------------------------------------------------------------------------------
-
-
-def read_class_names(path: str) -> list[str]:
-    """Class names from a class CSV (`id,name`), the LLM JSON (`{"0": name}`) or a plain text
-    file with one name per line (blank lines skipped)."""
-    if path.lower().endswith((".csv", ".json")):
-        return load_class_names(path)
-    if not os.path.isfile(path):
-        raise AnnotationError(f"class list {path} does not exist")
-    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
-    if not names:
-        raise AnnotationError(f"{path}: the class list is empty")
-    return names
-
-
-def check_class_names(names: Sequence[str], origin: str) -> list[str]:
-    names = [n.strip() for n in names]
-    if not names:
-        raise UsageError(f"no class names given ({origin})")
-    blank = [i + 1 for i, n in enumerate(names) if not n]
-    if blank:
-        raise UsageError(f"class names {blank} ({origin}, 1-based) are empty")
-    repeated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
-    if repeated:
-        _warn(f"duplicate class names ({origin}): {repeated}; they share their probability")
-    return names
-
-
-def check_prompts(predictor: Predictor, names: Sequence[str], origin: str) -> None:
-    """Every class name fits the model's prompt (checked before any video is decoded)."""
-    for i, name in enumerate(names):
-        try:
-            prompt_tokens(predictor.config, [name])
-        except ValueError as e:
-            raise UsageError(f"class {i + 1} ({origin}): {e}") from None
-
-
-# Scoring -----------------------------------------------------------------------------------
-
-
-def class_probabilities(predictor: Predictor, views: np.ndarray, classnames: Sequence[str]):
-    """[V, T, H, W, 3] normalised views -> [C] probabilities: per-view softmax, averaged."""
-    logits = predictor.logits(views, classnames)  # [V, C]
-    return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1).mean(axis=0))
 
 
 @dataclasses.dataclass
@@ -100,6 +60,8 @@ class VideoResult:
     video: str
     top: list[dict] | None = None  # [{"rank", "index", "class", "probability"}], best first.
     error: str | None = None
+    duration: float | None = None  # seconds, from the container (None for frame folders)
+    views: int | None = None
 
 
 def top_classes(probs: np.ndarray, classnames: Sequence[str], k: int) -> list[dict]:
@@ -130,10 +92,15 @@ def format_predictions(results: Sequence[VideoResult]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tcclip_jax.predict",
-        description="Classify video files with a TC-CLIP / ViFi-CLIP / CLIP checkpoint.",
+        description="Classify videos with a TC-CLIP / ViFi-CLIP / CLIP checkpoint.",
     )
     parser.add_argument("--checkpoint", required=True, help="Model checkpoint directory.")
-    parser.add_argument("--video", required=True, nargs="+", help="Video files (or frame folders).")
+    parser.add_argument(
+        "--video",
+        required=True,
+        nargs="+",
+        help="Video files, frame folders, folders (searched recursively) or list files.",
+    )
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--classes", nargs="*", help="Class names.")
     names.add_argument(
@@ -141,6 +108,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top-k", type=int, default=5, help="Classes shown per video.")
     parser.add_argument("--json", action="store_true", help="Print one JSON document instead.")
+    parser.add_argument(
+        "--output",
+        help="Write one row per video as it is done, to a .csv or .jsonl file (with "
+        "--timeline: the folder for each video's timeline files).",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="Keep --output's rows and skip their videos."
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="Videos per model call.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Processes decoding videos ahead (default: none for one batch of videos, else up "
+        "to 8); 0 decodes in threads of this process.",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--clips", type=int, default=2, help="Temporal views per video.")
     parser.add_argument("--crops", type=int, default=1, choices=(1, 3), help="Spatial views.")
@@ -150,52 +133,109 @@ def _parser() -> argparse.ArgumentParser:
         default="checkpoint",
         help="Input normalisation: the one the checkpoint records (default), or this one.",
     )
+    timeline.add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return parser
 
 
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    tqdm.write(f"error: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cli.quiet_libraries()
-    return cli.guarded(lambda: predict(args), args.debug)
+    return cli.run_argparse(_parser(), predict, argv)
+
+
+def classify_videos(
+    predictor: Predictor,
+    videos: Sequence[str],
+    cfg,
+    classnames: Sequence[str],
+    *,
+    top_k: int,
+    batch_size: int,
+    workers: int,
+) -> Iterator[VideoResult]:
+    """A VideoResult per video, in order: videos decoded `workers` processes ahead, classified
+    `batch_size` at a time (the last batch padded, so the model compiles once)."""
+    for batch in collection.view_batches(videos, cfg, workers, batch_size):
+        readable = [item for item in batch if "views" in item]
+        probs = iter(())
+        if readable:
+            views = predictor.normalize(collection.stack_views(readable, batch_size))
+            probs = iter(class_probabilities(predictor, views, classnames))
+        for item in batch:
+            if "error" in item:
+                yield VideoResult(item["video"], error=item["error"])
+                continue
+            if item["warning"]:
+                warn(item["warning"])
+            yield VideoResult(
+                item["video"],
+                top=top_classes(next(probs), classnames, top_k),
+                duration=item["duration"],
+                views=item["views"].shape[0],
+            )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.top_k < 1 or args.clips < 1 or args.batch_size < 1:
+        raise UsageError(
+            f"--top-k, --clips and --batch-size must be positive, got {args.top_k}, "
+            f"{args.clips}, {args.batch_size}"
+        )
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output (the file to carry on)")
+    if args.timeline:
+        timeline.check_arguments(args, 1)
+    elif args.json and args.output:
+        raise UsageError("--json prints results held in memory; with --output use a .jsonl file")
 
 
 def predict(args: argparse.Namespace) -> int:
     """Classify `args.video`; bad arguments raise a UserError before any video is decoded."""
-    if args.top_k < 1 or args.clips < 1:
-        raise UsageError(f"--top-k and --clips must be positive, got {args.top_k}, {args.clips}")
-    origin = args.labels if args.labels is not None else "--classes"
-    names = read_class_names(args.labels) if args.labels is not None else args.classes
-    classnames = check_class_names(names, origin)
+    _check_args(args)
+    classnames, origin = class_names(args.labels, args.classes)
     predictor = load_predictor(args.checkpoint, args.dtype, args.normalization)
     check_prompts(predictor, classnames, origin)
     cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
+    cfg.uint8_output = True  # normalised here, after the batch is stacked
+    videos = collection.find_videos(args.video, cfg.frame_template)
+    if args.timeline:
+        return 1 if timeline.run(predictor, videos, classnames, cfg, args, _error) else 0
 
-    results = []
-    for video in args.video:
+    output = collection.ResultFile(args.output, args.top_k, args.resume) if args.output else None
+    todo = [v for v in videos if output is None or v not in output.done]
+    if output is not None and len(todo) < len(videos):
+        warn(f"{args.output}: {len(videos) - len(todo)} videos already done, skipped")
+    workers = args.workers
+    if workers is None:
+        workers = collection.default_workers(len(todo), args.batch_size)
+    results, failed = [], 0
+    bar = tqdm(total=len(todo), unit="video", disable=None, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for result in classify_videos(
+            predictor, todo, cfg, classnames,
+            top_k=args.top_k, batch_size=args.batch_size, workers=workers,
+        ):  # fmt: skip
+            if result.error is not None:
+                _error(result.error)
+                failed += 1
+            if output is not None:
+                output.write(dataclasses.asdict(result))
+            else:
+                results.append(result)
+            bar.update()
+    finally:
+        bar.close()
+        if output is not None:
+            output.close()
 
-        def short(n: int, video: str = video) -> None:
-            _warn(f"{video}: {n} frames, fewer than the model's {cfg.num_frames}; some repeat")
-
-        try:
-            views = load_test_views(video, cfg, on_short=short)
-        except (ValueError, OSError) as e:  # VideoReadError and friends name the file
-            message = str(e) if video in str(e) else f"{video}: {e}"
-            _error(message)
-            results.append(VideoResult(video, error=message))
-            continue
-        probs = class_probabilities(predictor, views, classnames)
-        results.append(VideoResult(video, top=top_classes(probs, classnames, args.top_k)))
-
-    if args.json:
+    if output is not None:
+        print(f"{len(todo) - failed} videos classified, {failed} unreadable: {args.output}")
+    elif args.json:
         document = {
             "checkpoint": os.path.abspath(args.checkpoint),
             "model": predictor.config.model,
@@ -207,7 +247,7 @@ def predict(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(format_predictions(results))
-    return 1 if any(r.error is not None for r in results) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

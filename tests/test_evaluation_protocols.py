@@ -317,6 +317,10 @@ def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path)
     with open(tmp_path / "metrics.jsonl") as f:
         logged = json.loads(f.readlines()[-1])
     assert logged["step"] == 7 and logged["synthetic/top1"] == top1
+    with open(tmp_path / "analysis" / "synthetic" / "predictions.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 16 and 100 * np.mean([r["correct"] for r in records]) == top1
+    assert (tmp_path / "analysis" / "synthetic" / "confusion_matrix.png").is_file()
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ CLI = {
     "tcclip_jax.evaluate",
     "tcclip_jax.report",
     "tcclip_jax.predict",
+    "tcclip_jax.embed",
+    "tcclip_jax.search",
     "tcclip_jax.visualize",
     "tcclip_jax.bench",
     "tcclip_jax.data.bench",

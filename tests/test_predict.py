@@ -1,19 +1,23 @@
 """`python -m tcclip_jax.predict` on synthetic videos with tiny TC-CLIP and ViFi-CLIP checkpoints,
 against a direct `Predictor` computation on `load_test_views`; and its answers to bad input."""
 
+import csv
 import functools
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from tcclip_jax import predict
+from tcclip_jax import collection, predict
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.config import (
     CLIP_MEAN,
@@ -213,12 +217,12 @@ def test_class_list_formats(tmp_path):
     llm.write_text('{"0": "Juggling balls: tossing", "1": "Riding a bike: pedalling"}')
     text = tmp_path / "classes.txt"
     text.write_text("juggling balls\n\n  riding a bike  \n")
-    assert predict.read_class_names(str(csv)) == ["juggling balls", "riding a bike"]
-    assert predict.read_class_names(str(llm)) == [
+    assert collection.read_class_names(str(csv)) == ["juggling balls", "riding a bike"]
+    assert collection.read_class_names(str(llm)) == [
         "Juggling balls: tossing",
         "Riding a bike: pedalling",
     ]
-    assert predict.read_class_names(str(text)) == ["juggling balls", "riding a bike"]
+    assert collection.read_class_names(str(text)) == ["juggling balls", "riding a bike"]
 
 
 def error_line(capsys) -> str:
@@ -281,3 +285,142 @@ def test_checkpoint_whose_config_does_not_match_its_params(
     args = ["--checkpoint", str(path), "--video", dataset["videos"][0], "--classes", "a"]
     assert predict.main(args) == 2
     assert message in error_line(capsys)
+
+
+# Collections: folders, list files, batches, result files, --resume ---------------------------
+
+
+@pytest.fixture(scope="module")
+def collection_dir(tmp_path_factory):
+    """24 videos in class folders, a frame folder among them and an unreadable file."""
+    root = tmp_path_factory.mktemp("collection")
+    paths = synthetic.generate(
+        str(root), videos_per_class=3, val_per_class=0, num_frames=8, size=(32, 32), seed=1
+    )
+    frames, _ = synthetic.render_clip(0, np.random.default_rng(5), 8, (32, 32))
+    folder = root / "videos" / "extra" / "as_frames"
+    os.makedirs(folder)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"img_{i + 1:05d}.jpg")
+    (root / "videos" / "extra" / "broken.mp4").write_bytes(b"not a video")
+    (root / "videos" / "extra" / "notes.md").write_text("not a video, not listed")
+    videos = sorted(paths["videos"]) + [str(folder)]
+    return {"root": str(root), "videos": videos, "classes": paths["classes"],
+            "broken": str(root / "videos" / "extra" / "broken.mp4")}  # fmt: skip
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folder_to_csv_and_resume_after_a_kill(collection_dir, checkpoints, tmp_path):
+    """A folder: every video (and the frame folder) once, decoded by a worker process in batches
+    of 4; the unreadable one listed with its reason; rows as predict computes them directly.
+    A run killed mid-write (rows kept, the last line cut) resumes without repeating a row."""
+    out = tmp_path / "results.csv"
+    command = ["--checkpoint", checkpoints["tc_clip"], "--labels", collection_dir["classes"],
+               "--video", os.path.join(collection_dir["root"], "videos"), "--output", str(out),
+               "--batch-size", "4", "--workers", "1", "--top-k", "3"]  # fmt: skip
+    (first,) = run_predict(command)
+    assert first.returncode == 1, first.stderr
+    errors = [line for line in first.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and collection_dir["broken"] in errors[0] and "cannot open" in errors[0]
+    rows = read_rows(out)
+    expected = sorted([*collection_dir["videos"], collection_dir["broken"]])
+    assert sorted(r["video"] for r in rows) == expected
+    by_video = {r["video"]: r for r in rows}
+    assert by_video[collection_dir["broken"]]["error"].startswith(collection_dir["broken"])
+    for video in (collection_dir["videos"][0], collection_dir["videos"][-1]):
+        row = by_video[video]
+        assert row["error"] == "" and row["views"] == "2"
+        probs = direct_probabilities(
+            checkpoints["tc_clip"], video, synthetic.CLASS_NAMES, "imagenet"
+        )
+        best = np.argsort(-probs)[:3]
+        assert [row[f"class_{r}"] for r in (1, 2, 3)] == [synthetic.CLASS_NAMES[i] for i in best]
+        np.testing.assert_allclose(
+            [float(row[f"probability_{r}"]) for r in (1, 2, 3)], probs[best], rtol=1e-5
+        )
+    assert float(by_video[collection_dir["videos"][0]]["duration_s"]) == pytest.approx(8 / 25)
+    assert by_video[collection_dir["videos"][-1]]["duration_s"] == ""  # a frame folder
+
+    # What a kill leaves: the header, some rows, half a line.
+    lines = out.read_text().splitlines(keepends=True)
+    kept = [line for line in lines[1:] if "broken" not in line][:10]
+    out.write_text(lines[0] + "".join(kept) + lines[12][: len(lines[12]) // 2])
+    (again,) = run_predict(command)
+    assert again.returncode == 2 and "exists; pass --resume" in again.stderr
+    (resumed,) = run_predict([*command, "--resume"])
+    assert resumed.returncode == 1, resumed.stderr  # the broken video is tried again
+    assert "10 videos already done" in resumed.stderr
+    resumed_rows = read_rows(out)
+    assert sorted(r["video"] for r in resumed_rows) == expected  # each once
+    assert resumed_rows[:10] == read_rows_from(lines[0] + "".join(kept))
+    for row in resumed_rows:
+        np.testing.assert_allclose(
+            float(row["probability_1"] or 0), float(by_video[row["video"]]["probability_1"] or 0),
+            rtol=1e-5,
+        )  # fmt: skip
+
+
+def read_rows_from(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_list_file_to_jsonl(collection_dir, checkpoints, tmp_path):
+    videos = collection_dir["videos"]
+    listing = tmp_path / "list.txt"
+    rel = os.path.relpath(videos[1], tmp_path)
+    listing.write_text(f"{videos[0]} 3\n\n{rel}\n{videos[-1]}\n")
+    out = tmp_path / "out" / "r.jsonl"
+    (result,) = run_predict(
+        ["--checkpoint", checkpoints["tc_clip"], "--labels", collection_dir["classes"],
+         "--video", str(listing), videos[0], "--output", str(out), "--batch-size", "2"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [os.path.normpath(r["video"]) for r in records] == [videos[0], videos[1], videos[-1]]
+    for record in records:
+        assert record["error"] is None and record["views"] == 2 and len(record["top"]) == 5
+        probs = [t["probability"] for t in record["top"]]
+        assert probs == sorted(probs, reverse=True)
+
+
+def test_collection_mistakes(collection_dir, checkpoints, tmp_path, capsys):
+    base = ["--checkpoint", checkpoints["tc_clip"], "--classes", "a", "b"]
+    empty = tmp_path / "empty_folder"
+    os.makedirs(empty / "sub")
+    assert predict.main([*base, "--video", str(empty)]) == 2
+    assert f"{empty}: no video files" in error_line(capsys)
+    assert predict.main([*base, "--video", collection_dir["videos"][0], "--resume"]) == 2
+    assert "--resume needs --output" in error_line(capsys)
+    bad = tmp_path / "r.txt"
+    assert predict.main([*base, "--video", collection_dir["videos"][0], "--output", str(bad)]) == 2
+    assert "must end in .csv or .jsonl" in error_line(capsys)
+    other = tmp_path / "other.csv"
+    other.write_text("video,score\n")
+    args = [*base, "--video", collection_dir["videos"][0], "--output", str(other), "--resume"]
+    assert predict.main(args) == 2
+    assert "its columns are not those of this run" in error_line(capsys)
+
+
+@pytest.mark.slow
+def test_200_videos_killed_halfway_and_resumed(checkpoints, tmp_path):
+    root = tmp_path / "many"
+    synthetic.generate(str(root), videos_per_class=25, val_per_class=0, num_frames=8, size=(32, 32))
+    out = tmp_path / "r.csv"
+    command = [sys.executable, "-m", "tcclip_jax.predict", "--checkpoint", checkpoints["tc_clip"],
+               "--labels", str(root / "classes.csv"), "--video", str(root / "videos"),
+               "--output", str(out), "--batch-size", "2", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while proc.poll() is None and (not out.exists() or out.read_text().count("\n") < 101):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    killed_at = len(read_rows(out))
+    assert 0 < killed_at < 200, "the run finished before it could be killed"
+    (resumed,) = run_predict([*command[3:], "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_rows(out)
+    assert len(rows) == 200 and len({r["video"] for r in rows}) == 200

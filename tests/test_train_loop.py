@@ -109,6 +109,10 @@ def test_demo_run_writes_metrics_checkpoints_and_model(shared, reference):
     final = records[-1]
     assert 0 <= final["synthetic/top1"] <= 100
     assert "protocol: demo" in reference["output"]
+    # The final test's predictions, one line per video, agree with its top-1.
+    with open(workdir / "analysis" / "synthetic" / "predictions.jsonl") as f:
+        correct = [json.loads(line)["correct"] for line in f]
+    assert len(correct) == 16 and 100 * np.mean(correct) == final["synthetic/top1"]
 
     config = json.loads((workdir / "config.json").read_text())
     assert config["protocol"] == "demo" and config["data"]["root"] == shared["root"]

@@ -276,7 +276,7 @@ class TrainIterator(grain.DatasetIterator):
         self.skipped = [list(s) for s in state["skipped"]]
 
 
-def _multiprocessing(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+def prefetch(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
     """Worker processes when configured, otherwise a thread assembling batches ahead."""
     if cfg.num_workers > 0:
         # grain reads its absl flags when starting workers and fails if they were never parsed
@@ -322,7 +322,7 @@ def create_train_iterator(
     ds = ds.map(_TrainExample(entries, reader, spec, seed))
     ds = ds.to_iter_dataset(_read_options(cfg, batch_size))
     ds = _SkipFailuresAndBatch(ds, batch_size, cfg.max_bad_videos)
-    ds = _multiprocessing(ds, cfg)
+    ds = prefetch(ds, cfg)
     return iter(_CountFailures(ds, cfg.max_bad_videos))
 
 
@@ -334,7 +334,7 @@ def view_seed(path: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def _eval_views(
+def eval_views(
     reader, entry: Entry, spec: ClipSpec, on_short: Callable | None = None
 ) -> np.ndarray:
     """[V, T, S, S, 3] uint8 views, V = clips x crops (clip-major); `on_short(n)` is told the
@@ -376,7 +376,7 @@ class _EvalBatch:
         label = np.full(len(positions), -1, np.int32)
         for i, p in enumerate(positions):
             if p >= 0:
-                video[i] = spec.finish(_eval_views(self.reader, self.entries[p], spec))
+                video[i] = spec.finish(eval_views(self.reader, self.entries[p], spec))
                 label[i] = self.entries[p].label
         index = np.asarray(positions, np.int32)
         return {"video": video, "label": label, "index": index, "valid": index >= 0}
@@ -409,7 +409,7 @@ def create_eval_dataset(
     ds = grain.MapDataset.source(batches).map(_EvalBatch(entries, reader, spec))
     # Elements are whole batches, so the reading threads already work ahead.
     ds = ds.to_iter_dataset(_read_options(cfg, cfg.num_threads))
-    return _multiprocessing(ds, cfg) if cfg.num_workers > 0 else ds
+    return prefetch(ds, cfg) if cfg.num_workers > 0 else ds
 
 
 def load_test_views(
@@ -423,4 +423,4 @@ def load_test_views(
     else:
         reader = VideoFileReader("", cfg.decode_threads)
     entry = Entry(path, -1, "the command line")
-    return spec.finish(_eval_views(reader, entry, spec, on_short))
+    return spec.finish(eval_views(reader, entry, spec, on_short))

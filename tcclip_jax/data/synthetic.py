@@ -237,6 +237,37 @@ def write_video(path: str, frames: np.ndarray, fps: int = 25) -> None:
         container.mux(stream.encode())
 
 
+def write_long_video(
+    path: str,
+    segments: Sequence[tuple[int, int]],
+    size: tuple[int, int] = (64, 64),
+    fps: int = 25,
+    seed: int = 0,
+) -> list[dict]:
+    """One video of consecutive clips, `segments` (class_id, num_frames) each rendered as
+    `render_clip` does (a new shape and background per segment), encoded as they are rendered
+    (never the whole video in memory). Returns the truth: {"index", "class", "start", "end"}
+    in seconds per segment."""
+    h, w = size
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w} for {path}")
+    options = {"crf": "18", "threads": "1", "x264-params": "mbtree=0"}
+    truth, start = [], 0
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for k, (class_id, num_frames) in enumerate(segments):
+            rng = np.random.default_rng([seed, 2, class_id, k])
+            frames, _ = render_clip(class_id, rng, num_frames, size)
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            truth.append({"index": class_id, "class": CLASS_NAMES[class_id],
+                          "start": start / fps, "end": (start + num_frames) / fps})  # fmt: skip
+            start += num_frames
+        container.mux(stream.encode())
+    return truth
+
+
 def _clip_rng(seed: int, split: str, class_id: int, index: int) -> np.random.Generator:
     """One generator per clip, so a clip's content does not depend on how many others there are."""
     return np.random.default_rng([seed, ("train", "val").index(split), class_id, index])

@@ -63,7 +63,7 @@ def _plan_starts(packets: list, pts: list[int]) -> list[int]:
     return starts
 
 
-def _rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarray]:
+def rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarray]:
     """Frame -> uint8 RGB, resized in the same swscale pass when `short_side` is given."""
 
     def to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -109,7 +109,7 @@ def decode_frames(
         if not order:
             raise VideoReadError(f"{name}: the video has no frames")
         wanted = np.asarray(pick(len(order)))
-        to_rgb = _rgb_converter(short_side)
+        to_rgb = rgb_converter(short_side)
         need = set(wanted.tolist())
         codec = stream.codec_context
         if threads != 1:

@@ -87,8 +87,9 @@ def _compiled(model: VideoCLIP, mesh: Mesh, mean: tuple, std: tuple) -> tuple[An
     replicated = sharding.replicated(mesh)
     batch_sharding = sharding.batch_sharding(mesh)
 
-    def step(params: Any, text: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
-        """(params, class-embedding cache, batch) -> top-1 and top-5 hits [b]."""
+    def step(params: Any, text: Any, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(params, class-embedding cache, batch) -> top-1 and top-5 hits [b], and the
+        view-averaged class probabilities [b, C] (for `analysis`)."""
         video = batch["video"]
         b, v = video.shape[:2]
         clips = video.reshape(b * v, *video.shape[2:])
@@ -97,7 +98,8 @@ def _compiled(model: VideoCLIP, mesh: Mesh, mean: tuple, std: tuple) -> tuple[An
         variables = {"params": params}
         encoded = model.apply(variables, clips, method="encode_video")
         logits = model.apply(variables, encoded, text, method="logits")
-        return topk_hits(multiview_scores(logits.reshape(b, v, -1)), batch["label"])
+        scores = multiview_scores(logits.reshape(b, v, -1))
+        return (*topk_hits(scores, batch["label"]), scores / v)
 
     return (
         text_encoder(model, out_shardings=replicated),
@@ -145,6 +147,9 @@ class Evaluator:
         # The denominator: every entry of the list, whatever the loader does.
         self.num_videos = len(entries)
         self._where = [e.where for e in entries]
+        self.videos = [e.path for e in entries]
+        self.labels = np.asarray([e.label for e in entries])
+        self.scores: np.ndarray | None = None  # [num_videos, C] of the last call
         self.class_names = list(class_names)
         self.tokens = prompt_tokens(model.config, self.class_names)
         self._batch_sharding = sharding.batch_sharding(mesh)
@@ -163,6 +168,7 @@ class Evaluator:
         params = place_params(params, self.mesh)
         text = self.text_cache(params)
         counts = np.zeros((3, self.num_videos), np.int32)  # this process's share
+        scores = np.zeros((self.num_videos, len(self.class_names)), np.float32)
         batches = iter(
             create_eval_dataset(
                 self.data_cfg,
@@ -182,14 +188,16 @@ class Evaluator:
                 )
                 hits = self._step(params, text, inputs)
                 if pending is not None:
-                    self._tally(counts, *pending)
+                    self._tally(counts, scores, *pending)
                 pending = (batch["index"], valid, hits)
         finally:
             batches.close()  # stops worker processes, if any
         if pending is not None:
-            self._tally(counts, *pending)
+            self._tally(counts, scores, *pending)
         if self.process_count > 1:
             counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
+            scores = np.asarray(multihost_utils.process_allgather(scores)).sum(axis=0)
+        self.scores = scores
         self._check_coverage(counts[0])
         return {
             "top1": float(100.0 * counts[1].sum() / self.num_videos),
@@ -197,11 +205,13 @@ class Evaluator:
             "num_videos": self.num_videos,
         }
 
-    def _tally(self, counts: np.ndarray, index: np.ndarray, valid: np.ndarray, hits) -> None:
-        top1, top5 = multihost_utils.global_array_to_host_local_array(
-            hits, self.mesh, self._batch_sharding.spec
+    def _tally(self, counts, scores, index: np.ndarray, valid: np.ndarray, outputs) -> None:
+        top1, top5, probs = multihost_utils.global_array_to_host_local_array(
+            outputs, self.mesh, self._batch_sharding.spec
         )
         tally(counts, index, valid, top1, top5)
+        valid = np.asarray(valid, bool)
+        scores[np.asarray(index)[valid]] = np.asarray(probs)[valid]
 
     def _check_coverage(self, seen: np.ndarray) -> None:
         missing, repeated = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)

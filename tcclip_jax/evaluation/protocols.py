@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.evaluation.accuracy import Evaluator, place_params
+from tcclip_jax.evaluation.analysis import write_analysis
 from tcclip_jax.evaluation.results import Accuracy, Results, summarize
 from tcclip_jax.evaluation.specs import PLAIN, TEST, WISE_FT, EvalPlan, eval_plan
 from tcclip_jax.evaluation.wise_ft import wise_ft
@@ -27,6 +28,7 @@ def evaluate_protocol(
     *,
     model_config: ModelConfig,
     clip_params: Any = None,
+    analysis_dir: str | None = None,
 ) -> dict:
     """Evaluates `params` on every test list of `config` (see `specs.eval_plan`), with the
     plan's summaries; returns the results file's layout (`results.Results.to_json`).
@@ -34,6 +36,9 @@ def evaluate_protocol(
     With `config.wise_ft` set, the weights are evaluated as they are and again ensembled with
     CLIP's (the paper reports both, under `with_wise_ft`): `clip_params`, else those of
     `config.clip_checkpoint`, else of `config.init_checkpoint` (where fine-tuning started).
+    With `analysis_dir`, each evaluated list's predictions, per-class accuracy and confusion
+    matrix go to a folder of it named after the evaluation (`analysis.write_analysis`; WiSE-FT's
+    under `with_wise_ft/`).
     """
     plan = eval_plan(config)
     model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype))
@@ -58,15 +63,23 @@ def evaluate_protocol(
                 )
             _, clip_params = load_model(source)
         weights[WISE_FT] = wise_ft(clip_params, params, plan.wise_ft)
-    results = {
-        name: summarize(plan, _evaluate_lists(config, plan, place_params(w, mesh), model, mesh))
-        for name, w in weights.items()
-    }
+    results = {}
+    for name, w in weights.items():
+        folder = analysis_dir
+        if analysis_dir and name != PLAIN:
+            folder = os.path.join(analysis_dir, name)
+        lists = _evaluate_lists(config, plan, place_params(w, mesh), model, mesh, folder)
+        results[name] = summarize(plan, lists)
     return Results(header, results).to_json()
 
 
 def _evaluate_lists(
-    config: ml_collections.ConfigDict, plan: EvalPlan, params: Any, model: VideoCLIP, mesh: Mesh
+    config: ml_collections.ConfigDict,
+    plan: EvalPlan,
+    params: Any,
+    model: VideoCLIP,
+    mesh: Mesh,
+    analysis_dir: str | None = None,
 ) -> dict[str, Accuracy]:
     out = {}
     for spec in plan.role(TEST):
@@ -81,4 +94,8 @@ def _evaluate_lists(
             process_count=jax.process_count(),
         )
         out[spec.key] = Accuracy(**evaluator(params), annotation_file=evaluator.annotation_file)
+        if analysis_dir and jax.process_index() == 0:
+            folder = os.path.join(analysis_dir, spec.key.replace("/", "_"))
+            write_analysis(folder, evaluator.videos, evaluator.labels, evaluator.scores,
+                           evaluator.class_names)  # fmt: skip
     return out

@@ -414,8 +414,9 @@ def _train_and_evaluate(
     final = _finish(config, workdir, ckpt, abstract, state_shardings, model_config, mesh)
     params = final.pop("params")
     metrics = evaluate_protocol(
-        config, params, mesh, model_config=model_config, clip_params=clip_params
-    )
+        config, params, mesh, model_config=model_config, clip_params=clip_params,
+        analysis_dir=os.path.join(workdir, "analysis"),
+    )  # fmt: skip
     table = format_results(metrics)
     if jax.process_index() == 0:
         print(table, flush=True)

@@ -1,0 +1,135 @@
+"""`predict --timeline`: windows, frames by time (against `decode_frames` at the frame indices
+they stand for, decoding through and seeking), segment merging against a long synthetic video's
+truth, and the files an end-to-end run writes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_predict import random_params
+
+from tcclip_jax import timeline
+from tcclip_jax.data import synthetic, transforms
+from tcclip_jax.data.video_decode import decode_frames
+from tcclip_jax.inference import Predictor, class_probabilities
+from tcclip_jax.weights.checkpoint import save_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FPS = 25
+SEGMENTS = [(0, 50), (3, 75), (6, 50), (1, 25)]  # (class, frames): 2 s, 3 s, 2 s, 1 s
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("long") / "long.mp4")
+    truth = synthetic.write_long_video(path, SEGMENTS, size=(32, 48), fps=FPS)
+    return {"path": path, "truth": truth, "duration": sum(n for _, n in SEGMENTS) / FPS}
+
+
+def test_windows_and_sample_times():
+    bounds = timeline.windows(10.0, 4.0, 2.0)
+    np.testing.assert_allclose(bounds, [[0, 4], [2, 6], [4, 8], [6, 10]])
+    np.testing.assert_allclose(timeline.windows(3.0, 4.0, 2.0), [[0, 3]])
+    np.testing.assert_allclose(
+        timeline.sample_times(bounds[1:2], 4), [[2.5, 3.5, 4.5, 5.5]]
+    )  # the centres of 4 equal parts, as test_indices takes frames
+
+
+def test_merged_segments_tile_the_video():
+    bounds = timeline.windows(10.0, 4.0, 2.0)
+    segments = timeline.merge_segments([2, 2, 5, 2], bounds, 2.0, 10.0)
+    assert [(s["index"], s["start"], s["end"], s["windows"]) for s in segments] == [
+        (2, 0.0, 5.0, [0, 1]),
+        (5, 5.0, 7.0, [2, 2]),
+        (2, 7.0, 10.0, [3, 3]),
+    ]  # window w stands for its centre 2 + 2w +- 1 s
+
+
+def test_oracle_scores_give_the_truth_within_one_window(long_video):
+    """Per-window scores = how much of each true segment the window covers: the merged segments
+    are the true ones, each boundary within one stride."""
+    window, stride = 1.0, 0.25
+    bounds = timeline.windows(long_video["duration"], window, stride)
+    scores = np.zeros((len(bounds), len(synthetic.CLASS_NAMES)))
+    for seg in long_video["truth"]:
+        overlap = np.minimum(bounds[:, 1], seg["end"]) - np.maximum(bounds[:, 0], seg["start"])
+        scores[:, seg["index"]] += np.maximum(overlap, 0)
+    segments = timeline.merge_segments(scores.argmax(1), bounds, stride, long_video["duration"])
+    assert [s["index"] for s in segments] == [c for c, _ in SEGMENTS]
+    for got, want in zip(segments, long_video["truth"], strict=True):
+        assert abs(got["start"] - want["start"]) <= stride
+        assert abs(got["end"] - want["end"]) <= stride
+
+
+@pytest.mark.parametrize("seek_gap", [timeline.SEEK_GAP, 0.3])
+def test_window_frames_are_the_frames_on_screen(long_video, monkeypatch, seek_gap):
+    """Each window's frames equal `decode_frames` at floor(time * fps), decoding straight through
+    (overlapping windows) and seeking over gaps (stride 2 s, window 0.5 s, gap 0.3 s)."""
+    monkeypatch.setattr(timeline, "SEEK_GAP", seek_gap)
+    window, stride = (1.0, 0.5) if seek_gap == timeline.SEEK_GAP else (0.5, 2.0)
+    times = timeline.sample_times(timeline.windows(long_video["duration"], window, stride), 4)
+    got = dict(timeline.window_frames(long_video["path"], times, short_side=36))
+    assert sorted(got) == list(range(len(times)))
+    for w, t in enumerate(times):
+        index = np.floor(t * FPS).astype(int)
+        want = decode_frames(long_video["path"], lambda n, i=index: i, short_side=36)
+        np.testing.assert_array_equal(got[w], want)
+
+
+def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_config, tmp_path):
+    checkpoint = str(tmp_path / "ckpt")
+    save_model(checkpoint, tiny_config, random_params(tiny_config, 3), normalization="imagenet")
+    out = tmp_path / "timelines"
+    command = [sys.executable, "-m", "tcclip_jax.predict", "--checkpoint", checkpoint,
+               "--video", long_video["path"], str(tmp_path / "missing.mp4"),
+               "--classes", *synthetic.CLASS_NAMES, "--timeline", "--window", "1",
+               "--stride", "0.5", "--output", str(out), "--batch-size", "4"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 1, result.stderr  # the missing video, named; the other done
+    assert "missing.mp4" in result.stderr
+    assert "windows:" in result.stdout
+
+    with open(out / "long.windows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    bounds = timeline.windows(long_video["duration"], 1.0, 0.5)
+    assert len(rows) == len(bounds) == 15
+    np.testing.assert_allclose([[float(r["start_s"]), float(r["end_s"])] for r in rows], bounds)
+    probs = np.array([[float(r[c]) for c in synthetic.CLASS_NAMES] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    assert [r["top_class"] for r in rows] == [synthetic.CLASS_NAMES[i] for i in probs.argmax(1)]
+
+    # Window 5 scored here: its frames, a centre crop, the predictor.
+    predictor = Predictor.from_checkpoint(checkpoint)
+    index = np.floor(timeline.sample_times(bounds[5:6], 4)[0] * FPS).astype(int)
+    frames = decode_frames(long_video["path"], lambda n: index, short_side=36)
+    views = predictor.normalize(transforms.test_crops(frames, 1, 32, 36))[None]
+    expected = class_probabilities(predictor, views, synthetic.CLASS_NAMES)[0]
+    np.testing.assert_allclose(probs[5], expected, rtol=1e-4, atol=1e-5)
+
+    document = json.loads((out / "long.timeline.json").read_text())
+    segments = document["segments"]
+    assert segments[0]["start"] == 0 and segments[-1]["end"] == pytest.approx(8.0)
+    assert all(a["end"] == b["start"] for a, b in zip(segments, segments[1:], strict=False))
+    assert [s["windows"][0] for s in segments][0] == 0 and segments[-1]["windows"][1] == 14
+    with Image.open(out / "long.timeline.png") as image:
+        assert image.size[0] >= 800
+
+    # --resume skips the done video (only the missing one is tried again).
+    (out / "long.windows.csv").write_text("kept")
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 1 and (out / "long.windows.csv").read_text() == "kept"
+
+
+def test_smoothing_averages_neighbours_and_removes_a_flicker():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.95, 0.05], [0.4, 0.6], [0.1, 0.9]])
+    smooth = timeline.smoothed(probs, 3)
+    np.testing.assert_allclose(smooth[0], probs[:2].mean(0))
+    np.testing.assert_allclose(smooth[2], probs[1:4].mean(0))
+    np.testing.assert_allclose(smooth[-1], probs[-2:].mean(0))
+    assert smooth.argmax(1).tolist() == [0, 0, 0, 0, 1, 1]  # window 2's flicker is gone
+    assert timeline.smoothed(probs, 1) is probs
