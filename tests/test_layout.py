@@ -18,7 +18,8 @@ CLI = {
     "tcclip_jax.report",
     "tcclip_jax.predict",
     "tcclip_jax.visualize",
-    "tcclip_jax.bench",
+    "tcclip_jax.bench.__main__",
+    "tcclip_jax.aot",
     "tcclip_jax.data.bench",
 }
 LOWER = ("tcclip_jax.ops", "tcclip_jax.models", "tcclip_jax.data")
