@@ -37,6 +37,9 @@ _CLASSES = flags.DEFINE_integer(
 )
 _FSDP = flags.DEFINE_bool("fsdp", None, "Shard parameters and optimiser state (config.sharding).")
 _REMAT = flags.DEFINE_bool("remat", None, "Rematerialise the vision blocks (config.remat).")
+_SCAN = flags.DEFINE_bool(
+    "scan_blocks", None, "Scan the vision blocks (config.scan_blocks; default on TPU: yes)."
+)
 _DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "topology"])
 
@@ -51,6 +54,8 @@ def main(argv: Sequence[str]) -> None:
             config.sharding.fsdp = _FSDP.value
         if _REMAT.value is not None:
             config.remat = _REMAT.value
+        if _SCAN.value is not None:
+            config.scan_blocks = _SCAN.value
     run(config, _TOPOLOGY.value, _PER_CHIP_BATCH.value, _MAX_BATCH.value, _CLASSES.value)
 
 

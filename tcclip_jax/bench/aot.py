@@ -22,6 +22,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import resource
 import time
 from collections.abc import Sequence
 
@@ -65,6 +66,10 @@ CENSUS = (
 class AotError(UserError):
     """The check cannot run as asked (no libtpu, an unknown topology, a batch that does not
     divide)."""
+
+
+class DoesNotFit(AotError):
+    """XLA refused the program: it needs more than the chip's HBM."""
 
 
 def tpu_devices(topology: str) -> list:
@@ -124,7 +129,8 @@ class Compiled:
     memory: object  # jax.stages.Compiled.memory_analysis()
     model_flops: float  # per chip per step (see the module docstring).
     hbm_bytes_accessed: float  # per chip, the compiled program's count.
-    compile_seconds: float
+    compile_seconds: float  # wall time of tracing, lowering and compiling.
+    compile_cpu_seconds: float  # process CPU time of the same (steadier on a shared host).
     census: dict[str, int]
     hlo: str
 
@@ -155,6 +161,11 @@ def census(hlo: str) -> dict[str, int]:
     return {op: counts.get(op, 0) for op in CENSUS}
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cost(stage) -> dict:
     cost = stage.cost_analysis()
     return cost[0] if isinstance(cost, list) else cost  # older jax: one dict per computation.
@@ -183,6 +194,7 @@ class StepBuilder:
         tokens = jax.ShapeDtypeStruct(self.tokens[:1].shape, jnp.int32)
         params = jax.eval_shape(VideoCLIP(cfg).init, jax.random.key(0), clips, tokens)["params"]
         self.abstract = abstract_state(params, self.tx)
+        self.model = video_model(config, cfg, "tpu")
 
     @property
     def chips(self) -> int:
@@ -219,7 +231,7 @@ class StepBuilder:
     def model_flops(self, per_chip_batch: int, micro_batches: int) -> float:
         """Per chip per step: XLA's count of one global micro-batch without loops, lowered for
         one host CPU (the count is of the program before partitioning; see above)."""
-        model = video_model(self.config, self.model_config).clone(remat=False)
+        model = self.model.clone(remat=False, scan=False)
         mesh = sharding.create_mesh(jax.devices("cpu")[:1])
         step, shardings = self._step(model, mesh)
         lowered = step.trace(*self._inputs(shardings, per_chip_batch, 1, mesh)).lower()
@@ -227,11 +239,19 @@ class StepBuilder:
 
     def compile(self, per_chip_batch: int, micro_batches: int = 1) -> Compiled:
         """The train step for `micro_batches` x `per_chip_batch` clips per chip."""
-        step, shardings = self._step(video_model(self.config, self.model_config))
-        start = time.perf_counter()
-        compiled = step.trace(*self._inputs(shardings, per_chip_batch, micro_batches)).lower()
-        compiled = compiled.compile()
-        seconds = time.perf_counter() - start
+        step, shardings = self._step(self.model)
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        lowered = step.trace(*self._inputs(shardings, per_chip_batch, micro_batches)).lower()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise DoesNotFit(
+                f"{micro_batches} x {per_chip_batch} clips per chip do not fit "
+                f"({time.perf_counter() - start:.0f} s): {str(e).splitlines()[0]}"
+            ) from e
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         hlo = compiled.as_text()
         return Compiled(
             name="train step",
@@ -242,6 +262,7 @@ class StepBuilder:
             model_flops=self.model_flops(per_chip_batch, micro_batches),
             hbm_bytes_accessed=float(_cost(compiled).get("bytes accessed", 0.0)),
             compile_seconds=seconds,
+            compile_cpu_seconds=cpu,
             census=census(hlo),
             hlo=hlo,
         )
@@ -251,10 +272,9 @@ class StepBuilder:
         out-of-memory refusal counts as not fitting."""
         try:
             result = self.compile(per_chip_batch)
-        except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED: over the chip's HBM.
-            if "RESOURCE_EXHAUSTED" in str(e) or "memory" in str(e).lower():
-                return False, None
-            raise
+        except DoesNotFit as e:
+            print(e, flush=True)
+            return False, None
         return result.fits(figures), result
 
     def max_batch(self, figures: Chip, start: int = 8) -> tuple[int, list[Compiled]]:
@@ -302,6 +322,10 @@ def chip_figures(devices: Sequence) -> tuple[str, Chip]:
 GiB = 2**30
 
 
+def _flop(n: float) -> str:
+    return f"{n / 1e12:.2f} TFLOP" if n >= 1e11 else f"{n / 1e9:.2f} GFLOP"
+
+
 def describe(result: Compiled, kind: str, figures: Chip) -> str:
     """The report of one compiled step, per chip."""
     m = result.memory
@@ -311,13 +335,14 @@ def describe(result: Compiled, kind: str, figures: Chip) -> str:
         [
             f"{result.name}: {result.micro_batches} x {result.per_chip_batch} clips per chip "
             f"({result.micro_batches * result.per_chip_batch * result.chips} per step on "
-            f"{result.chips} x {kind}); compiled in {result.compile_seconds:.0f} s",
+            f"{result.chips} x {kind}); compiled in {result.compile_seconds:.0f} s "
+            f"({result.compile_cpu_seconds:.0f} s of CPU time)",
             f"  memory per chip: arguments {m.argument_size_in_bytes / GiB:.2f} GiB, outputs "
             f"{m.output_size_in_bytes / GiB:.2f} GiB, donated aliases "
             f"{m.alias_size_in_bytes / GiB:.2f} GiB, temporaries {m.temp_size_in_bytes / GiB:.2f}"
             f" GiB; total {result.hbm_used / GiB:.2f} of {figures.hbm_bytes / GiB:.0f} GiB HBM: "
             f"{fits}",
-            f"  per chip per step: {result.model_flops / 1e12:.2f} TFLOP (model, loops unrolled),"
+            f"  per chip per step: {_flop(result.model_flops)} (model, loops unrolled),"
             f" {result.hbm_bytes_accessed / 1e9:.1f} GB HBM traffic (compiled program); "
             f"roofline {1e3 * result.roofline_seconds(figures):.0f} ms at "
             f"{figures.bfloat16_flops / 1e12:.0f} TFLOP/s bf16, "
@@ -354,7 +379,8 @@ def run(
         f"{topology}: {len(devices)} x {devices[0].device_kind}; {cfg.model} ViT "
         f"{cfg.vision_patch_size}px x {cfg.vision_layers} blocks, {cfg.num_frames} frames, "
         f"{builder.tokens.shape[0]} classes, {config.dtype}, "
-        f"{'FSDP' if config.sharding.fsdp else 'data parallel'}, remat {config.remat}",
+        f"{'FSDP' if config.sharding.fsdp else 'data parallel'}, vision blocks "
+        f"{'scanned' if builder.model.scan else 'unrolled'}{', remat' if config.remat else ''}",
         flush=True,
     )
     if max_batch:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -19,10 +20,16 @@ from tcclip_jax.train import losses, optim
 from tcclip_jax.train.step import TrainState, jit_train_step, make_train_step
 
 
-def video_model(config: ml_collections.ConfigDict, model_config: ModelConfig) -> VideoCLIP:
-    """The model the run trains: `model_config` computing in `config.dtype`, with
-    `config.remat`."""
-    return VideoCLIP(model_config, dtype=jnp.dtype(config.dtype), remat=config.remat)
+def video_model(
+    config: ml_collections.ConfigDict, model_config: ModelConfig, platform: str | None = None
+) -> VideoCLIP:
+    """The model the run trains on `platform` (default: JAX's backend): `model_config` computing
+    in `config.dtype`, with `config.remat`, and the vision blocks scanned as
+    `config.scan_blocks` says (None: except on CPU)."""
+    scan = config.scan_blocks
+    if scan is None:
+        scan = (platform or jax.default_backend()) != "cpu"
+    return VideoCLIP(model_config, dtype=jnp.dtype(config.dtype), remat=config.remat, scan=scan)
 
 
 def optimizer(
