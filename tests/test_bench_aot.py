@@ -69,19 +69,16 @@ def test_without_libtpu_the_error_says_what_to_install(monkeypatch):
         aot.tpu_devices("v5e:2x2")
 
 
-def test_census_counts_async_collectives_by_their_start():
+def test_census_counts_async_and_fused_collectives():
     hlo = "\n".join(
         [
             "  %ag = f32[8]{0} all-gather-start(f32[2]{0} %p), dimensions={0}",
             "  %d = f32[8]{0} all-gather-done(%ag)",
             "  ROOT %s = (f32[4]{0}, s32[4]{0}) sort(f32[4]{0} %a, s32[4]{0} %b)",
             "  %w = (s32[], f32[2]{0:T(256)}) while((s32[], f32[2]) %t), body=%b",
+            "  %f = f32[4,8]{1,0} fusion(f32[4,32]{1,0} %g), calls=%all-reduce-scatter.1",
         ]
     )
     counts = aot.census(hlo)
-    assert (counts["all-gather"], counts["sort"], counts["while"], counts["scatter"]) == (
-        1,
-        1,
-        1,
-        0,
-    )
+    assert counts["all-gather"] == counts["reduce-scatter"] == counts["sort"] == 1
+    assert (counts["while"], counts["scatter"], counts["all-reduce"]) == (1, 0, 0)

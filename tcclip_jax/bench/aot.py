@@ -158,6 +158,8 @@ def census(hlo: str) -> dict[str, int]:
     """How many instructions of each `CENSUS` op the HLO text holds."""
     ops = re.findall(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][a-z0-9-]*)\(", hlo, re.M)
     counts = collections.Counter(op.removesuffix("-start") for op in ops)
+    # XLA:TPU writes a reduce-scatter as a fusion of an all-reduce with the scatter.
+    counts["reduce-scatter"] += len(re.findall(r"calls=%all-reduce-scatter\b", hlo))
     return {op: counts.get(op, 0) for op in CENSUS}
 
 
