@@ -2,10 +2,12 @@
 chip, its memory against the chip's HBM, FLOPs, roofline step time, compile time and a census of
 collectives and costly ops (`tcclip_jax.bench.aot`). Needs libtpu: pip install "tcclip-jax[tpu]".
 
-  python -m tcclip_jax.aot --config configs/fewshot.py:hmdb51,16 --topology v5e:2x2
-  python -m tcclip_jax.aot --config configs/zeroshot.py --topology v5e-8 --per_chip_batch 8
-  python -m tcclip_jax.aot --config configs/zeroshot.py --topology v5e-16 --fsdp
-  python -m tcclip_jax.aot --config configs/zeroshot.py --topology v5e:2x2 --max_batch
+  python -m tcclip_jax.aot --config configs/fewshot.py:hmdb51,16 --classes 51 --topology v5e:2x2
+  python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e-8 \
+      --per_chip_batch 8
+  python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e-16 --fsdp
+  python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e:2x2 \
+      --remat --max_batch
 
 Without --per_chip_batch the step is the config's: `batch_size` clips over the topology's chips
 in `grad_accum_steps` micro-batches. Config fields override as in training (--config.remat=True).

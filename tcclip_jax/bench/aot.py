@@ -390,7 +390,9 @@ def run(
         for result in tried:
             print(describe(result, kind, figures), flush=True)
         print(f"largest per-chip batch that fits {kind} HBM: {best}", flush=True)
-        return max(tried, key=lambda r: r.per_chip_batch if r.fits(figures) else -1)
+        if not best:
+            raise DoesNotFit(f"even 1 clip per chip does not fit {kind} HBM")
+        return next(r for r in tried if r.per_chip_batch == best)
     if per_chip_batch is not None:
         if per_chip_batch < 1:
             raise AotError(f"--per_chip_batch must be >= 1, got {per_chip_batch}")
