@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tcclip_jax import bench
+from tcclip_jax.bench import published
+from tcclip_jax.bench.__main__ import main
 
 ARGS = ["--arch", "ViT-B/32", "--depth", "3", "--frames", "8", "--batch", "1", "--classes", "3"]
 ARGS += ["--steps", "1", "--warmup", "0"]
@@ -16,7 +17,7 @@ ARGS += ["--steps", "1", "--warmup", "0"]
 
 def run(capsys, *extra: str) -> list[tuple[str, float, float]]:
     """(phase, GFLOP per call, compiled GiB) of every printed measurement."""
-    bench.main([*ARGS, *extra])
+    main([*ARGS, *extra])
     out = capsys.readouterr().out
     found = re.findall(r"^(\w+): .*?([\d.]+) GFLOP/call .*?memory ([\d.]+) GiB", out, re.M)
     return [(name, float(gflop), float(gib)) for name, gflop, gib in found]
@@ -38,9 +39,9 @@ def test_inference_phases(capsys):
 
 def test_compare_published_explains_a_missing_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit, match="not a checkout of github.com/naver-ai/tc-clip"):
-        bench.main([*ARGS, "--arch", "ViT-B/16", "--compare-published", str(tmp_path)])
+        main([*ARGS, "--arch", "ViT-B/16", "--compare-published", str(tmp_path)])
     with pytest.raises(SystemExit, match="compared as TC-CLIP ViT-B/16"):
-        bench.main([*ARGS, "--compare-published", str(tmp_path)])  # ViT-B/32
+        main([*ARGS, "--compare-published", str(tmp_path)])  # ViT-B/32
 
 
 def test_published_packages_are_taken_from_the_checkout(tmp_path, monkeypatch):
@@ -57,18 +58,18 @@ def test_published_packages_are_taken_from_the_checkout(tmp_path, monkeypatch):
         (tmp_path / name).write_text(text)
     monkeypatch.setattr(sys, "path", list(sys.path))
     before = set(sys.modules)
-    names = [*bench.PUBLISHED_PACKAGES, "clip.model", "trainers.tc_clip", "datasets.blending"]
+    names = [*published.PUBLISHED_PACKAGES, "clip.model", "trainers.tc_clip", "datasets.blending"]
     saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
     try:
-        code = bench.import_published(str(tmp_path))
+        code = published.import_published(str(tmp_path))
         assert (code.CLIP, code.TCCLIP) == ("checkout CLIP", "checkout TCCLIP")
         assert code.blending.NAME == "checkout blending"
         assert sys.modules["clip"].__path__ == [str(tmp_path / "clip")]
 
         (tmp_path / "trainers/tc_clip.py").write_text("import timm_that_is_not_installed")
         del sys.modules["trainers.tc_clip"]
-        with pytest.raises(bench.PublishedCodeError, match="timm_that_is_not_installed"):
-            bench.import_published(str(tmp_path))
+        with pytest.raises(published.PublishedCodeError, match="timm_that_is_not_installed"):
+            published.import_published(str(tmp_path))
     finally:
         for name in set(sys.modules) - before:
             del sys.modules[name]
@@ -78,7 +79,7 @@ def test_published_packages_are_taken_from_the_checkout(tmp_path, monkeypatch):
 def test_utilisation_is_against_the_measured_matmul_rate(capsys):
     """Every measurement states its FLOP rate as a share of one plain matrix product's rate on
     this backend, which the header prints."""
-    bench.main([*ARGS, "--mode", "infer"])
+    main([*ARGS, "--mode", "infer"])
     out = capsys.readouterr().out
     rate = float(re.search(r"matmul rate ([\d.]+) GFLOP/s", out).group(1))
     shares = re.findall(r" ([\d.]+) GFLOP/s \([^)]*?(\d+)% of the matmul rate\)", out)

@@ -20,7 +20,9 @@ CLI = {
     "tcclip_jax.embed",
     "tcclip_jax.search",
     "tcclip_jax.visualize",
-    "tcclip_jax.bench",
+    "tcclip_jax.bench.__main__",
+    "tcclip_jax.bench.demo",
+    "tcclip_jax.aot",
     "tcclip_jax.data.bench",
 }
 LOWER = ("tcclip_jax.ops", "tcclip_jax.models", "tcclip_jax.data")

@@ -383,23 +383,27 @@ def test_vision_gradient_ignores_the_video_conditioned_prompts(tiny, tiny_run):
         np.testing.assert_allclose(g, flat_want[path], rtol=1e-4, atol=1e-6, err_msg=path)
 
 
+@pytest.mark.parametrize("options", [{"remat": True}, {"scan": True}], ids=["remat", "scan"])
 @pytest.mark.parametrize(
     "changes, scanned",
     [
-        ({}, False),  # two blocks: no run of two alike, plain nn.remat.
+        ({}, False),  # two blocks: no run of two alike (remat: plain nn.remat).
         ({"vision_layers": 4, "text_layers": 4}, True),  # blocks 2..4 scanned.
         ({"vision_layers": 6, "text_layers": 6, "tc_layers": (4, 6)}, True),  # TC§: 1..2.
         ({"model": "vifi_clip", "vision_layers": 3}, True),  # all three.
     ],
 )
-def test_remat_gives_same_logits_intermediates_and_grads(tiny, changes, scanned):
-    """In float64, so that only the order of floating-point operations may differ."""
+def test_scanned_and_remat_blocks_give_same_logits_intermediates_and_grads(
+    tiny, changes, scanned, options
+):
+    """In float64, so that only the order of floating-point operations may differ: the scanned
+    vision blocks, with or without rematerialisation, against the unrolled stack."""
     cfg, _, clips, tokens, labels = tiny
     cfg = cfg.replace(**changes)
     with jax.enable_x64(True):
         params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), random_params(cfg, 1))
         clips = jnp.asarray(clips, jnp.float64)
-        model, remat_model = VideoCLIP(cfg, jnp.float64), VideoCLIP(cfg, jnp.float64, remat=True)
+        model, remat_model = VideoCLIP(cfg, jnp.float64), VideoCLIP(cfg, jnp.float64, **options)
         (_, (logits, video)), grads = cross_entropy_step(model)(params, clips, tokens, labels)
         (_, (logits_remat, video_remat)), grads_remat = cross_entropy_step(remat_model)(
             params, clips, tokens, labels
@@ -749,3 +753,33 @@ def test_patch_embedding_equals_clips_convolution(patch):
             strict=True,
         ):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "dtype, setting, want",
+    [
+        (jnp.float32, None, "HIGHEST"),  # float32 runs multiply as the published float32 code.
+        (jnp.bfloat16, None, "DEFAULT"),  # bfloat16 keeps the fast path.
+        (jnp.float32, "default", "DEFAULT"),
+        (jnp.bfloat16, "high", "HIGH"),
+    ],
+)
+def test_every_matmul_of_the_train_step_has_the_config_precision(tiny, dtype, setting, want):
+    """Forward and backward, every product: attention, dense layers, the CLS row that selects
+    seeds, the bipartite similarity, VP and the logits."""
+    cfg, params, clips, tokens, labels = tiny
+    model = VideoCLIP(cfg.replace(matmul_precision=setting), dtype)
+    jaxpr = str(jax.make_jaxpr(cross_entropy_step(model))(params, clips, tokens, labels))
+    precisions = re.findall(r"precision=(None|\(Precision\.\w+, Precision\.\w+\))", jaxpr)
+    count = jaxpr.count("dot_general[")
+    assert count > 50
+    if want == "DEFAULT":  # the jaxpr omits a default precision.
+        assert set(precisions) <= {"None"}
+    else:
+        assert len(precisions) == count
+        assert set(precisions) == {f"(Precision.{want}, Precision.{want})"}
+
+
+def test_matmul_precision_is_checked():
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        ModelConfig(matmul_precision="fastest")

@@ -52,6 +52,7 @@ SAFE = (
     "data.test_clip_sampling",
     "dtype",
     "remat",
+    "scan_blocks",
     "sharding.",
     "grad_accum_steps",
 )

@@ -10,7 +10,10 @@ import dataclasses
 import json
 from typing import Any
 
+import jax.numpy as jnp
+
 MODEL_KINDS = ("tc_clip", "vifi_clip", "clip")
+MATMUL_PRECISIONS = (None, "default", "high", "highest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,12 @@ class ModelConfig:
     # 1-based vision block whose context tokens feed VP; None: the block with the index of the
     # last text block, as the released code does (equal to the last block for equal depths).
     vp_context_layer: int | None = None
+    # Precision of every matmul (attention, dense layers, seed-selecting CLS row, bipartite
+    # similarity, logits), as `jax.default_matmul_precision` names it: "default" (TPU: one
+    # bfloat16 pass; A100/H100: TF32), "high" or "highest" (full float32). None: "highest" when
+    # the model computes in float32 (as the published float32 code does: seeds and merges are
+    # discrete choices that a bfloat16 product can change), "default" in bfloat16.
+    matmul_precision: str | None = None
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
@@ -60,6 +69,11 @@ class ModelConfig:
             raise ValueError(
                 "positional_embedding must be 'space' or 'joint', got "
                 f"{self.positional_embedding!r}"
+            )
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                f"{self.matmul_precision!r}"
             )
         if self.image_resolution % self.vision_patch_size:
             raise ValueError(
@@ -132,6 +146,13 @@ class ModelConfig:
         if self.tc_layers is None:
             return tuple(range(2, self.vision_layers + 1))
         return tuple(sorted(set(self.tc_layers)))
+
+    def precision(self, dtype: Any) -> str | None:
+        """The matmul precision of a model computing in `dtype` (None: JAX's default)."""
+        precision = self.matmul_precision
+        if precision is None:
+            precision = "default" if jnp.dtype(dtype).itemsize < 4 else "highest"
+        return None if precision == "default" else precision
 
     @property
     def vp_layer(self) -> int:

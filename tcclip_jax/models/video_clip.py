@@ -15,6 +15,7 @@ Methods split the forward pass so evaluation can cache what depends on the class
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -25,6 +26,17 @@ from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.layers import Dtype, layer_norm
 from tcclip_jax.models.text import PromptGenerationLayer, PromptLearner, TextTransformer
 from tcclip_jax.models.vision import VisionTransformer
+
+
+def _at_model_precision(method):
+    """Run a VideoCLIP method with every matmul at the config's precision (`precision`)."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with jax.default_matmul_precision(self.config.precision(self.dtype)):
+            return method(self, *args, **kwargs)
+
+    return wrapped
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -41,10 +53,12 @@ class VideoCLIP(nn.Module):
     config: ModelConfig
     dtype: Dtype = jnp.float32  # compute dtype; parameters stay as stored (float32).
     remat: bool = False  # rematerialise transformer blocks in the backward pass.
+    # Vision blocks of the same kind as one `lax.scan` (compiles in a fraction of the time).
+    scan: bool = False
 
     def setup(self):
         cfg = self.config
-        self.visual = VisionTransformer(cfg, self.dtype, self.remat)
+        self.visual = VisionTransformer(cfg, self.dtype, self.remat, self.scan)
         self.token_embedding = nn.Embed(
             cfg.vocab_size,
             cfg.text_width,
@@ -76,6 +90,7 @@ class VideoCLIP(nn.Module):
 
     # Vision -------------------------------------------------------------------------------
 
+    @_at_model_precision
     def encode_video(self, clips: jax.Array, return_attention: bool = False) -> dict:
         """clips [B, T, H, W, 3] -> dict with `video_embedding` [B, E] (L2-normalised), the
         vision tower's outputs (`frame_embeddings`, `context_embeddings`, `seed_index`, ...)."""
@@ -83,6 +98,7 @@ class VideoCLIP(nn.Module):
         out["video_embedding"] = l2_normalize(out["frame_embeddings"].mean(axis=1))
         return out
 
+    @_at_model_precision
     def encode_image(self, images: jax.Array) -> jax.Array:
         """CLIP's `encode_image`: images [B, H, W, 3] -> unnormalised embeddings [B, E].
 
@@ -102,6 +118,7 @@ class VideoCLIP(nn.Module):
     def _project_text(self, x: jax.Array) -> jax.Array:
         return self.ln_final(x) @ self.text_projection.astype(self.dtype)
 
+    @_at_model_precision
     def encode_text(self, tokens: jax.Array) -> dict:
         """Everything that depends on the class names alone. tokens: [C, L] int.
 
@@ -116,6 +133,7 @@ class VideoCLIP(nn.Module):
         features = self._project_text(x[jnp.arange(x.shape[0]), eot])
         return {"text_features": features, "text_embedding": l2_normalize(features)}
 
+    @_at_model_precision
     def text_embeddings(self, text: dict, video: dict) -> jax.Array:
         """[B, C, E] L2-normalised class embeddings for each video (TC-CLIP: conditioned by VP)."""
         if not self.config.is_temporal:
@@ -132,6 +150,7 @@ class VideoCLIP(nn.Module):
 
     # Logits -------------------------------------------------------------------------------
 
+    @_at_model_precision
     def logits(self, video: dict, text: dict) -> jax.Array:
         """exp(logit_scale) * cos(video, class) as [B, C] in >= float32."""
         emb = self.text_embeddings(text, video)
@@ -139,6 +158,7 @@ class VideoCLIP(nn.Module):
         cos = jnp.einsum("BE,BCE->BC", video["video_embedding"].astype(sd), emb.astype(sd))
         return jnp.exp(self.logit_scale.astype(sd)) * cos
 
+    @_at_model_precision
     def __call__(
         self, clips: jax.Array, tokens: jax.Array, return_attention: bool = False
     ) -> tuple[jax.Array, dict]:

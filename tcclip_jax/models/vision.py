@@ -121,19 +121,22 @@ class TCBlock(nn.Module):
 class TCTransformer(nn.Module):
     """The stack of vision blocks (`resblocks_{i}`), threading context tokens between them.
 
-    With `remat`, every run of two or more consecutive blocks of the same kind (TC-CLIP: blocks
-    2..L-1; CLIP and ViFi-CLIP: 1..L-1; the last block, which computes only what its CLS tokens
-    and context tokens need, is a kind of its own) goes through `lax.scan` over the run's
-    parameters, stacked at apply time so that the parameter tree keeps PyTorch CLIP's names,
-    with the scan body under `jax.checkpoint`: the backward pass keeps each block's input and
-    recomputes the rest. (An unrolled `nn.remat` saves nothing on XLA:CPU, which merges the
-    recomputation back into the forward pass; a scan's backward loop cannot.) Outputs and
-    gradients equal the unrolled stack's (tests/test_models.py).
+    With `scan` (or `remat`), every run of two or more consecutive blocks of the same kind
+    (TC-CLIP: blocks 2..L-1; CLIP and ViFi-CLIP: 1..L-1; the last block, which computes only what
+    its CLS tokens and context tokens need, is a kind of its own) goes through one `lax.scan`
+    over the run's parameters, stacked at apply time so that the parameter tree keeps PyTorch
+    CLIP's names: XLA then compiles one block instead of ten (`python -m tcclip_jax.aot`
+    prints the TPU compile time). With `remat` the scan body is also under `jax.checkpoint`:
+    the backward pass keeps each block's input and recomputes the rest. (An unrolled
+    `nn.remat` saves nothing on XLA:CPU, which merges the recomputation back into the forward
+    pass; a scan's backward loop cannot.) Outputs and gradients equal the unrolled stack's
+    (tests/test_models.py).
     """
 
     config: ModelConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
+    scan: bool = False
 
     def block_fields(self, i: int) -> dict:
         """TCBlock fields of vision block i (1-based)."""
@@ -174,7 +177,7 @@ class TCTransformer(nn.Module):
             fields = self.block_fields(run[0])
             # A run of context blocks carries (x, context); a run of plain blocks carries x.
             scan = fields["use_context"] == fields["summarize"] and len(run) > 1
-            if self.remat and scan and not self.is_initializing():
+            if (self.scan or self.remat) and scan and not self.is_initializing():
                 x, context, run_auxes = self.scan_blocks(run, x, context)
                 auxes.extend(run_auxes)
             else:
@@ -191,7 +194,8 @@ class TCTransformer(nn.Module):
     def scan_blocks(
         self, run: list[int], x: jax.Array, context: jax.Array | None
     ) -> tuple[jax.Array, jax.Array | None, list[dict]]:
-        """Blocks `run` (same kind) by a rematerialised `lax.scan` over their stacked params."""
+        """Blocks `run` (same kind) by one `lax.scan` over their stacked params (its body
+        rematerialised with `remat`)."""
         fields = self.block_fields(run[0])
         template = TCBlock(**fields, parent=None)
         params = self.variables["params"]
@@ -204,7 +208,8 @@ class TCTransformer(nn.Module):
             x, context, aux = template.apply({"params": block_params}, x, context)
             return (x, context), aux
 
-        body = jax.checkpoint(body, prevent_cse=False)  # a scan body needs no CSE barrier.
+        if self.remat:
+            body = jax.checkpoint(body, prevent_cse=False)  # a scan body needs no CSE barrier.
         (x, context), aux = jax.lax.scan(body, (x, context), stacked)
         return x, context, [jax.tree.map(lambda a, j=j: a[j], aux) for j in range(len(run))]
 
@@ -248,6 +253,7 @@ class VisionTransformer(nn.Module):
     config: ModelConfig
     dtype: Dtype = jnp.float32
     remat: bool = False  # rematerialise each block in the backward pass.
+    scan: bool = False  # blocks of the same kind as one `lax.scan` (see `TCTransformer`).
 
     @nn.compact
     def __call__(self, clips: jax.Array, return_attention: bool = False) -> dict:
@@ -282,7 +288,9 @@ class VisionTransformer(nn.Module):
         x = x + pos.astype(self.dtype)
         x = layer_norm(self.dtype, "ln_pre")(x)
 
-        cls, vp_context, auxes = TCTransformer(cfg, self.dtype, self.remat, name="transformer")(x)
+        cls, vp_context, auxes = TCTransformer(
+            cfg, self.dtype, self.remat, self.scan, name="transformer"
+        )(x)
 
         ln_post = layer_norm(self.dtype, "ln_post")
         proj = self.param(

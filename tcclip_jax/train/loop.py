@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -34,8 +33,6 @@ from tcclip_jax import diskspace, sharding
 from tcclip_jax.config.resolve import ConfigError, check_lists, model_overrides, prepare_config
 from tcclip_jax.config.resume import check_resume
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
-from tcclip_jax.data.config import normalization_stats
-from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
 from tcclip_jax.data.video_decode import VideoReadError
 from tcclip_jax.errors import RunError, error_line
@@ -44,20 +41,16 @@ from tcclip_jax.evaluation.protocols import evaluate_protocol
 from tcclip_jax.evaluation.specs import SELECT, eval_plan
 from tcclip_jax.evaluation.tables import flat_metrics, format_results
 from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
-from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.params import split_frozen
 from tcclip_jax.models.prompts import prompt_tokens
 from tcclip_jax.models.variants import variant_config
-from tcclip_jax.train import losses, optim, run_lock
+from tcclip_jax.train import run_lock
+from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
 from tcclip_jax.train.profile import StepProfiler
-from tcclip_jax.train.step import (
-    abstract_state,
-    create_train_state,
-    jit_train_step,
-    make_train_step,
-)
+from tcclip_jax.train.step import abstract_state, create_train_state
 from tcclip_jax.weights.checkpoint import CheckpointError, load_model
 
 MODEL_DIR = "model"
@@ -262,40 +255,13 @@ def _train_and_evaluate(
     warmup_steps = config.warmup_epochs * steps_per_epoch
 
     model_config, init_params, clip_params = initial_model(config)
-    model = VideoCLIP(model_config, dtype=jnp.dtype(config.dtype), remat=config.remat)
+    model = video_model(config, model_config)
     tokens = prompt_tokens(model_config, class_names)
-    schedule = optim.cosine_schedule(
-        config.optim.lr, config.optim.min_lr, warmup_steps, total_steps
-    )
-    tx = optim.create_optimizer(
-        schedule,
-        weight_decay=config.optim.weight_decay,
-        b1=config.optim.b1,
-        b2=config.optim.b2,
-        eps=config.optim.eps,
-        fast_lr_multiplier=config.optim.fast_lr_multiplier,
-    )
+    schedule, tx = optimizer(config, warmup_steps, total_steps)
     mesh = sharding.create_mesh()
     abstract = abstract_state(init_params, tx)
-    state_shardings = sharding.state_shardings(
-        abstract, mesh, config.sharding.fsdp, config.sharding.fsdp_min_size
-    )
-    mean, std = normalization_stats(config.data.normalization)
-    step_fn = jit_train_step(
-        make_train_step(
-            model,
-            tx,
-            schedule,
-            num_classes=len(class_names),
-            label_smoothing=config.label_smoothing,
-            mix=losses.MixConfig(**config.mixup),
-            normalize=(lambda v: normalize_on_device(v, mean, std))
-            if config.data.uint8_output
-            else (lambda v: v),
-            param_shardings=state_shardings.params,
-        ),
-        mesh,
-        state_shardings,
+    step_fn, state_shardings = sharded_train_step(
+        config, model, tx, schedule, num_classes=len(class_names), mesh=mesh, abstract=abstract
     )
     trained, frozen = split_frozen(init_params)
     logging.info(

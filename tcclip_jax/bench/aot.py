@@ -1,0 +1,404 @@
+"""The trainer's step compiled ahead of time for a TPU topology, on a host without the devices.
+
+`jax.experimental.topologies` describes a TPU slice (libtpu installed, no TPU needed); the step
+is built by the trainer's own functions (`train.build`: model, optimiser, mesh and shardings,
+data parallel or FSDP as the config says), traced on abstract inputs of the protocol's shapes
+and compiled by XLA's TPU compiler. What comes back is what a user needs before booking a slice:
+memory per chip against the chip's HBM, FLOPs and the roofline step time, compile time, and a
+census of the collectives and of the ops XLA:TPU handles badly (sort, gather, scatter, while).
+
+FLOPs: XLA counts a `while` body (a `lax.scan`: gradient accumulation, scanned vision blocks)
+once, so the compiled program's own count is too low wherever it loops. The model FLOPs printed
+are XLA's count of the same step lowered without loops (one micro-batch, blocks unrolled, before
+partitioning), times the micro-batches, divided by the chips; the roofline time is
+max(FLOPs / bf16 peak, HBM bytes / bandwidth) with the bytes of the compiled program (a loop
+body counted once: a lower bound where it loops).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib.util
+import os
+import re
+import resource
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tcclip_jax import sharding
+from tcclip_jax.bench.chips import Chip, chip
+from tcclip_jax.bench.steps import class_names
+from tcclip_jax.config.resolve import model_overrides
+from tcclip_jax.data.classes import load_class_names
+from tcclip_jax.errors import UserError
+from tcclip_jax.inference import prompt_tokens
+from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.models.variants import variant_config
+from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
+from tcclip_jax.train.step import abstract_state
+from tcclip_jax.weights.checkpoint import load_config
+
+INSTALL = 'pip install "tcclip-jax[tpu]" (libtpu; or pip install "jax[tpu]=={version}")'
+# Cloud TPU slice names -> libtpu topology names (chips; v4 and v5p count 2 cores per chip).
+SLICES = {
+    "v4-8": "v4:2x2x1",
+    "v4-16": "v4:2x2x2",
+    "v5e-4": "v5e:2x2",
+    "v5e-8": "v5e:2x4",
+    "v5e-16": "v5e:4x4",
+    "v5p-8": "v5:2x2x1",
+    "v5p-16": "v5:2x2x2",
+    "v6e-8": "v6e:2x4",
+}
+# Ops counted in the compiled HLO (async collectives count by their -start op).
+CENSUS = (
+    "all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute",
+    "sort", "gather", "scatter", "while", "custom-call", "copy", "transpose",
+)  # fmt: skip
+
+
+class AotError(UserError):
+    """The check cannot run as asked (no libtpu, an unknown topology, a batch that does not
+    divide)."""
+
+
+class DoesNotFit(AotError):
+    """XLA refused the program: it needs more than the chip's HBM."""
+
+
+def tpu_devices(topology: str) -> list:
+    """The devices of a TPU topology (`v5e:2x2`, or a slice name such as `v5e-8`), without TPUs."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise AotError(
+            f"compiling for a TPU needs libtpu: {INSTALL.format(version=jax.__version__)}"
+        )
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off Cloud TPU.
+    # Compiling opens no TPU: never wait for (or block) a process that holds libtpu's lockfile.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    name = SLICES.get(topology, topology)
+    try:
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    except Exception as e:  # libtpu's errors name the topology it could not parse.
+        known = ", ".join(SLICES)
+        raise AotError(f"--topology {topology}: {str(e).splitlines()[0]} (slices: {known})") from e
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The architecture the run would train: the initial checkpoint's towers (if its directory
+    is here) or CLIP ViT-B/16's, with the config's variant and overrides."""
+    base = ModelConfig()
+    if config.init_checkpoint and os.path.isdir(config.init_checkpoint):
+        base = load_config(config.init_checkpoint)
+    return variant_config(base, config.model_variant, **model_overrides(config))
+
+
+def class_tokens(
+    config: ml_collections.ConfigDict, model_cfg: ModelConfig, num_classes: int | None
+) -> np.ndarray:
+    """Prompt tokens of the run's class names (its class list if readable here), or of
+    `num_classes` made-up names of a typical length."""
+    path = config.data.class_list
+    if num_classes is None:
+        if config.splits_dir and not os.path.isabs(path):
+            path = os.path.join(config.splits_dir, path)
+        if not (path and os.path.isfile(path)):
+            raise AotError(
+                f"config.data.class_list {path!r} is not here: set --config.splits_dir or pass "
+                "--classes N"
+            )
+        return prompt_tokens(model_cfg, load_class_names(path))
+    return prompt_tokens(model_cfg, class_names(num_classes))
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One program compiled for the topology, with what it costs per chip."""
+
+    name: str
+    chips: int
+    per_chip_batch: int  # clips per chip per micro-batch.
+    micro_batches: int
+    memory: object  # jax.stages.Compiled.memory_analysis()
+    model_flops: float  # per chip per step (see the module docstring).
+    hbm_bytes_accessed: float  # per chip, the compiled program's count.
+    compile_seconds: float  # wall time of tracing, lowering and compiling.
+    compile_cpu_seconds: float  # process CPU time of the same (steadier on a shared host).
+    census: dict[str, int]
+    hlo: str
+
+    @property
+    def hbm_used(self) -> float:
+        m = self.memory
+        return (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+
+    def fits(self, figures: Chip) -> bool:
+        return self.hbm_used <= figures.hbm_bytes
+
+    def roofline_seconds(self, figures: Chip) -> float:
+        return max(
+            self.model_flops / figures.bfloat16_flops,
+            self.hbm_bytes_accessed / figures.hbm_bandwidth,
+        )
+
+
+def census(hlo: str) -> dict[str, int]:
+    """How many instructions of each `CENSUS` op the HLO text holds."""
+    ops = re.findall(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][a-z0-9-]*)\(", hlo, re.M)
+    counts = collections.Counter(op.removesuffix("-start") for op in ops)
+    # XLA:TPU writes a reduce-scatter as a fusion of an all-reduce with the scatter.
+    counts["reduce-scatter"] += len(re.findall(r"calls=%all-reduce-scatter\b", hlo))
+    return {op: counts.get(op, 0) for op in CENSUS}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cost(stage) -> dict:
+    cost = stage.cost_analysis()
+    return cost[0] if isinstance(cost, list) else cost  # older jax: one dict per computation.
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+class StepBuilder:
+    """The trainer's step for one config on one topology, at any per-chip batch."""
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, devices: list, num_classes: int | None = None
+    ):
+        self.config, self.devices = config, devices
+        self.model_config = model_config(config)
+        self.tokens = class_tokens(config, self.model_config, num_classes)
+        self.mesh = sharding.create_mesh(devices)
+        self.schedule, self.tx = optimizer(config, warmup_steps=1, total_steps=10**6)
+        cfg = self.model_config
+        size = cfg.image_resolution
+        clips = jax.ShapeDtypeStruct((1, cfg.num_frames, size, size, 3), jnp.float32)
+        tokens = jax.ShapeDtypeStruct(self.tokens[:1].shape, jnp.int32)
+        params = jax.eval_shape(VideoCLIP(cfg).init, jax.random.key(0), clips, tokens)["params"]
+        self.abstract = abstract_state(params, self.tx)
+        self.model = video_model(config, cfg, "tpu")
+
+    @property
+    def chips(self) -> int:
+        return len(self.devices)
+
+    def _step(self, model: VideoCLIP, mesh=None):
+        return sharded_train_step(
+            self.config,
+            model,
+            self.tx,
+            self.schedule,
+            num_classes=self.tokens.shape[0],
+            mesh=self.mesh if mesh is None else mesh,
+            abstract=self.abstract,
+        )
+
+    def _inputs(self, state_shardings, per_chip_batch: int, micro_batches: int, mesh=None):
+        mesh = self.mesh if mesh is None else mesh
+        cfg = self.model_config
+        size, b = cfg.image_resolution, per_chip_batch * self.chips
+        dtype = jnp.uint8 if self.config.data.uint8_output else jnp.float32
+        batch_sharding = sharding.batch_sharding(mesh, 1)
+        replicated = sharding.replicated(mesh)
+        batch = {
+            "video": jax.ShapeDtypeStruct(
+                (micro_batches, b, cfg.num_frames, size, size, 3), dtype, sharding=batch_sharding
+            ),
+            "label": jax.ShapeDtypeStruct((micro_batches, b), jnp.int32, sharding=batch_sharding),
+        }
+        tokens = jax.ShapeDtypeStruct(self.tokens.shape, jnp.int32, sharding=replicated)
+        rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+        return _abstract(self.abstract, state_shardings), batch, tokens, rng
+
+    def model_flops(self, per_chip_batch: int, micro_batches: int) -> float:
+        """Per chip per step: XLA's count of one global micro-batch without loops, lowered for
+        one host CPU (the count is of the program before partitioning; see above)."""
+        model = self.model.clone(remat=False, scan=False)
+        mesh = sharding.create_mesh(jax.devices("cpu")[:1])
+        step, shardings = self._step(model, mesh)
+        lowered = step.trace(*self._inputs(shardings, per_chip_batch, 1, mesh)).lower()
+        return float(_cost(lowered)["flops"]) * micro_batches / self.chips
+
+    def compile(self, per_chip_batch: int, micro_batches: int = 1) -> Compiled:
+        """The train step for `micro_batches` x `per_chip_batch` clips per chip."""
+        step, shardings = self._step(self.model)
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        lowered = step.trace(*self._inputs(shardings, per_chip_batch, micro_batches)).lower()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise DoesNotFit(
+                f"{micro_batches} x {per_chip_batch} clips per chip do not fit "
+                f"({time.perf_counter() - start:.0f} s): {str(e).splitlines()[0]}"
+            ) from e
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        hlo = compiled.as_text()
+        return Compiled(
+            name="train step",
+            chips=self.chips,
+            per_chip_batch=per_chip_batch,
+            micro_batches=micro_batches,
+            memory=compiled.memory_analysis(),
+            model_flops=self.model_flops(per_chip_batch, micro_batches),
+            hbm_bytes_accessed=float(_cost(compiled).get("bytes accessed", 0.0)),
+            compile_seconds=seconds,
+            compile_cpu_seconds=cpu,
+            census=census(hlo),
+            hlo=hlo,
+        )
+
+    def fits(self, per_chip_batch: int, figures: Chip) -> tuple[bool, Compiled | None]:
+        """Whether the step at `per_chip_batch` (one micro-batch) fits a chip's HBM; XLA's
+        out-of-memory refusal counts as not fitting."""
+        try:
+            result = self.compile(per_chip_batch)
+        except DoesNotFit as e:
+            print(e, flush=True)
+            return False, None
+        return result.fits(figures), result
+
+    def max_batch(self, figures: Chip, start: int = 8) -> tuple[int, list[Compiled]]:
+        """The largest per-chip batch (one micro-batch) whose step fits the chip's HBM: the
+        first guess from a linear fit of memory in the batch, then bisection."""
+        tried: list[Compiled] = []
+        fits: dict[int, bool] = {}
+
+        def probe(n: int) -> bool:
+            if n not in fits:
+                fits[n], result = self.fits(n, figures)
+                if result is not None:
+                    tried.append(result)
+            return fits[n]
+
+        if not probe(1):
+            return 0, tried
+        lo, hi = 1, None
+        n = start
+        while hi is None:
+            if probe(n):
+                lo = n
+                used = {r.per_chip_batch: r.hbm_used for r in tried}
+                slope = (used[n] - used[1]) / (n - 1) if n > 1 else used[1]
+                guess = int(1 + (figures.hbm_bytes - used[1]) / max(slope, 1.0))
+                n = max(n + 1, min(guess, 4 * n))
+            else:
+                hi = n
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if probe(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo, tried
+
+
+def chip_figures(devices: Sequence) -> tuple[str, Chip]:
+    found = chip(devices[0].device_kind)
+    if found is None:
+        raise AotError(f"no datasheet figures for {devices[0].device_kind!r}")
+    return found
+
+
+GiB = 2**30
+
+
+def _flop(n: float) -> str:
+    return f"{n / 1e12:.2f} TFLOP" if n >= 1e11 else f"{n / 1e9:.2f} GFLOP"
+
+
+def describe(result: Compiled, kind: str, figures: Chip) -> str:
+    """The report of one compiled step, per chip."""
+    m = result.memory
+    fits = "fits" if result.fits(figures) else "does NOT fit"
+    census_text = ", ".join(f"{n} {op}" for op, n in result.census.items())
+    return "\n".join(
+        [
+            f"{result.name}: {result.micro_batches} x {result.per_chip_batch} clips per chip "
+            f"({result.micro_batches * result.per_chip_batch * result.chips} per step on "
+            f"{result.chips} x {kind}); compiled in {result.compile_seconds:.0f} s "
+            f"({result.compile_cpu_seconds:.0f} s of CPU time)",
+            f"  memory per chip: arguments {m.argument_size_in_bytes / GiB:.2f} GiB, outputs "
+            f"{m.output_size_in_bytes / GiB:.2f} GiB, donated aliases "
+            f"{m.alias_size_in_bytes / GiB:.2f} GiB, temporaries {m.temp_size_in_bytes / GiB:.2f}"
+            f" GiB; total {result.hbm_used / GiB:.2f} of {figures.hbm_bytes / GiB:.0f} GiB HBM: "
+            f"{fits}",
+            f"  per chip per step: {_flop(result.model_flops)} (model, loops unrolled),"
+            f" {result.hbm_bytes_accessed / 1e9:.1f} GB HBM traffic (compiled program); "
+            f"roofline {1e3 * result.roofline_seconds(figures):.0f} ms at "
+            f"{figures.bfloat16_flops / 1e12:.0f} TFLOP/s bf16, "
+            f"{figures.hbm_bandwidth / 1e9:.0f} GB/s",
+            f"  compiled HLO: {census_text}",
+        ]
+    )
+
+
+def default_batch(config: ml_collections.ConfigDict, chips: int) -> tuple[int, int]:
+    """(clips per chip per micro-batch, micro-batches) of the config's step on `chips`."""
+    accum = config.grad_accum_steps
+    if config.batch_size % (chips * accum):
+        raise AotError(
+            f"config.batch_size {config.batch_size} is not a multiple of {chips} chips x "
+            f"{accum} micro-batches (config.grad_accum_steps): pass --per_chip_batch"
+        )
+    return config.batch_size // (chips * accum), accum
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    topology: str,
+    per_chip_batch: int | None = None,
+    max_batch: bool = False,
+    num_classes: int | None = None,
+) -> Compiled:
+    """Compile the config's train step for `topology` and print its report; return it."""
+    devices = tpu_devices(topology)
+    kind, figures = chip_figures(devices)
+    builder = StepBuilder(config, devices, num_classes)
+    cfg = builder.model_config
+    print(
+        f"{topology}: {len(devices)} x {devices[0].device_kind}; {cfg.model} ViT "
+        f"{cfg.vision_patch_size}px x {cfg.vision_layers} blocks, {cfg.num_frames} frames, "
+        f"{builder.tokens.shape[0]} classes, {config.dtype}, "
+        f"{'FSDP' if config.sharding.fsdp else 'data parallel'}, vision blocks "
+        f"{'scanned' if builder.model.scan else 'unrolled'}{', remat' if config.remat else ''}",
+        flush=True,
+    )
+    if max_batch:
+        best, tried = builder.max_batch(figures)
+        for result in tried:
+            print(describe(result, kind, figures), flush=True)
+        print(f"largest per-chip batch that fits {kind} HBM: {best}", flush=True)
+        if not best:
+            raise DoesNotFit(f"even 1 clip per chip does not fit {kind} HBM")
+        return next(r for r in tried if r.per_chip_batch == best)
+    if per_chip_batch is not None:
+        if per_chip_batch < 1:
+            raise AotError(f"--per_chip_batch must be >= 1, got {per_chip_batch}")
+        micro = 1
+    else:
+        per_chip_batch, micro = default_batch(config, len(devices))
+    result = builder.compile(per_chip_batch, micro)
+    print(describe(result, kind, figures), flush=True)
+    return result

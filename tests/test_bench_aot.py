@@ -1,0 +1,84 @@
+"""The ahead-of-time check compiles the trainer's step for a TPU topology on this CPU host (when
+libtpu is installed): it fits, FSDP shards it, and every matmul has the model's precision."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+import pytest
+
+from tcclip_jax.bench import aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason=f"needs libtpu: {aot.INSTALL.format(version='<jax version>')}"
+)
+
+
+def demo_config(**changes):
+    """configs/demo.py:ci (a tiny TC-CLIP in float32) with `changes` (dotted names)."""
+    spec = importlib.util.spec_from_file_location("demo_config", f"{REPO}/configs/demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("ci")
+    with config.unlocked():
+        for name, value in changes.items():
+            *parents, leaf = name.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def fsdp_step():
+    config = demo_config(**{"sharding.fsdp": True, "sharding.fsdp_min_size": 0})
+    devices = aot.tpu_devices("v5e:2x2")
+    builder = aot.StepBuilder(config, devices, num_classes=4)
+    return builder, builder.compile(per_chip_batch=1)
+
+
+@needs_libtpu
+def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
+    builder, result = fsdp_step
+    _, figures = aot.chip_figures(builder.devices)
+    assert result.chips == 4 and builder.model.scan  # scanned blocks: the TPU default.
+    assert 0 < result.hbm_used < figures.hbm_bytes and result.fits(figures)
+    assert result.census["all-gather"] > 0 and result.census["reduce-scatter"] > 0
+    assert result.model_flops > 0 and result.roofline_seconds(figures) > 0
+
+
+@needs_libtpu
+def test_float32_model_multiplies_at_highest_precision_in_the_tpu_program(fsdp_step):
+    """A float32 model (the config's default precision) gets full float32 products on the TPU:
+    no matmul of the compiled program runs as one bfloat16 pass."""
+    _, result = fsdp_step
+    products = re.findall(r"= \S+ (?:convolution|dot)\(.*", result.hlo)
+    assert len(products) > 20
+    for line in products:
+        assert "operand_precision={highest,highest}" in line, line[:200]
+
+
+def test_without_libtpu_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(aot.AotError, match=r'pip install "tcclip-jax\[tpu\]"'):
+        aot.tpu_devices("v5e:2x2")
+
+
+def test_census_counts_async_and_fused_collectives():
+    hlo = "\n".join(
+        [
+            "  %ag = f32[8]{0} all-gather-start(f32[2]{0} %p), dimensions={0}",
+            "  %d = f32[8]{0} all-gather-done(%ag)",
+            "  ROOT %s = (f32[4]{0}, s32[4]{0}) sort(f32[4]{0} %a, s32[4]{0} %b)",
+            "  %w = (s32[], f32[2]{0:T(256)}) while((s32[], f32[2]) %t), body=%b",
+            "  %f = f32[4,8]{1,0} fusion(f32[4,32]{1,0} %g), calls=%all-reduce-scatter.1",
+        ]
+    )
+    counts = aot.census(hlo)
+    assert counts["all-gather"] == counts["reduce-scatter"] == counts["sort"] == 1
+    assert (counts["while"], counts["scatter"], counts["all-reduce"]) == (1, 0, 0)
