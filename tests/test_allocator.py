@@ -103,10 +103,11 @@ def test_small_steps_keep_the_default_allocator(monkeypatch):
 
 
 def test_training_command_decides_from_its_config(shared, tmp_path):
-    """`train` reports what it did, before JAX starts: off for the demo, on when forced."""
+    """`train` says what it did (at --verbosity=1), before JAX starts: off for the demo, on when
+    forced."""
     for env, want in (({}, "off (small steps"), ({"TCCLIP_MALLOC": "1"}, "on (one malloc arena")):
         res = subprocess.run(
-            [*shared["command"], f"--workdir={tmp_path / 'run'}", "--dry_run"],
+            [*shared["command"], f"--workdir={tmp_path / 'run'}", "--dry_run", "--verbosity=1"],
             env={**shared["env"], **env}, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-2000:]

@@ -46,7 +46,7 @@ def main(argv: Sequence[str]) -> None:
     # Before JAX starts (the distributed runtime included): glibc settings for large steps only.
     status = allocator.configure(large_temporaries=allocator.worthwhile(_CONFIG.value))
     distributed.initialize()
-    logging.info("malloc settings: %s", status)
+    logging.debug("malloc settings: %s", status)  # shown with --verbosity=1
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     from tcclip_jax.config.dry_run import dry_run
     from tcclip_jax.train.loop import train_and_evaluate
