@@ -137,7 +137,7 @@ def test_an_interrupted_build_leaves_nothing_readers_accept_and_reruns(tmp_path)
     dataset that readers would open, no traceback from the worker processes; the same command
     then builds it whole."""
     root = str(tmp_path / "videos")
-    train = write_grey_dataset(root, [40] * 120)
+    train = write_grey_dataset(root, [40] * 240)
     data_dir = tmp_path / "tfds"
     command = [sys.executable, os.path.join(ROOT_DIR, "tools", "build_tfds_dataset.py"),
                "--name=g", f"--root={root}", f"--split=train={train}", f"--data-dir={data_dir}",
@@ -152,7 +152,7 @@ def test_an_interrupted_build_leaves_nothing_readers_accept_and_reruns(tmp_path)
         while not glob.glob(partial) and time.time() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
-        time.sleep(3)  # the workers are up and packing
+        time.sleep(0.5)  # the workers are up and packing (the whole build takes seconds)
         assert proc.poll() is None, "finished before the interruption"
         os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
@@ -167,7 +167,7 @@ def test_an_interrupted_build_leaves_nothing_readers_accept_and_reruns(tmp_path)
             pipeline.num_examples(cfg)
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert pipeline.num_examples(cfg) == 120
+    assert pipeline.num_examples(cfg) == 240
 
 
 def test_build_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
