@@ -52,7 +52,7 @@ ENV_EQUIVALENT = {
 
 # Input pixels per step (clips x frames x height x width) from which the training
 # step's temporaries outgrow glibc's own reuse: a ViT-B/16 step of 2 clips of 16 x 224^2 frames
-# (1.6 M pixels) has 11.6 GiB of them; the demo's 32 clips of 8 x 16^2 (65 k pixels) a few MiB.
+# (1.6 M pixels) has 11.6 GiB of them; the demo's step has 32 clips of 8 x 16^2 (65 k pixels).
 LARGE_STEP_PIXELS = 2**18
 
 _applied = False
