@@ -57,7 +57,7 @@ def test_fast_text_path_equals_published_per_video_path(tc_layers, check_grad):
     model = VideoCLIP(cfg)
     tokens = jnp.asarray(tokenize_prompts(CLASSES, context_length=cfg.context_length))
     clips = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 32, 32, 3))
-    params = model.init(jax.random.PRNGKey(0), clips, tokens)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), clips, tokens)["params"]
     # Perturb every parameter so no symmetry (e.g. zero biases) hides a mistake.
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
@@ -87,7 +87,7 @@ def test_class_cache_is_reusable_across_batches():
     model = VideoCLIP(cfg)
     tokens = jnp.asarray(tokenize_prompts(CLASSES, context_length=cfg.context_length))
     clips = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 32, 32, 3))
-    v = model.init(jax.random.PRNGKey(0), clips, tokens)
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), clips, tokens)
     text = jax.jit(lambda v, t: model.apply(v, t, method="encode_text"))(v, tokens)
     logits = jax.jit(
         lambda v, c, t: model.apply(v, model.apply(v, c, method="encode_video"), t, method="logits")
@@ -96,8 +96,8 @@ def test_class_cache_is_reusable_across_batches():
     parts = [logits(v, clips[i : i + 1], text) for i in range(4)]
     np.testing.assert_allclose(np.asarray(whole), np.concatenate(parts), atol=1e-5)
     # Each video's class embeddings depend on its own context tokens (VP), so they differ.
-    video = model.apply(v, clips, method="encode_video")
-    emb = model.apply(v, text, video, method="text_embeddings")
+    video = jax.jit(lambda v, c: model.apply(v, c, method="encode_video"))(v, clips)
+    emb = jax.jit(lambda v, t, x: model.apply(v, t, x, method="text_embeddings"))(v, text, video)
     assert emb.shape == (4, len(CLASSES), cfg.embed_dim)
     assert float(jnp.abs(emb[0] - emb[1]).max()) > 1e-4
 
@@ -123,7 +123,7 @@ def test_trimmed_prompts_give_the_same_logits_and_gradients(kind):
     assert trimmed.shape[1] < tokens.shape[1]
     with jax.enable_x64(True):
         clips = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 32, 32, 3), jnp.float64)
-        params = model.init(jax.random.PRNGKey(0), clips, jnp.asarray(tokens))["params"]
+        params = jax.jit(model.init)(jax.random.PRNGKey(0), clips, jnp.asarray(tokens))["params"]
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
         loss = jax.jit(
             jax.value_and_grad(
