@@ -405,20 +405,18 @@ def test_scanned_and_remat_blocks_give_same_logits_intermediates_and_grads(tiny,
         (_, (logits, video)), grads = cross_entropy_step(model)(params, clips, tokens, labels)
     for options in ({"remat": True}, {"scan": True}):
         with jax.enable_x64(True):
-            remat_model = VideoCLIP(cfg, jnp.float64, **options)
-            (_, (logits_remat, video_remat)), grads_remat = cross_entropy_step(remat_model)(
+            variant = VideoCLIP(cfg, jnp.float64, **options)
+            (_, (logits_remat, video_remat)), grads_remat = cross_entropy_step(variant)(
                 params, clips, tokens, labels
             )
-            apply = lambda p, m=remat_model: m.apply({"params": p}, clips, tokens)
+            apply = lambda p, m=variant: m.apply({"params": p}, clips, tokens)
             assert ("scan[" in str(jax.make_jaxpr(apply)(params))) == scanned, options
         np.testing.assert_allclose(logits_remat, logits, rtol=1e-12, atol=1e-12)
         assert video_remat.keys() == video.keys()
         for key in ("seed_index", "assignment"):
             if key in video:
                 np.testing.assert_array_equal(video_remat[key], video[key])
-        np.testing.assert_allclose(
-            video_remat["cls_attention"], video["cls_attention"], atol=1e-14
-        )
+        np.testing.assert_allclose(video_remat["cls_attention"], video["cls_attention"], atol=1e-14)
         assert jax.tree.structure(grads_remat) == jax.tree.structure(grads)
         flat_remat = traverse_util.flatten_dict(grads_remat, sep="/")
         for path, g in traverse_util.flatten_dict(grads, sep="/").items():
