@@ -9,7 +9,8 @@ from data_helpers import frame_index, grey_frames, textured_frames
 from PIL import Image
 
 from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader
-from tcclip_jax.data.video_decode import VideoReadError, decode_frames
+from tcclip_jax.data.transforms import short_side_shape
+from tcclip_jax.data.video_decode import VideoReadError, decode_frames, rgb_converter
 from tcclip_jax.data.video_encode import encode_video
 
 # (file name, codec, encoder options, keyframe interval): B-frames with timestamps (mp4, mkv),
@@ -70,6 +71,24 @@ def test_resizing_while_decoding(tmp_path):
     )
     assert np.abs(small.astype(int) - reference).mean() < 3  # swscale and PIL bilinear agree
     np.testing.assert_array_equal(decode_frames(path, pick, short_side=48), full)
+
+
+def test_converter_keeps_pyav_pixels_across_frame_sizes():
+    """The converter reuses one swscale context on its own thread; every frame, including
+    after a change of frame size, gets PyAV's own `to_ndarray` conversion exactly."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for height, width in [(48, 64), (48, 64), (90, 120), (48, 64), (240, 320)]:
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        frames.append(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
+    for short_side in (None, 36, 16, 224):
+        to_rgb = rgb_converter(short_side)
+        for frame in frames:
+            h, w = (frame.height, frame.width)
+            if short_side is not None:
+                h, w = short_side_shape(h, w, short_side)
+            expected = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+            np.testing.assert_array_equal(to_rgb(frame), expected)
 
 
 def test_grey_coded_frames_decode_to_their_index(tmp_path):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from tcclip_jax.data.transforms import short_side_shape
 
@@ -64,16 +65,23 @@ def _plan_starts(packets: list, pts: list[int]) -> list[int]:
 
 
 def rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarray]:
-    """Frame -> uint8 RGB, resized in the same swscale pass when `short_side` is given."""
+    """Frame -> uint8 RGB, resized in the same swscale pass when `short_side` is given.
+
+    One converter per video and thread: it keeps one swscale context for all the frames of a
+    video, converting on the calling thread. `VideoFrame.to_ndarray` makes a new context for
+    every frame and lets swscale start threads for it (PyAV's default), which costs 10-50x the
+    conversion of a small frame (0.46 ms instead of 8 us for 32x32 -> 16x16); the pixels are
+    the same.
+    """
+    reformatter = VideoReformatter()
 
     def to_rgb(frame: av.VideoFrame) -> np.ndarray:
         size = (frame.height, frame.width)
         height, width = size if short_side is None else short_side_shape(*size, short_side)
-        if (height, width) == size:
-            return frame.to_ndarray(format="rgb24")
-        return frame.to_ndarray(
-            format="rgb24", width=width, height=height, interpolation="BILINEAR"
-        )
+        return reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation="BILINEAR",
+            threads=1,
+        ).to_ndarray()  # fmt: skip
 
     return to_rgb
 
