@@ -77,6 +77,21 @@ def merge_segments(
     return segments
 
 
+def match_segments(found: Sequence[dict], truth: Sequence[dict], tolerance: float) -> list[bool]:
+    """For every true segment ({"index", "start", "end"} in seconds), whether a found segment
+    has its class and both ends within `tolerance` seconds of its ends (for a generated video
+    whose segments are known)."""
+    return [
+        any(
+            f["index"] == t["index"]
+            and abs(f["start"] - t["start"]) <= tolerance
+            and abs(f["end"] - t["end"]) <= tolerance
+            for f in found
+        )
+        for t in truth
+    ]
+
+
 def smoothed(probabilities: np.ndarray, width: int) -> np.ndarray:
     """[W, C] each window's probabilities averaged with its neighbours, `width` windows
     centred on it (fewer at the ends): single-window flickers do not split a segment."""

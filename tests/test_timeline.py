@@ -64,6 +64,13 @@ def test_oracle_scores_give_the_truth_within_one_window(long_video):
     for got, want in zip(segments, long_video["truth"], strict=True):
         assert abs(got["start"] - want["start"]) <= stride
         assert abs(got["end"] - want["end"]) <= stride
+    assert all(timeline.match_segments(segments, long_video["truth"], stride))
+    # A segment of another class, or an end off by more than the tolerance, is no match.
+    wrong = [{**segments[0], "index": (segments[0]["index"] + 1) % 8}, *segments[1:]]
+    late = [{**segments[0], "end": segments[0]["end"] + 2 * stride}, *segments[1:]]
+    for found in (wrong, late):
+        assert timeline.match_segments(found, long_video["truth"], stride)[0] is False
+        assert all(timeline.match_segments(found, long_video["truth"], stride)[1:])
 
 
 @pytest.mark.parametrize("seek_gap", [timeline.SEEK_GAP, 0.3])
