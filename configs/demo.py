@@ -4,7 +4,7 @@ The dataset (`tcclip_jax.data.synthetic`: 8 classes that only the order of frame
 e.g. "moving left" vs "moving right") is generated into `data.root` (default: WORKDIR/synthetic)
 on first use. Chance is 12.5% top-1. No checkpoint is needed. Measured on 2 idle CPU cores from a
 fresh clone (`/usr/bin/time python -m tcclip_jax.train --config configs/demo.py --workdir W`):
-3 min 34 s including the dataset, 68.75% top-1 on the 128 validation videos (it stays near chance
+3 min 30 s including the dataset, 68.75% top-1 on the 128 validation videos (it stays near chance
 for ~40 epochs, then learns the motions; float rounding differences between code versions change
 the path from random weights: 66-71% so far). `python -m tcclip_jax.bench.demo --against REV`
 times it against another commit.
