@@ -3,8 +3,10 @@ they stand for, decoding through and seeking), segment merging against a long sy
 truth, and the files an end-to-end run writes."""
 
 import csv
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -140,3 +142,29 @@ def test_smoothing_averages_neighbours_and_removes_a_flicker():
     np.testing.assert_allclose(smooth[-1], probs[-2:].mean(0))
     assert smooth.argmax(1).tolist() == [0, 0, 0, 0, 1, 1]  # window 2's flicker is gone
     assert timeline.smoothed(probs, 1) is probs
+
+
+def test_truth_check_tool_runs_predict_and_scores_its_segments(tiny_config, tmp_path):
+    """tools/timeline_vs_truth.py on a random model: the video it writes has the segments it
+    says, and what it reports found is `match_segments` over the timeline `predict` wrote."""
+    checkpoint = str(tmp_path / "ckpt")
+    save_model(checkpoint, tiny_config, random_params(tiny_config, 3), normalization="imagenet")
+    work = tmp_path / "work"
+    command = [sys.executable, os.path.join(REPO, "tools", "timeline_vs_truth.py"),
+               "--checkpoint", checkpoint, "--workdir", str(work), "--minutes", "0.1",
+               "--clips-per-segment", "2", "--clip-frames", "25"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    found, total = map(int, re.search(r"(\d+) of (\d+) segments found", result.stdout).groups())
+    assert total == 3  # 6 s of 2-second segments
+    document = json.loads((work / "timelines" / "motions_0.1min.timeline.json").read_text())
+    assert document["window_s"] == document["stride_s"] == 1.0 and len(document["windows"]) == 6
+    assert document["duration_s"] == pytest.approx(6.0, abs=0.05)
+    spec = importlib.util.spec_from_file_location("tool", command[1])
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    order = tool._class_order(total, len(synthetic.CLASS_NAMES), 0)
+    assert all(a != b for a, b in zip(order, order[1:], strict=False))
+    truth = [{"index": c, "start": 2.0 * i, "end": 2.0 * (i + 1)} for i, c in enumerate(order)]
+    assert found == sum(timeline.match_segments(document["segments"], truth, 1.0))
+    assert result.stdout.count("not found:") == total - found
