@@ -10,6 +10,7 @@ import re
 import pytest
 
 from tcclip_jax.bench import aot
+from tcclip_jax.ops import dense
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -36,15 +37,22 @@ def demo_config(**changes):
 
 @pytest.fixture(scope="module")
 def fsdp_step():
+    """(builder, compiled step, the platforms its dense layers were traced for)."""
     config = demo_config(**{"sharding.fsdp": True, "sharding.fsdp_min_size": 0})
     devices = aot.tpu_devices("v5e:2x2")
     builder = aot.StepBuilder(config, devices, num_classes=4)
-    return builder, builder.compile(per_chip_batch=1)
+    platforms, products_for = [], dense.products_for
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dense, "products_for", lambda p: platforms.append(p) or products_for(p))
+        result = builder.compile(per_chip_batch=1)
+    return builder, result, platforms
 
 
 @needs_libtpu
 def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
-    builder, result = fsdp_step
+    builder, result, platforms = fsdp_step
+    # Traced on this CPU host for the TPU: dense layers as written, not folded for XLA:CPU.
+    assert platforms == ["tpu"]
     _, figures = aot.chip_figures(builder.devices)
     assert result.chips == 4 and builder.model.scan  # scanned blocks: the TPU default.
     assert 0 < result.hbm_used < figures.hbm_bytes and result.fits(figures)
@@ -56,7 +64,7 @@ def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
 def test_float32_model_multiplies_at_highest_precision_in_the_tpu_program(fsdp_step):
     """A float32 model (the config's default precision) gets full float32 products on the TPU:
     no matmul of the compiled program runs as one bfloat16 pass."""
-    _, result = fsdp_step
+    _, result, _ = fsdp_step
     products = re.findall(r"= \S+ (?:convolution|dot)\(.*", result.hlo)
     assert len(products) > 20
     for line in products:

@@ -40,6 +40,7 @@ from tcclip_jax.errors import UserError
 from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.variants import variant_config
+from tcclip_jax.ops import dense
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.step import abstract_state
 from tcclip_jax.weights.checkpoint import load_config
@@ -243,7 +244,8 @@ class StepBuilder:
         """The train step for `micro_batches` x `per_chip_batch` clips per chip."""
         step, shardings = self._step(self.model)
         start, cpu_start = time.perf_counter(), _cpu_seconds()
-        lowered = step.trace(*self._inputs(shardings, per_chip_batch, micro_batches)).lower()
+        with dense.products_for(self.devices[0].platform):  # traced here, compiled for them
+            lowered = step.trace(*self._inputs(shardings, per_chip_batch, micro_batches)).lower()
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:

@@ -1,22 +1,45 @@
-"""A `dot_general` for dense layers that multiplies as one 2-D matrix product.
+"""A `dot_general` for dense layers that multiplies as one 2-D matrix product, on CPUs.
 
 Flax's `Dense` / `DenseGeneral` contract an `[B, T, N, W]` activation with a `[W, ...]` kernel
 as an N-d `dot_general`. The forward pass is the same either way, but XLA:CPU lowers the
 *backward* of the N-d form badly: the kernel gradient contracts over several leading axes, so
 XLA first copies the output gradient into a transposed layout and then runs a slow (Eigen)
-contraction on it (`python -m tcclip_jax.bench --mode train` measures the whole step;
-docs/performance.md). Folding the free axes of each operand into one first gives XLA plain
-matrix products in both directions. The product is the same sum in a different order
-(`tests/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
+contraction on it (docs/performance.md). Folding the free axes of each operand into one first
+gives XLA plain matrix products in both directions. The product is the same sum in a different
+order (`tests/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
+On TPU the folding only adds copies (docs/tpu.md), so the 2-D form is used where the program is
+traced for a CPU: the default backend, or the platform named by `products_for` (an
+ahead-of-time compile for TPU is traced on a CPU host).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 from jax import lax
+
+# The platform the program being traced is for, when it is not the default backend's.
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("platform", default=None)
+
+
+@contextlib.contextmanager
+def products_for(platform: str) -> Iterator[None]:
+    """Trace dense layers for `platform` ('cpu', 'tpu', 'gpu', ...) within the block (jit
+    caches traces: use it around the first trace of a function)."""
+    token = _PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
+def flat_products() -> bool:
+    """Whether dense layers traced now multiply as 2-D products (for a CPU)."""
+    return (_PLATFORM.get() or jax.default_backend()) == "cpu"
 
 
 def flat_dot_general(
@@ -28,7 +51,8 @@ def flat_dot_general(
     precision: lax.PrecisionLike = None,
     preferred_element_type=None,
 ) -> jax.Array:
-    """`lax.dot_general`, computed as `[M, K] @ [K, N]` when the contraction is a dense layer's.
+    """`lax.dot_general`, computed as `[M, K] @ [K, N]` when the contraction is a dense layer's
+    and the program is traced for a CPU (`flat_products`).
 
     That is: no batch dimensions, the contracted axes are the trailing axes of `lhs` and the
     leading axes of `rhs`, in the same order. Anything else goes to `lax.dot_general` as is.
@@ -36,7 +60,8 @@ def flat_dot_general(
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     n = len(lhs_contract)
     dense = (
-        not lhs_batch
+        flat_products()
+        and not lhs_batch
         and not rhs_batch
         and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
         and tuple(rhs_contract) == tuple(range(n))
