@@ -17,14 +17,14 @@ from tcclip_jax.models import VideoCLIP
 from tcclip_jax.models.initialization import random_params
 from tcclip_jax.models.vision import TCTransformer
 
-ARGS = ["--arch", "ViT-B/32", "--depth", "3", "--frames", "8", "--batch", "1", "--classes", "3"]
+ARGS = ["--arch", "ViT-B/32", "--depth", "2", "--frames", "8", "--batch", "1", "--classes", "3"]
 ARGS += ["--steps", "1", "--warmup", "0"]
 
 
 def test_remat_counts_model_flops(tiny_config):
     """With remat the vision blocks run as a scan, whose own cost analysis counts one block:
     the step's FLOPs are those of the unrolled program (ViFi-CLIP blocks 1..2 scanned here)."""
-    cfg = tiny_config.replace(model="vifi_clip", vision_layers=3, text_layers=3)
+    cfg = tiny_config.replace(model="vifi_clip", vision_layers=3, text_layers=1, vp_context_layer=3)
     assert TCTransformer(cfg).runs() == [[1, 2], [3]]
     clips = np.random.default_rng(0).integers(0, 256, (2, cfg.num_frames, 32, 32, 3), np.uint8)
     tokens = jnp.asarray(class_tokens(cfg, 3))
