@@ -71,9 +71,6 @@ def main() -> None:
     num_segments = int(args.minutes * 60 / (clip_s * args.clips_per_segment))
     order = _class_order(num_segments, len(synthetic.CLASS_NAMES), args.seed)
     video = os.path.join(args.workdir, f"motions_{args.minutes:g}min.mp4")
-    labels = os.path.join(args.workdir, "classes.csv")
-    with open(labels, "w") as f:
-        f.write("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(synthetic.CLASS_NAMES)))
     clips = [(c, args.clip_frames) for c in order for _ in range(args.clips_per_segment)]
     truth = _truth_segments(
         synthetic.write_long_video(video, clips, (args.size, args.size), FPS, args.seed)
@@ -81,16 +78,17 @@ def main() -> None:
     output = os.path.join(args.workdir, "timelines")
     command = [
         sys.executable, "-m", "tcclip_jax.predict", "--checkpoint", args.checkpoint,
-        "--video", video, "--labels", labels, "--timeline", "--window", str(window),
-        "--stride", str(stride), "--smooth", str(args.smooth), "--output", output,
+        "--video", video, "--classes", *synthetic.CLASS_NAMES, "--timeline",
+        "--window", str(window), "--stride", str(stride), "--smooth", str(args.smooth),
+        "--output", output,
     ]  # fmt: skip
     run = timed(command, os.getcwd(), dict(os.environ), os.path.join(args.workdir, "predict.log"))
     with open(output_stem(output, video) + ".timeline.json") as f:
         found = json.load(f)
     matched = match_segments(found["segments"], truth, stride)
     centres = [(w["start"] + w["end"]) / 2 for w in found["windows"]]
-    true_at = [next(t["index"] for t in truth if t["start"] <= c < t["end"] or t is truth[-1])
-               for c in centres]  # fmt: skip
+    segment_at = np.searchsorted([t["start"] for t in truth], centres, side="right") - 1
+    true_at = [truth[i]["index"] for i in segment_at]
     right = np.mean([w["top"] == t for w, t in zip(found["windows"], true_at, strict=True)])
     print(
         f"{args.minutes:g} min video, {len(truth)} true segments of {args.clips_per_segment} "
