@@ -9,7 +9,10 @@ The video is decoded once from start to end, keeping only the frames of the wind
 between windows (stride > window). Each window is scored as `predict` scores a video (softmax per
 spatial crop, averaged). For segments, window w stands for the `stride` seconds around its centre
 (the first from 0, the last to the video's end), so segments tile the video without overlapping;
-`--smooth K` merges on the probabilities averaged over K neighbouring windows instead.
+`--smooth K` merges on the probabilities averaged over K neighbouring windows instead, and
+`--switch-cost C` on the most probable class sequence when each change of class costs C nats
+(`class_path`: a flicker of a few windows costs less than the switches around it, so it is not a
+segment of its own).
 """
 
 from __future__ import annotations
@@ -102,6 +105,31 @@ def smoothed(probabilities: np.ndarray, width: int) -> np.ndarray:
     idx = np.arange(len(probabilities))
     lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, len(probabilities))
     return (padded[hi] - padded[lo]) / (hi - lo)[:, None]
+
+
+def class_path(probabilities: np.ndarray, switch_cost: float) -> np.ndarray:
+    """[W] the class sequence maximising the sum of the windows' log-probabilities minus
+    `switch_cost` per change of class (Viterbi over a chain whose transitions all cost the
+    same, so each step is O(C)); 0: each window's top class. Ties go to the lower class index
+    and to staying."""
+    if switch_cost <= 0:
+        return probabilities.argmax(axis=1)
+    logp = np.log(np.maximum(probabilities, np.finfo(probabilities.dtype).tiny))
+    num_windows = len(logp)
+    came_from = np.empty(logp.shape, dtype=np.int64)  # the class at w - 1 on the best path
+    score = logp[0].copy()
+    stay = np.arange(logp.shape[1])
+    for w in range(1, num_windows):
+        best = int(score.argmax())
+        switch = score[best] - switch_cost
+        moves = score < switch  # strictly better to come from `best` than to stay
+        came_from[w] = np.where(moves, best, stay)
+        score = np.where(moves, switch, score) + logp[w]
+    path = np.empty(num_windows, dtype=np.int64)
+    path[-1] = score.argmax()
+    for w in range(num_windows - 1, 0, -1):
+        path[w - 1] = came_from[w, path[w]]
+    return path
 
 
 # Decoding window by window -----------------------------------------------------------------
@@ -231,11 +259,13 @@ class Timeline:
     bounds: np.ndarray  # [W, 2] seconds
     probabilities: np.ndarray  # [W, C]
     smooth: int = 1  # windows averaged for the segments (odd; 1: none)
+    switch_cost: float = 0.0  # nats a change of class costs the segments' path (0: top class)
 
     @property
     def segments(self) -> list[dict]:
         probs = smoothed(self.probabilities, self.smooth)
-        segments = merge_segments(probs.argmax(axis=1), self.bounds, self.stride, self.duration)
+        path = class_path(probs, self.switch_cost)
+        segments = merge_segments(path, self.bounds, self.stride, self.duration)
         for s in segments:
             first, last = s["windows"]
             s["class"] = self.classes[s["index"]]
@@ -252,6 +282,7 @@ def score_timeline(
     stride: float,
     batch_size: int,
     smooth: int = 1,
+    switch_cost: float = 0.0,
 ) -> Timeline:
     """Every window of `path` classified, `batch_size` windows per model call."""
     duration = probe(path)
@@ -276,7 +307,9 @@ def score_timeline(
         views[: len(batch)] = [crops for _, crops in batch]
         p = class_probabilities(predictor, predictor.normalize(views), classnames)
         probs[[w for w, _ in batch]] = p[: len(batch)]
-    return Timeline(path, duration, window, stride, list(classnames), bounds, probs, smooth)
+    return Timeline(
+        path, duration, window, stride, list(classnames), bounds, probs, smooth, switch_cost
+    )
 
 
 # Files -------------------------------------------------------------------------------------
@@ -307,6 +340,7 @@ def write_timeline(timeline: Timeline, directory: str) -> dict[str, str]:
         "window_s": timeline.window,
         "stride_s": timeline.stride,
         "smooth_windows": timeline.smooth,
+        "switch_cost": timeline.switch_cost,
         "classes": timeline.classes,
         "segments": segments,
         "windows": [
@@ -360,6 +394,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="Segments from probabilities averaged over this many windows (odd; default 1).",
     )
+    group.add_argument(
+        "--switch-cost",
+        type=float,
+        default=0.0,
+        help="Segments along the most probable class sequence when a change of class costs "
+        "this many nats (e.g. 2; default 0: each window's top class).",
+    )
 
 
 def check_arguments(args: argparse.Namespace, num_frames: int) -> tuple[float, float]:
@@ -374,6 +415,8 @@ def check_arguments(args: argparse.Namespace, num_frames: int) -> tuple[float, f
         raise UserError(f"--window and --stride must be positive, got {window}, {stride}")
     if args.smooth < 1 or args.smooth % 2 == 0:
         raise UserError(f"--smooth must be an odd number of windows, got {args.smooth}")
+    if not args.switch_cost >= 0:
+        raise UserError(f"--switch-cost must be >= 0 nats, got {args.switch_cost}")
     return window, stride
 
 
@@ -394,8 +437,9 @@ def run(
             continue
         try:
             timeline = score_timeline(
-                predictor, video, classnames, cfg, window, stride, args.batch_size, args.smooth
-            )
+                predictor, video, classnames, cfg, window, stride, args.batch_size, args.smooth,
+                args.switch_cost,
+            )  # fmt: skip
         except (ValueError, OSError) as e:  # VideoReadError names the file
             report_error(str(e) if video in str(e) else f"{video}: {e}")
             failed += 1

@@ -4,6 +4,7 @@ truth, and the files an end-to-end run writes."""
 
 import csv
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -97,7 +98,8 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
     command = [sys.executable, "-m", "tcclip_jax.predict", "--checkpoint", checkpoint,
                "--video", long_video["path"], str(tmp_path / "missing.mp4"),
                "--classes", *synthetic.CLASS_NAMES, "--timeline", "--window", "1",
-               "--stride", "0.5", "--output", str(out), "--batch-size", "4"]  # fmt: skip
+               "--stride", "0.5", "--output", str(out), "--batch-size", "4",
+               "--switch-cost", "0.05"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1, result.stderr  # the missing video, named; the other done
     assert "missing.mp4" in result.stderr
@@ -122,6 +124,12 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
 
     document = json.loads((out / "long.timeline.json").read_text())
     segments = document["segments"]
+    assert document["switch_cost"] == 0.05
+    path = timeline.class_path(probs, 0.05)  # the segments follow the path, not the top classes
+    assert [s["index"] for s in segments] == [int(c) for c, _ in itertools.groupby(path)]
+    assert [s["windows"][1] - s["windows"][0] + 1 for s in segments] == [
+        len(list(g)) for _, g in itertools.groupby(path)
+    ]
     assert segments[0]["start"] == 0 and segments[-1]["end"] == pytest.approx(8.0)
     assert all(a["end"] == b["start"] for a, b in zip(segments, segments[1:], strict=False))
     assert [s["windows"][0] for s in segments][0] == 0 and segments[-1]["windows"][1] == 14
@@ -142,6 +150,34 @@ def test_smoothing_averages_neighbours_and_removes_a_flicker():
     np.testing.assert_allclose(smooth[-1], probs[-2:].mean(0))
     assert smooth.argmax(1).tolist() == [0, 0, 0, 0, 1, 1]  # window 2's flicker is gone
     assert timeline.smoothed(probs, 1) is probs
+
+
+@pytest.mark.parametrize("cost", [0.3, 1.0, 4.0])
+def test_class_path_is_the_best_sequence_of_all(cost):
+    """Viterbi's path scores best among all C^W class sequences (log-probabilities minus `cost`
+    per change), in float64 on random probabilities: the brute force is the definition."""
+    rng = np.random.default_rng(int(cost * 10))
+    probs = rng.dirichlet(np.full(3, 0.7), size=7)
+    logp = np.log(probs)
+
+    def score(seq):
+        return logp[np.arange(7), seq].sum() - cost * np.count_nonzero(np.diff(seq))
+
+    sequences = np.array(list(itertools.product(range(3), repeat=7)))
+    scores = np.array([score(q) for q in sequences])
+    path = timeline.class_path(probs, cost)
+    assert score(path) == pytest.approx(scores.max(), abs=1e-12)
+    assert path.tolist() == sequences[scores.argmax()].tolist()  # the optimum is unique here
+
+
+def test_class_path_removes_flickers_that_cost_less_than_two_switches():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.95, 0.05], [0.2, 0.8], [0.1, 0.9]])
+    assert timeline.class_path(probs, 0).tolist() == [0, 0, 1, 0, 1, 1]
+    # window 2 gains log(0.7 / 0.3) = 0.85 nats as class 1: worth two switches only below 0.42
+    assert timeline.class_path(probs, 0.4).tolist() == [0, 0, 1, 0, 1, 1]
+    assert timeline.class_path(probs, 0.5).tolist() == [0, 0, 0, 0, 1, 1]
+    # one switch is worth it while the last two windows gain more than it costs
+    assert timeline.class_path(probs, 10.0).tolist() == [0] * 6
 
 
 def test_truth_check_tool_runs_predict_and_scores_its_segments(tiny_config, tmp_path):

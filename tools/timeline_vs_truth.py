@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--window", type=float, help="seconds (default: one clip)")
     p.add_argument("--stride", type=float, help="seconds (default: the window)")
     p.add_argument("--smooth", type=int, default=1, help="windows averaged for the segments")
+    p.add_argument("--switch-cost", type=float, default=0.0, help="nats per change of class")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -80,7 +81,7 @@ def main() -> None:
         sys.executable, "-m", "tcclip_jax.predict", "--checkpoint", args.checkpoint,
         "--video", video, "--classes", *synthetic.CLASS_NAMES, "--timeline",
         "--window", str(window), "--stride", str(stride), "--smooth", str(args.smooth),
-        "--output", output,
+        "--switch-cost", str(args.switch_cost), "--output", output,
     ]  # fmt: skip
     run = timed(command, os.getcwd(), dict(os.environ), os.path.join(args.workdir, "predict.log"))
     with open(output_stem(output, video) + ".timeline.json") as f:
@@ -93,7 +94,8 @@ def main() -> None:
     print(
         f"{args.minutes:g} min video, {len(truth)} true segments of {args.clips_per_segment} "
         f"clips ({args.clips_per_segment * clip_s:.2f} s), window {window:g} s, stride "
-        f"{stride:g} s, smooth {args.smooth}: {sum(matched)} of {len(truth)} segments found "
+        f"{stride:g} s, smooth {args.smooth}, switch cost {args.switch_cost:g}: "
+        f"{sum(matched)} of {len(truth)} segments found "
         f"({100 * np.mean(matched):.1f}%), {len(found['segments'])} segments written; "
         f"{100 * right:.1f}% of {len(centres)} windows right; predict: {run.line()}"
     )
