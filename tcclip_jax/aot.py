@@ -10,7 +10,9 @@ collectives and costly ops (`tcclip_jax.bench.aot`). Needs libtpu: pip install "
       --remat --max_batch
 
 Without --per_chip_batch the step is the config's: `batch_size` clips over the topology's chips
-in `grad_accum_steps` micro-batches. Config fields override as in training (--config.remat=True).
+in `grad_accum_steps` micro-batches. The evaluation step follows (`config.eval.batch_size`
+videos of the test views; --noeval skips it). Config fields override as in training
+(--config.remat=True).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ _REMAT = flags.DEFINE_bool("remat", None, "Rematerialise the vision blocks (conf
 _SCAN = flags.DEFINE_bool(
     "scan_blocks", None, "Scan the vision blocks (config.scan_blocks; default on TPU: yes)."
 )
+_EVAL = flags.DEFINE_bool(
+    "eval", True, "Also compile the evaluation step (config.eval.batch_size videos, test views)."
+)
 _DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "topology"])
 
@@ -58,7 +63,14 @@ def main(argv: Sequence[str]) -> None:
             config.remat = _REMAT.value
         if _SCAN.value is not None:
             config.scan_blocks = _SCAN.value
-    run(config, _TOPOLOGY.value, _PER_CHIP_BATCH.value, _MAX_BATCH.value, _CLASSES.value)
+    run(
+        config,
+        _TOPOLOGY.value,
+        _PER_CHIP_BATCH.value,
+        _MAX_BATCH.value,
+        _CLASSES.value,
+        evaluation=_EVAL.value,
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from tcclip_jax.bench import aot
-from tcclip_jax.ops import dense
+from tcclip_jax.ops import platform
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -41,9 +41,9 @@ def fsdp_step():
     config = demo_config(**{"sharding.fsdp": True, "sharding.fsdp_min_size": 0})
     devices = aot.tpu_devices("v5e:2x2")
     builder = aot.StepBuilder(config, devices, num_classes=4)
-    platforms, products_for = [], dense.products_for
+    platforms, traced_for = [], platform.traced_for
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dense, "products_for", lambda p: platforms.append(p) or products_for(p))
+        patch.setattr(platform, "traced_for", lambda p: platforms.append(p) or traced_for(p))
         result = builder.compile(per_chip_batch=1)
     return builder, result, platforms
 
@@ -69,6 +69,27 @@ def test_float32_model_multiplies_at_highest_precision_in_the_tpu_program(fsdp_s
     assert len(products) > 20
     for line in products:
         assert "operand_precision={highest,highest}" in line, line[:200]
+
+
+@needs_libtpu
+def test_eval_step_compiles_for_tpu_with_the_test_views(fsdp_step):
+    """The evaluator's own step (`evaluation.accuracy.eval_programs`) for the same slice: every
+    test view of one video per chip, FSDP-sharded weights gathered where they are used."""
+    builder, train, _ = fsdp_step
+    result = builder.compile_eval(videos_per_chip=1)
+    _, figures = aot.chip_figures(builder.devices)
+    data = builder.config.data
+    assert result.name == "eval step"
+    assert result.unit == f"videos of {data.test_clips * data.test_crops} views"
+    assert result.fits(figures) and result.census["all-gather"] > 0
+    assert result.census["reduce-scatter"] == 0  # no gradients
+    # the frames of every view arrive as uint8, sharded over the 4 chips: 1 video each
+    views = data.test_clips * data.test_crops
+    size, frames = builder.model_config.image_resolution, builder.model_config.num_frames
+    assert f"u8[1,{views},{frames},{size},{size},3]" in result.hlo
+    # a forward pass: fewer FLOPs than the train step of as many clips per chip
+    assert 0 < result.model_flops < train.model_flops * views
+    assert "eval step: 1 x 1 videos of" in aot.describe(result, "TPU v5 lite", figures)
 
 
 def test_without_libtpu_the_error_says_what_to_install(monkeypatch):

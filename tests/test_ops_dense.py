@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tcclip_jax.ops import dense
+from tcclip_jax.ops import dense, platform
 from tcclip_jax.ops.dense import flat_dot_general
 
 # (lhs shape, rhs shape, dimension numbers): Dense, DenseGeneral into heads, out of heads.
@@ -92,15 +92,15 @@ def test_kernel_gradient_is_a_plain_matrix_product():
     assert transposes(flat) < transposes(plain)
 
 
-@pytest.mark.parametrize("platform, folded", [("cpu", True), ("tpu", False), ("gpu", False)])
-def test_folding_follows_the_platform_traced_for(platform, folded):
+@pytest.mark.parametrize("name, folded", [("cpu", True), ("tpu", False), ("cuda", False)])
+def test_folding_follows_the_platform_traced_for(name, folded):
     """The 2-D form is for CPUs; a program traced for another platform (e.g. an ahead-of-time
     TPU compile on a CPU host) gets `lax.dot_general` as written."""
     lhs = jax.ShapeDtypeStruct((2, 3, 5, 8), jnp.float32)
     rhs = jax.ShapeDtypeStruct((8, 6), jnp.float32)
     dims = (((3,), (0,)), ((), ()))
     assert dense.flat_products() == (jax.default_backend() == "cpu")
-    with dense.products_for(platform):
+    with platform.traced_for(name):
         assert dense.flat_products() == folded
         jaxpr = jax.make_jaxpr(lambda a, b: flat_dot_general(a, b, dims))(lhs, rhs)
     assert dense.flat_products() == (jax.default_backend() == "cpu")  # restored

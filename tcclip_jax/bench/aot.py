@@ -36,11 +36,13 @@ from tcclip_jax.bench.chips import Chip, chip
 from tcclip_jax.bench.steps import class_names
 from tcclip_jax.config.resolve import model_overrides
 from tcclip_jax.data.classes import load_class_names
+from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.errors import UserError
+from tcclip_jax.evaluation.accuracy import eval_programs
 from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.variants import variant_config
-from tcclip_jax.ops import dense
+from tcclip_jax.ops import platform
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.step import abstract_state
 from tcclip_jax.weights.checkpoint import load_config
@@ -125,7 +127,7 @@ class Compiled:
 
     name: str
     chips: int
-    per_chip_batch: int  # clips per chip per micro-batch.
+    per_chip_batch: int  # clips per chip per micro-batch (the eval step: videos per chip).
     micro_batches: int
     memory: object  # jax.stages.Compiled.memory_analysis()
     model_flops: float  # per chip per step (see the module docstring).
@@ -134,6 +136,7 @@ class Compiled:
     compile_cpu_seconds: float  # process CPU time of the same (steadier on a shared host).
     census: dict[str, int]
     hlo: str
+    unit: str = "clips"  # what per_chip_batch counts.
 
     @property
     def hbm_used(self) -> float:
@@ -240,11 +243,53 @@ class StepBuilder:
         lowered = step.trace(*self._inputs(shardings, per_chip_batch, 1, mesh)).lower()
         return float(_cost(lowered)["flops"]) * micro_batches / self.chips
 
+    def _eval_step(self, model: VideoCLIP, mesh, videos_per_chip: int):
+        """(the evaluator's jitted step, its abstract inputs) on `mesh`: `videos_per_chip` x
+        the test views (clips x crops) per chip, uint8 or float as the data config says."""
+        data = self.config.data
+        step = eval_programs(model, mesh, *normalization_stats(data.normalization))[1]
+        _, state_shardings = self._step(model, mesh)
+        params = _abstract(self.abstract.params, state_shardings.params)
+        text = jax.eval_shape(
+            lambda p, t: model.apply({"params": p}, t, method="encode_text"),
+            self.abstract.params,
+            self.tokens,
+        )
+        text = _abstract(text, jax.tree.map(lambda _: sharding.replicated(mesh), text))
+        cfg, views = self.model_config, data.test_clips * data.test_crops
+        b, size = videos_per_chip * len(mesh.devices.flat), cfg.image_resolution
+        dtype = jnp.uint8 if data.uint8_output else jnp.float32
+        batch_sharding = sharding.batch_sharding(mesh)
+        batch = {
+            "video": jax.ShapeDtypeStruct(
+                (b, views, cfg.num_frames, size, size, 3), dtype, sharding=batch_sharding
+            ),
+            "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding),
+        }
+        return step, (params, text, batch)
+
+    def compile_eval(self, videos_per_chip: int) -> Compiled:
+        """The evaluator's step (`evaluation.accuracy`: every view of `videos_per_chip` videos
+        per chip encoded, scored against the cached class embeddings, top-1 / top-5 hits)."""
+        model = self.model.clone(remat=False)  # as the Evaluator compiles it
+        step, inputs = self._eval_step(model, self.mesh, videos_per_chip)
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        with platform.traced_for(self.devices[0].platform):
+            compiled = step.trace(*inputs).lower().compile()
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        flat = model.clone(scan=False)
+        cpu_mesh = sharding.create_mesh(jax.devices("cpu")[:1])
+        unrolled = self._eval_step(flat, cpu_mesh, videos_per_chip * self.chips)
+        flops = float(_cost(unrolled[0].trace(*unrolled[1]).lower())["flops"]) / self.chips
+        views = self.config.data.test_clips * self.config.data.test_crops
+        result = self._result("eval step", compiled, videos_per_chip, 1, flops, seconds, cpu)
+        return dataclasses.replace(result, unit=f"videos of {views} views")
+
     def compile(self, per_chip_batch: int, micro_batches: int = 1) -> Compiled:
         """The train step for `micro_batches` x `per_chip_batch` clips per chip."""
         step, shardings = self._step(self.model)
         start, cpu_start = time.perf_counter(), _cpu_seconds()
-        with dense.products_for(self.devices[0].platform):  # traced here, compiled for them
+        with platform.traced_for(self.devices[0].platform):  # traced here, compiled for them
             lowered = step.trace(*self._inputs(shardings, per_chip_batch, micro_batches)).lower()
         try:
             compiled = lowered.compile()
@@ -256,14 +301,19 @@ class StepBuilder:
                 f"({time.perf_counter() - start:.0f} s): {str(e).splitlines()[0]}"
             ) from e
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        flops = self.model_flops(per_chip_batch, micro_batches)
+        return self._result("train step", compiled, per_chip_batch, micro_batches, flops, seconds,
+                            cpu)  # fmt: skip
+
+    def _result(self, name, compiled, per_chip_batch, micro_batches, flops, seconds, cpu):
         hlo = compiled.as_text()
         return Compiled(
-            name="train step",
+            name=name,
             chips=self.chips,
             per_chip_batch=per_chip_batch,
             micro_batches=micro_batches,
             memory=compiled.memory_analysis(),
-            model_flops=self.model_flops(per_chip_batch, micro_batches),
+            model_flops=flops,
             hbm_bytes_accessed=float(_cost(compiled).get("bytes accessed", 0.0)),
             compile_seconds=seconds,
             compile_cpu_seconds=cpu,
@@ -337,7 +387,8 @@ def describe(result: Compiled, kind: str, figures: Chip) -> str:
     census_text = ", ".join(f"{n} {op}" for op, n in result.census.items())
     return "\n".join(
         [
-            f"{result.name}: {result.micro_batches} x {result.per_chip_batch} clips per chip "
+            f"{result.name}: {result.micro_batches} x {result.per_chip_batch} {result.unit} "
+            f"per chip "
             f"({result.micro_batches * result.per_chip_batch * result.chips} per step on "
             f"{result.chips} x {kind}); compiled in {result.compile_seconds:.0f} s "
             f"({result.compile_cpu_seconds:.0f} s of CPU time)",
@@ -373,8 +424,10 @@ def run(
     per_chip_batch: int | None = None,
     max_batch: bool = False,
     num_classes: int | None = None,
+    evaluation: bool = True,
 ) -> Compiled:
-    """Compile the config's train step for `topology` and print its report; return it."""
+    """Compile the config's train step for `topology` and print its report (and, with
+    `evaluation`, the evaluation step's at `config.eval.batch_size`); return the train step's."""
     devices = tpu_devices(topology)
     kind, figures = chip_figures(devices)
     builder = StepBuilder(config, devices, num_classes)
@@ -403,4 +456,12 @@ def run(
         per_chip_batch, micro = default_batch(config, len(devices))
     result = builder.compile(per_chip_batch, micro)
     print(describe(result, kind, figures), flush=True)
+    if evaluation:
+        videos = config.eval.batch_size
+        if videos % len(devices):
+            raise AotError(
+                f"config.eval.batch_size {videos} is not a multiple of {len(devices)} chips "
+                "(the evaluator's requirement): set --config.eval.batch_size"
+            )
+        print(describe(builder.compile_eval(videos // len(devices)), kind, figures), flush=True)
     return result

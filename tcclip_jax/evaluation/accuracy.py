@@ -81,7 +81,7 @@ def tally(
 
 
 @functools.cache
-def _compiled(model: VideoCLIP, mesh: Mesh, mean: tuple, std: tuple) -> tuple[Any, Any]:
+def eval_programs(model: VideoCLIP, mesh: Mesh, mean: tuple, std: tuple) -> tuple[Any, Any]:
     """The jitted text encoder and eval step, shared by all evaluators of the same model, so
     that evaluating many datasets or splits compiles once per shape, not once per list."""
     replicated = sharding.replicated(mesh)
@@ -156,7 +156,7 @@ class Evaluator:
         # One compiled step per model, however it was built: rematerialisation only matters
         # for gradients, and `jnp.float32` / `jnp.dtype("float32")` hash differently.
         model = model.clone(dtype=jnp.dtype(model.dtype), remat=False)
-        self._encode_text, self._step = _compiled(
+        self._encode_text, self._step = eval_programs(
             model, mesh, *normalization_stats(data_cfg.normalization)
         )
 

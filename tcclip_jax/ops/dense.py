@@ -8,38 +8,23 @@ contraction on it (docs/performance.md). Folding the free axes of each operand i
 gives XLA plain matrix products in both directions. The product is the same sum in a different
 order (`tests/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
 On TPU the folding only adds copies (docs/tpu.md), so the 2-D form is used where the program is
-traced for a CPU: the default backend, or the platform named by `products_for` (an
-ahead-of-time compile for TPU is traced on a CPU host).
+traced for a CPU (`ops.platform.current`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 from jax import lax
 
-# The platform the program being traced is for, when it is not the default backend's.
-_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("platform", default=None)
-
-
-@contextlib.contextmanager
-def products_for(platform: str) -> Iterator[None]:
-    """Trace dense layers for `platform` ('cpu', 'tpu', 'gpu', ...) within the block (jit
-    caches traces: use it around the first trace of a function)."""
-    token = _PLATFORM.set(platform)
-    try:
-        yield
-    finally:
-        _PLATFORM.reset(token)
+from tcclip_jax.ops import platform
 
 
 def flat_products() -> bool:
     """Whether dense layers traced now multiply as 2-D products (for a CPU)."""
-    return (_PLATFORM.get() or jax.default_backend()) == "cpu"
+    return platform.current() == "cpu"
 
 
 def flat_dot_general(
