@@ -12,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from tcclip_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+
 MODEL_KINDS = ("tc_clip", "vifi_clip", "clip")
 MATMUL_PRECISIONS = (None, "default", "high", "highest")
 
@@ -61,6 +63,10 @@ class ModelConfig:
     # the model computes in float32 (as the published float32 code does: seeds and merges are
     # discrete choices that a bfloat16 product can change), "default" in bfloat16.
     matmul_precision: str | None = None
+    # Vision attention (`ops.attention`): "explicit" (einsums, all probabilities kept), "xla" or
+    # "cudnn" (jax.nn.dot_product_attention; only the CLS row's probabilities computed apart).
+    # None: "cudnn" when traced for a GPU in bfloat16 / float16, else "explicit".
+    attention: str | None = None
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
@@ -74,6 +80,11 @@ class ModelConfig:
             raise ValueError(
                 f"matmul_precision must be one of {MATMUL_PRECISIONS}, got "
                 f"{self.matmul_precision!r}"
+            )
+        if self.attention is not None and self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention must be one of {ATTENTION_IMPLEMENTATIONS} or None, got "
+                f"{self.attention!r}"
             )
         if self.image_resolution % self.vision_patch_size:
             raise ValueError(

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax
+from tcclip_jax.ops.attention import choose, fused_attention
 from tcclip_jax.ops.dense import flat_dot_general
 from tcclip_jax.ops.token_merging import merge_to_k
 
@@ -41,6 +42,9 @@ class TCBlock(nn.Module):
     # The last block: only the CLS tokens (and the context tokens) are used after it, so only
     # the CLS queries and the seeds' queries are computed, and the FFN runs on those tokens.
     cls_only: bool = False
+    # "explicit" (einsums; every probability kept), or a fused kernel ("xla", "cudnn"; only the
+    # CLS row's probabilities computed): `ops.attention`.
+    attention: str = "explicit"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -57,28 +61,43 @@ class TCBlock(nn.Module):
         attn = Projections(self.width, self.heads, self.dtype, with_bias, name="attn")
         ln_1 = layer_norm(self.dtype, "ln_1")
         head_major = lambda a: jnp.swapaxes(a, -3, -2)  # [..., L, heads, H] -> [..., heads, L, H]
+        fused = self.attention != "explicit"
+        # The explicit form runs head-major, the fused kernel takes token-major operands.
+        layout = (lambda a: a) if fused else head_major
+        key_axis = -3 if fused else -2
         h = ln_1(x)
-        k, v = map(head_major, attn.kv(h))  # [B, T, heads, N, H]
+        k, v = map(layout, attn.kv(h))  # [B, T, heads, N, H] (fused: [B, T, N, heads, H])
         if self.use_context:
-            context_tokens = map(head_major, attn.kv(ln_1(context)))  # [B, heads, k, H]
+            context_tokens = map(layout, attn.kv(ln_1(context)))  # [B, heads, k, H]
             k_ctx, v_ctx = (
                 jnp.broadcast_to(a[:, None], (b, t, *a.shape[1:])) for a in context_tokens
             )
-            k = jnp.concatenate([k, k_ctx], axis=-2)  # [B, T, heads, N + k, H]
-            v = jnp.concatenate([v, v_ctx], axis=-2)
+            k = jnp.concatenate([k, k_ctx], axis=key_axis)  # [B, T, heads, N + k, H]
+            v = jnp.concatenate([v, v_ctx], axis=key_axis)
+        bias = None
         if with_bias:  # local (the frame's own keys) / global (context keys), per head.
             table = attn.local_global_bias_table[:, 0]  # [heads, 2]
-            local_or_global = (jnp.arange(k.shape[-2]) >= n).astype(jnp.int32)  # [N + k]
+            local_or_global = (jnp.arange(k.shape[key_axis]) >= n).astype(jnp.int32)  # [N + k]
             bias = table[:, None, local_or_global]  # [heads, 1, N + k]
 
-        def attend(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-            """Attention output [B, T, R, W] and probabilities [B, T, heads, R, N (+ k)] of the
-            queries of `rows` ([B, T, R, W], LayerNormed) over all keys of their frame."""
-            q = head_major(attn.q(rows))  # [B, T, heads, R, H]
-            logits = jnp.einsum("BTNQH,BTNKH->BTNQK", q, k)
-            if with_bias:
+        def probabilities(q: jax.Array) -> jax.Array:
+            """[B, T, heads, R, N (+ k)] of queries [B, T, heads, R, H] (fused: [B, T, R,
+            heads, H])."""
+            spec = "BTQNH,BTKNH->BTNQK" if fused else "BTNQH,BTNKH->BTNQK"
+            logits = jnp.einsum(spec, q, k)
+            if bias is not None:
                 logits = logits + bias.astype(logits.dtype)
-            probs = softmax(logits, self.dtype)
+            return softmax(logits, self.dtype)
+
+        def attend(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+            """Attention output [B, T, R, W] of the queries of `rows` ([B, T, R, W],
+            LayerNormed) over all keys of their frame, and probabilities [B, T, heads, R',
+            N (+ k)]: all R rows, or with the fused kernel the first (the CLS query's)."""
+            q = attn.q(rows)  # [B, T, R, heads, H]
+            if fused:
+                out = fused_attention(q, k, v, bias, self.attention)
+                return attn.out(out), probabilities(q[:, :, :1])
+            probs = probabilities(head_major(q))
             out = jnp.einsum("BTNQK,BTNKH->BTNQH", probs.astype(self.dtype), v)
             return attn.out(head_major(out)), probs
 
@@ -151,6 +170,7 @@ class TCTransformer(nn.Module):
             num_context=cfg.context_tokens,
             merge_r=cfg.merge_r,
             cls_only=i == cfg.vision_layers,
+            attention=choose(cfg.attention, self.dtype),
             dtype=self.dtype,
         )
 

@@ -1,0 +1,80 @@
+"""Attention through `jax.nn.dot_product_attention`: a fused kernel where the backend has one.
+
+The explicit form (einsum, softmax, einsum; `models.vision.TCBlock`) keeps every block's
+[Q, K] probabilities for the backward pass, in float32: about 44 MB per clip per ViT-B/16
+block. cuDNN's flash attention (NVIDIA GPUs, bfloat16 / float16) keeps only their log-sum-exp
+and recomputes the rest. TC reads one row of those probabilities, the CLS query's (it picks the
+seeds), so a fused block computes that row on its own from the CLS queries and the keys: 1/197
+of the score work, the same maths as the explicit row.
+
+Implementations (`ModelConfig.attention`):
+  "explicit": the einsum form, where intermediates are needed and on CPU and TPU (no kernel);
+  "xla": jax's XLA form of `dot_product_attention` (its softmax is float32 even for float64
+         inputs, so it is not the float64 reference);
+  "cudnn": cuDNN's kernel (GPU only; with a bias in training it needs even query and key
+           lengths, so both are padded: padded queries are zero rows whose outputs are dropped,
+           padded keys are masked by the bias).
+None picks "cudnn" when the program is traced for a GPU in bfloat16 or float16, else
+"explicit".
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from tcclip_jax.ops import platform
+
+IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
+# Bias of padded keys: exp(-1e4) is 0 in every float type, so they take no weight.
+MASKED = -1e4
+
+
+def choose(implementation: str | None, dtype) -> str:
+    """The implementation to trace now: `implementation`, or for None the fused kernel where
+    the platform traced for has one at this compute dtype."""
+    if implementation is not None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"attention must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        return implementation
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if platform.current() == "gpu" and half else "explicit"
+
+
+def _pad(a: jax.Array, axis: int, length: int) -> jax.Array:
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, length - a.shape[axis])
+    return jnp.pad(a, widths)
+
+
+def fused_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    implementation: str,
+    even_lengths: bool | None = None,
+) -> jax.Array:
+    """Softmax attention of pre-scaled queries by `jax.nn.dot_product_attention`.
+
+    q: [..., Q, heads, H]; k, v: [..., K, heads, H]; bias: [heads, 1 or Q, K] or None (added
+    to the logits). Returns [..., Q, heads, H]. `even_lengths` (default: for "cudnn") pads Q
+    and K to even lengths first.
+    """
+    lead, (num_q, heads, dim), num_k = q.shape[:-3], q.shape[-3:], k.shape[-3]
+    q, k, v = (a.reshape(-1, *a.shape[-3:]) for a in (q, k, v))  # [B', L, heads, H]
+    if bias is None:
+        bias = jnp.zeros((heads, 1, num_k), q.dtype)
+    if even_lengths is None:
+        even_lengths = implementation == "cudnn"
+    if even_lengths:
+        q_len, k_len = num_q + num_q % 2, num_k + num_k % 2
+        q, k, v = _pad(q, 1, q_len), _pad(k, 1, k_len), _pad(v, 1, k_len)
+        bias = jnp.concatenate(
+            [bias, jnp.full((heads, bias.shape[1], k_len - num_k), MASKED, bias.dtype)], axis=-1
+        )
+    bias = jnp.broadcast_to(bias, (heads, q.shape[1], k.shape[1]))[None].astype(q.dtype)
+    if implementation not in ("xla", "cudnn"):
+        raise ValueError(f"fused_attention runs 'xla' or 'cudnn', not {implementation!r}")
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=1.0, implementation=implementation)
+    return out[:, :num_q].reshape(*lead, num_q, heads, dim)
