@@ -18,6 +18,7 @@ from flax import traverse_util
 from test_models import cross_entropy_step, random_params
 
 from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.models.vision import TCTransformer
 from tcclip_jax.ops import attention, platform
 
 
@@ -111,14 +112,26 @@ def test_cudnn_pads_odd_lengths_and_masks_the_padded_keys(monkeypatch):
         ("cpu", jnp.bfloat16, "explicit"),
     ],
 )
-def test_automatic_choice_follows_the_platform_and_dtype(target, dtype, want):
+def test_automatic_choice_follows_the_platform_and_dtype(monkeypatch, target, dtype, want):
+    monkeypatch.setattr(attention, "cudnn_accepts", lambda *a: True)  # as on a GPU jax accepts
     with platform.traced_for(target):
-        assert attention.choose(None, dtype) == want
+        assert attention.choose(None, dtype, (197, 293, 12, 64)) == want
         assert attention.choose("xla", dtype) == "xla"  # a setting is kept as it is
     with pytest.raises(ValueError, match="attention must be one of"):
         attention.choose("flash", jnp.float32)
     with pytest.raises(ValueError, match="attention must be one of"):
         ModelConfig(attention="flash")
+
+
+def test_automatic_choice_is_explicit_where_jax_refuses_the_kernel():
+    """Without a GPU jax refuses to trace cuDNN's kernel (it checks for cuDNN when tracing): a
+    program traced for a GPU here, e.g. lowered ahead of time, gets the explicit attention."""
+    with platform.traced_for("gpu"):
+        assert not attention.cudnn_accepts(jnp.dtype(jnp.bfloat16), 197, 293, 12, 64)
+        assert attention.choose(None, jnp.bfloat16, (197, 293, 12, 64)) == "explicit"
+        stack = TCTransformer(ModelConfig(), jnp.bfloat16)  # ViT-B/16: 197 queries, 293 keys
+        assert stack.attention_shapes == (197, 293, 12, 64)
+        assert stack.block_fields(2)["attention"] == "explicit"
 
 
 def tc_clip_case(tiny_config):

@@ -170,9 +170,17 @@ class TCTransformer(nn.Module):
             num_context=cfg.context_tokens,
             merge_r=cfg.merge_r,
             cls_only=i == cfg.vision_layers,
-            attention=choose(cfg.attention, self.dtype),
+            attention=choose(cfg.attention, self.dtype, self.attention_shapes),
             dtype=self.dtype,
         )
+
+    @property
+    def attention_shapes(self) -> tuple[int, int, int, int]:
+        """(queries, keys, heads, head width) of a TC block's attention, per frame."""
+        cfg = self.config
+        n = cfg.num_patches + 1
+        keys = n + (cfg.context_tokens if cfg.context_layers else 0)
+        return n, keys, cfg.vision_heads, cfg.vision_width // cfg.vision_heads
 
     def runs(self) -> list[list[int]]:
         """Consecutive blocks of the same kind, split after the VP block (whose context tokens

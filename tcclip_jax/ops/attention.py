@@ -14,11 +14,13 @@ Implementations (`ModelConfig.attention`):
   "cudnn": cuDNN's kernel (GPU only; with a bias in training it needs even query and key
            lengths, so both are padded: padded queries are zero rows whose outputs are dropped,
            padded keys are masked by the bias).
-None picks "cudnn" when the program is traced for a GPU in bfloat16 or float16, else
-"explicit".
+None picks "cudnn" when the program is traced for a GPU in bfloat16 or float16 and jax accepts
+the kernel for the block's shapes there (`cudnn_accepts`), else "explicit".
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +32,38 @@ IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
 MASKED = -1e4
 
 
-def choose(implementation: str | None, dtype) -> str:
+def choose(
+    implementation: str | None, dtype, shapes: tuple[int, int, int, int] | None = None
+) -> str:
     """The implementation to trace now: `implementation`, or for None the fused kernel where
-    the platform traced for has one at this compute dtype."""
+    the platform traced for has one at this compute dtype and jax accepts it for `shapes`
+    (queries, keys, heads, head width; `cudnn_accepts`), else "explicit"."""
     if implementation is not None:
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"attention must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         return implementation
-    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if platform.current() == "gpu" and half else "explicit"
+    dtype = jnp.dtype(dtype)
+    if platform.current() != "gpu" or dtype not in (
+        jnp.dtype(jnp.bfloat16),
+        jnp.dtype(jnp.float16),
+    ):
+        return "explicit"
+    return "cudnn" if shapes is None or cudnn_accepts(dtype, *shapes) else "explicit"
+
+
+@functools.cache
+def cudnn_accepts(dtype, num_q: int, num_k: int, heads: int, dim: int) -> bool:
+    """Whether jax traces cuDNN's kernel, forward and backward with a bias, for these shapes
+    here (it checks the cuDNN version, the GPU and the shapes when tracing: no GPU, no kernel)."""
+    q = jax.ShapeDtypeStruct((1, num_q, heads, dim), dtype)
+    k = jax.ShapeDtypeStruct((1, num_k, heads, dim), dtype)
+    bias = jax.ShapeDtypeStruct((heads, 1, num_k), dtype)
+    loss = lambda q, k, v, b: fused_attention(q, k, v, b, "cudnn").astype(jnp.float32).sum()
+    try:
+        jax.eval_shape(jax.grad(loss, (0, 1, 2, 3)), q, k, k, bias)
+    except Exception:  # jax raises RuntimeError, ValueError or NotImplementedError
+        return False
+    return True
 
 
 def _pad(a: jax.Array, axis: int, length: int) -> jax.Array:
