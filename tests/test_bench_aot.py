@@ -92,6 +92,16 @@ def test_eval_step_compiles_for_tpu_with_the_test_views(fsdp_step):
     assert "eval step: 1 x 1 videos of" in aot.describe(result, "TPU v5 lite", figures)
 
 
+@needs_libtpu
+@pytest.mark.parametrize("name, chips", [("v4-8", 4), ("v5p-8", 4), ("v5e-8", 8), ("v5e:2x2", 4)])
+def test_slices_have_a_device_per_chip(name, chips):
+    """As JAX on a TPU VM sees them: a v4-8 or v5p-8 is 4 chips of two TensorCores, driven as
+    one device each (megacore), so each device has the chip's HBM."""
+    devices = aot.tpu_devices(name)
+    assert len(devices) == chips
+    assert len({tuple(d.coords) for d in devices}) == chips
+
+
 def test_without_libtpu_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(aot.AotError, match=r'pip install "tcclip-jax\[tpu\]"'):

@@ -48,7 +48,8 @@ from tcclip_jax.train.step import abstract_state
 from tcclip_jax.weights.checkpoint import load_config
 
 INSTALL = 'pip install "tcclip-jax[tpu]" (libtpu; or pip install "jax[tpu]=={version}")'
-# Cloud TPU slice names -> libtpu topology names (chips; v4 and v5p count 2 cores per chip).
+# Cloud TPU slice names -> libtpu topology names (chips; a v4 or v5p slice's name counts its
+# TensorCores, two per chip).
 SLICES = {
     "v4-8": "v4:2x2x1",
     "v4-16": "v4:2x2x2",
@@ -87,8 +88,15 @@ def tpu_devices(topology: str) -> list:
     from jax.experimental import topologies
 
     name = SLICES.get(topology, topology)
+    # v4 and v5p chips have two TensorCores that JAX on a TPU VM drives as one device
+    # ("megacore"); libtpu's default description of v4 has a device per core.
+    config = "megacore" if name.startswith(("v4:", "v5:")) else "default"
     try:
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+        return list(
+            topologies.get_topology_desc(
+                topology_name=name, platform="tpu", chip_config_name=config
+            ).devices
+        )
     except Exception as e:  # libtpu's errors name the topology it could not parse.
         known = ", ".join(SLICES)
         raise AotError(f"--topology {topology}: {str(e).splitlines()[0]} (slices: {known})") from e
