@@ -1,14 +1,15 @@
 """Timelines of long videos: every window classified, consecutive windows with the same top class
 merged into segments, and a picture of the classes over time (`predict --timeline`).
 
-Windows are `window` seconds long, one every `stride` seconds. A window's frames are sampled as
-the test views sample a clip (`sampling.test_indices`: the centres of `num_frames` equal
-segments), by time: frame i of a window [a, b) is the frame on screen at a + (i + 0.5)(b - a)/T.
-The video is decoded once from start to end, keeping only the frames of the windows in progress
-(memory does not grow with the video), and seeks ahead over gaps of more than `SEEK_GAP` seconds
-between windows (stride > window). Each window is scored as `predict` scores a video (softmax per
-spatial crop, averaged). For segments, window w stands for the `stride` seconds around its centre
-(the first from 0, the last to the video's end), so segments tile the video without overlapping;
+Windows are `window` seconds long, one every `stride` seconds. A window's frames are sampled by
+time, `predict --clips C` temporal views of T frames: frame i of view c of a window [a, b) is
+the frame on screen at a + (i + (c + 0.5)/C)(b - a)/T (one view: the centres of T equal
+segments, as the test views sample a clip). The video is decoded once from start to end, keeping
+only the frames of the windows in progress (memory does not grow with the video), and seeks
+ahead over gaps of more than `SEEK_GAP` seconds between windows (stride > window). Each window is
+scored as `predict` scores a video (softmax per view, temporal x spatial, averaged). For
+segments, window w stands for the `stride` seconds around its centre (the first from 0, the last
+to the video's end), so segments tile the video without overlapping;
 `--smooth K` merges on the probabilities averaged over K neighbouring windows instead, and
 `--switch-cost C` on the most probable class sequence when each change of class costs C nats
 (`class_path`: a flicker of a few windows costs less than the switches around it, so it is not a
@@ -55,10 +56,13 @@ def windows(duration: float, window: float, stride: float) -> np.ndarray:
     return np.stack([starts, starts + window], axis=1)
 
 
-def sample_times(bounds: np.ndarray, num_frames: int) -> np.ndarray:
-    """[W, T] seconds at which each window's frames are taken (segment centres)."""
+def sample_times(bounds: np.ndarray, num_frames: int, clips: int = 1) -> np.ndarray:
+    """[W, clips * T] seconds at which each window's frames are taken, view by view: frame i of
+    temporal view c at (i + (c + 0.5) / clips) / T through the window (one view: the centres
+    of T equal segments)."""
     start, end = bounds[:, :1], bounds[:, 1:]
-    return start + (np.arange(num_frames) + 0.5) * (end - start) / num_frames
+    offsets = (np.arange(clips)[:, None] + 0.5) / clips + np.arange(num_frames)  # [C, T]
+    return start + offsets.reshape(-1) * (end - start) / num_frames
 
 
 def merge_segments(
@@ -287,14 +291,17 @@ def score_timeline(
     """Every window of `path` classified, `batch_size` windows per model call."""
     duration = probe(path)
     bounds = windows(duration, window, stride)
-    times = sample_times(bounds, cfg.num_frames)
+    times = sample_times(bounds, cfg.num_frames, cfg.test_clips)
     short_side = cfg.resize_size if cfg.test_crops == 1 else cfg.image_size
     probs = np.zeros((len(bounds), len(classnames)), np.float32)
 
     def batches():
         batch = []
         for w, frames in window_frames(path, times, short_side):
-            crops = transforms.test_crops(frames, cfg.test_crops, cfg.image_size, cfg.resize_size)
+            crops = np.concatenate([
+                transforms.test_crops(view, cfg.test_crops, cfg.image_size, cfg.resize_size)
+                for view in frames.reshape(cfg.test_clips, cfg.num_frames, *frames.shape[1:])
+            ])  # fmt: skip
             batch.append((w, crops))
             if len(batch) == batch_size:
                 yield batch

@@ -41,6 +41,11 @@ def test_windows_and_sample_times():
     np.testing.assert_allclose(
         timeline.sample_times(bounds[1:2], 4), [[2.5, 3.5, 4.5, 5.5]]
     )  # the centres of 4 equal parts, as test_indices takes frames
+    # two temporal views: the first and the third quarter of each part, view by view
+    np.testing.assert_allclose(
+        timeline.sample_times(bounds[1:2], 4, clips=2),
+        [[2.25, 3.25, 4.25, 5.25, 2.75, 3.75, 4.75, 5.75]],
+    )
 
 
 def test_merged_segments_tile_the_video():
@@ -114,11 +119,17 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
     assert [r["top_class"] for r in rows] == [synthetic.CLASS_NAMES[i] for i in probs.argmax(1)]
 
-    # Window 5 scored here: its frames, a centre crop, the predictor.
+    # Window 5 scored here: the frames of its two temporal views (predict's default --clips),
+    # a centre crop of each, the predictor.
     predictor = Predictor.from_checkpoint(checkpoint)
-    index = np.floor(timeline.sample_times(bounds[5:6], 4)[0] * FPS).astype(int)
-    frames = decode_frames(long_video["path"], lambda n: index, short_side=36)
-    views = predictor.normalize(transforms.test_crops(frames, 1, 32, 36))[None]
+    index = np.floor(timeline.sample_times(bounds[5:6], 4, clips=2)[0] * FPS).astype(int)
+    views = [
+        transforms.test_crops(
+            decode_frames(long_video["path"], lambda n, i=i: i, short_side=36), 1, 32, 36
+        )
+        for i in index.reshape(2, 4)
+    ]
+    views = predictor.normalize(np.concatenate(views))[None]  # [1, 2 views, 4, 32, 32, 3]
     expected = class_probabilities(predictor, views, synthetic.CLASS_NAMES)[0]
     np.testing.assert_allclose(probs[5], expected, rtol=1e-4, atol=1e-5)
 

@@ -9,7 +9,7 @@ frames of 32x32 at 25 fps, so a clip is 1.28 s), classes in a seeded random orde
 twice in a row. Then runs the user's command on it, `python -m tcclip_jax.predict --timeline`
 (window and stride: one clip, unless given), in a child process whose wall time and peak memory
 are the kernel's accounts (`bench.demo.timed`), and compares the segments it wrote with the
-truth: a true segment is found when a segment of its class has both ends within one stride of
+truth: a true segment is found when a segment of its class has both ends within one window of
 its ends (`timeline.match_segments`). Prints the counts, the share of windows whose top class
 is the true class at the window's centre, and the segments that were not found.
 """
@@ -86,7 +86,7 @@ def main() -> None:
     run = timed(command, os.getcwd(), dict(os.environ), os.path.join(args.workdir, "predict.log"))
     with open(output_stem(output, video) + ".timeline.json") as f:
         found = json.load(f)
-    matched = match_segments(found["segments"], truth, stride)
+    matched = match_segments(found["segments"], truth, window)
     centres = [(w["start"] + w["end"]) / 2 for w in found["windows"]]
     segment_at = np.searchsorted([t["start"] for t in truth], centres, side="right") - 1
     true_at = [truth[i]["index"] for i in segment_at]
