@@ -11,6 +11,7 @@ import pytest
 
 from tcclip_jax.bench import aot
 from tcclip_jax.ops import platform
+from tcclip_jax.train.build import video_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -54,7 +55,7 @@ def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
     # Traced on this CPU host for the TPU: dense layers as written, not folded for XLA:CPU.
     assert platforms == ["tpu"]
     _, figures = aot.chip_figures(builder.devices)
-    assert result.chips == 4 and builder.model.scan  # scanned blocks: the TPU default.
+    assert result.chips == 4 and builder.model.scan and builder.model.remat  # TPU defaults
     assert 0 < result.hbm_used < figures.hbm_bytes and result.fits(figures)
     assert result.census["all-gather"] > 0 and result.census["reduce-scatter"] > 0
     assert result.model_flops > 0 and result.roofline_seconds(figures) > 0
@@ -100,6 +101,15 @@ def test_slices_have_a_device_per_chip(name, chips):
     devices = aot.tpu_devices(name)
     assert len(devices) == chips
     assert len({tuple(d.coords) for d in devices}) == chips
+
+
+@pytest.mark.parametrize("platform_name, default", [("cpu", False), ("tpu", True), ("gpu", True)])
+def test_remat_and_scan_default_to_on_except_on_cpu(platform_name, default):
+    config = demo_config()
+    model = video_model(config, aot.model_config(config), platform_name)
+    assert (model.remat, model.scan) == (default, default)
+    forced = video_model(demo_config(remat=False, scan_blocks=True), model.config, platform_name)
+    assert (forced.remat, forced.scan) == (False, True)
 
 
 def test_without_libtpu_the_error_says_what_to_install(monkeypatch):

@@ -445,7 +445,8 @@ def run(
         f"{cfg.vision_patch_size}px x {cfg.vision_layers} blocks, {cfg.num_frames} frames, "
         f"{builder.tokens.shape[0]} classes, {config.dtype}, "
         f"{'FSDP' if config.sharding.fsdp else 'data parallel'}, vision blocks "
-        f"{'scanned' if builder.model.scan else 'unrolled'}{', remat' if config.remat else ''}",
+        f"{'scanned' if builder.model.scan else 'unrolled'}"
+        f"{', remat' if builder.model.remat else ''}",
         flush=True,
     )
     if max_batch:

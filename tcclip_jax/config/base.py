@@ -124,10 +124,12 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.model = _model_overrides()
     c.dtype = "bfloat16"  # compute dtype; parameters and optimiser state are float32
     # Scan + recompute the vision blocks in the backward pass: less memory, ~1/3 more compute.
-    c.remat = False
+    # None: on accelerators (a v5e chip holds 53 clips per step with it, 4 without; the compile
+    # takes as long: docs/tpu.md), not on CPU.
+    c.remat = placeholder(bool)
     # The vision blocks of the same kind as one `lax.scan` (same values; XLA compiles one block
-    # instead of ten: a TPU compile of minutes instead of half an hour). None: on accelerators,
-    # not on CPU (where the unrolled stack was measured faster).
+    # instead of ten). None: on accelerators, not on CPU (where the unrolled stack was measured
+    # faster).
     c.scan_blocks = placeholder(bool)
 
     # Data (see tcclip_jax/data/config.py for every field).

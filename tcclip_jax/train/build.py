@@ -24,12 +24,16 @@ def video_model(
     config: ml_collections.ConfigDict, model_config: ModelConfig, platform: str | None = None
 ) -> VideoCLIP:
     """The model the run trains on `platform` (default: JAX's backend): `model_config` computing
-    in `config.dtype`, with `config.remat`, and the vision blocks scanned as
-    `config.scan_blocks` says (None: except on CPU)."""
-    scan = config.scan_blocks
-    if scan is None:
-        scan = (platform or jax.default_backend()) != "cpu"
-    return VideoCLIP(model_config, dtype=jnp.dtype(config.dtype), remat=config.remat, scan=scan)
+    in `config.dtype`, its vision blocks rematerialised and scanned as `config.remat` and
+    `config.scan_blocks` say (None: except on CPU)."""
+    accelerator = (platform or jax.default_backend()) != "cpu"
+    remat, scan = config.remat, config.scan_blocks
+    return VideoCLIP(
+        model_config,
+        dtype=jnp.dtype(config.dtype),
+        remat=accelerator if remat is None else remat,
+        scan=accelerator if scan is None else scan,
+    )
 
 
 def optimizer(
