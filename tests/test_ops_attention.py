@@ -116,9 +116,9 @@ def test_automatic_choice_follows_the_platform_and_dtype(monkeypatch, target, dt
     monkeypatch.setattr(attention, "cudnn_accepts", lambda *a: True)  # as on a GPU jax accepts
     with platform.traced_for(target):
         assert attention.choose(None, dtype, (197, 293, 12, 64)) == want
-        assert attention.choose("xla", dtype) == "xla"  # a setting is kept as it is
+        assert attention.choose("xla", dtype, (197, 293, 12, 64)) == "xla"  # a setting is kept
     with pytest.raises(ValueError, match="attention must be one of"):
-        attention.choose("flash", jnp.float32)
+        attention.choose("flash", jnp.float32, (197, 293, 12, 64))
     with pytest.raises(ValueError, match="attention must be one of"):
         ModelConfig(attention="flash")
 

@@ -256,8 +256,9 @@ class StepBuilder:
         the test views (clips x crops) per chip, uint8 or float as the data config says."""
         data = self.config.data
         step = eval_programs(model, mesh, *normalization_stats(data.normalization))[1]
-        _, state_shardings = self._step(model, mesh)
-        params = _abstract(self.abstract.params, state_shardings.params)
+        fsdp = self.config.sharding
+        shardings = sharding.state_shardings(self.abstract, mesh, fsdp.fsdp, fsdp.fsdp_min_size)
+        params = _abstract(self.abstract.params, shardings.params)  # as training leaves them
         text = jax.eval_shape(
             lambda p, t: model.apply({"params": p}, t, method="encode_text"),
             self.abstract.params,

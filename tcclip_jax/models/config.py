@@ -65,7 +65,8 @@ class ModelConfig:
     matmul_precision: str | None = None
     # Vision attention (`ops.attention`): "explicit" (einsums, all probabilities kept), "xla" or
     # "cudnn" (jax.nn.dot_product_attention; only the CLS row's probabilities computed apart).
-    # None: "cudnn" when traced for a GPU in bfloat16 / float16, else "explicit".
+    # None: "cudnn" when traced for a GPU in bfloat16 / float16 where jax accepts the kernel for
+    # the block's shapes, else "explicit".
     attention: str | None = None
 
     def __post_init__(self):

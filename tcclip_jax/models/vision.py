@@ -68,11 +68,12 @@ class TCBlock(nn.Module):
         h = ln_1(x)
         k, v = map(layout, attn.kv(h))  # [B, T, heads, N, H] (fused: [B, T, N, heads, H])
         if self.use_context:
-            context_tokens = map(layout, attn.kv(ln_1(context)))  # [B, heads, k, H]
+            # [B, heads, k, H] (fused: [B, k, heads, H])
+            context_tokens = map(layout, attn.kv(ln_1(context)))
             k_ctx, v_ctx = (
                 jnp.broadcast_to(a[:, None], (b, t, *a.shape[1:])) for a in context_tokens
             )
-            k = jnp.concatenate([k, k_ctx], axis=key_axis)  # [B, T, heads, N + k, H]
+            k = jnp.concatenate([k, k_ctx], axis=key_axis)  # N + k keys along `key_axis`
             v = jnp.concatenate([v, v_ctx], axis=key_axis)
         bias = None
         if with_bias:  # local (the frame's own keys) / global (context keys), per head.

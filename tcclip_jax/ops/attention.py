@@ -32,9 +32,7 @@ IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
 MASKED = -1e4
 
 
-def choose(
-    implementation: str | None, dtype, shapes: tuple[int, int, int, int] | None = None
-) -> str:
+def choose(implementation: str | None, dtype, shapes: tuple[int, int, int, int]) -> str:
     """The implementation to trace now: `implementation`, or for None the fused kernel where
     the platform traced for has one at this compute dtype and jax accepts it for `shapes`
     (queries, keys, heads, head width; `cudnn_accepts`), else "explicit"."""
@@ -48,7 +46,7 @@ def choose(
         jnp.dtype(jnp.float16),
     ):
         return "explicit"
-    return "cudnn" if shapes is None or cudnn_accepts(dtype, *shapes) else "explicit"
+    return "cudnn" if cudnn_accepts(dtype, *shapes) else "explicit"
 
 
 @functools.cache
@@ -86,6 +84,8 @@ def fused_attention(
     to the logits). Returns [..., Q, heads, H]. `even_lengths` (default: for "cudnn") pads Q
     and K to even lengths first.
     """
+    if implementation not in ("xla", "cudnn"):
+        raise ValueError(f"fused_attention runs 'xla' or 'cudnn', not {implementation!r}")
     lead, (num_q, heads, dim), num_k = q.shape[:-3], q.shape[-3:], k.shape[-3]
     q, k, v = (a.reshape(-1, *a.shape[-3:]) for a in (q, k, v))  # [B', L, heads, H]
     if bias is None:
@@ -99,7 +99,5 @@ def fused_attention(
             [bias, jnp.full((heads, bias.shape[1], k_len - num_k), MASKED, bias.dtype)], axis=-1
         )
     bias = jnp.broadcast_to(bias, (heads, q.shape[1], k.shape[1]))[None].astype(q.dtype)
-    if implementation not in ("xla", "cudnn"):
-        raise ValueError(f"fused_attention runs 'xla' or 'cudnn', not {implementation!r}")
     out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=1.0, implementation=implementation)
     return out[:, :num_q].reshape(*lead, num_q, heads, dim)
