@@ -87,12 +87,14 @@ def merge_segments(
 def match_segments(found: Sequence[dict], truth: Sequence[dict], tolerance: float) -> list[bool]:
     """For every true segment ({"index", "start", "end"} in seconds), whether a found segment
     has its class and both ends within `tolerance` seconds of its ends (for a generated video
-    whose segments are known)."""
+    whose segments are known). An end exactly one tolerance away counts: the times are sums of
+    window strides and frame times in floats, so "exactly" is compared to a microsecond."""
+    limit = tolerance + 1e-6
     return [
         any(
             f["index"] == t["index"]
-            and abs(f["start"] - t["start"]) <= tolerance
-            and abs(f["end"] - t["end"]) <= tolerance
+            and abs(f["start"] - t["start"]) <= limit
+            and abs(f["end"] - t["end"]) <= limit
             for f in found
         )
         for t in truth

@@ -81,6 +81,19 @@ def test_oracle_scores_give_the_truth_within_one_window(long_video):
         assert all(timeline.match_segments(found, long_video["truth"], stride)[1:])
 
 
+def test_an_end_exactly_one_window_off_matches():
+    """Window 36 of 1.28 s windows ends at 47.36 s, a clip boundary at 46.08 s: one window apart,
+    though 47.36 - 46.08 is 1.2800000000000011 in floats. One window more is no match."""
+    window = 1.28
+    bounds = timeline.windows(60.0, window, window)
+    truth = [{"index": 1, "start": 1024 / 25, "end": 1152 / 25}]  # 40.96-46.08 s
+    found = [{"index": 1, "start": bounds[32, 0], "end": bounds[36, 1]}]
+    assert found[0]["end"] - truth[0]["end"] > window
+    assert timeline.match_segments(found, truth, window) == [True]
+    found = [{"index": 1, "start": bounds[32, 0], "end": bounds[37, 1]}]
+    assert timeline.match_segments(found, truth, window) == [False]
+
+
 @pytest.mark.parametrize("seek_gap", [timeline.SEEK_GAP, 0.3])
 def test_window_frames_are_the_frames_on_screen(long_video, monkeypatch, seek_gap):
     """Each window's frames equal `decode_frames` at floor(time * fps), decoding straight through
@@ -204,13 +217,18 @@ def test_timeline_segments_follow_the_class_path():
 
 def test_truth_check_tool_runs_predict_and_scores_its_segments(tiny_config, tmp_path):
     """tools/timeline_vs_truth.py on a random model: the video it writes has the segments it
-    says, and what it reports found is `match_segments` over the timeline `predict` wrote."""
+    says (of the `--motions` asked for), and what it reports found is `match_segments` over the
+    timeline `predict` wrote."""
     checkpoint = str(tmp_path / "ckpt")
     save_model(checkpoint, tiny_config, random_params(tiny_config, 3), normalization="imagenet")
     work = tmp_path / "work"
     command = [sys.executable, os.path.join(REPO, "tools", "timeline_vs_truth.py"),
                "--checkpoint", checkpoint, "--workdir", str(work), "--minutes", "0.1",
                "--clips-per-segment", "2", "--clip-frames", "25"]  # fmt: skip
+    refused = subprocess.run([*command, "--motions", "3", "3"], capture_output=True, text=True,
+                             cwd=REPO, timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and "--motions: two or more distinct" in refused.stderr
+    command += ["--motions", "1", "4", "6"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr + result.stdout
     found, total = map(int, re.search(r"(\d+) of (\d+) segments found", result.stdout).groups())
@@ -221,8 +239,11 @@ def test_truth_check_tool_runs_predict_and_scores_its_segments(tiny_config, tmp_
     spec = importlib.util.spec_from_file_location("tool", command[1])
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    order = tool._class_order(total, len(synthetic.CLASS_NAMES), 0)
-    assert all(a != b for a, b in zip(order, order[1:], strict=False))
+    order = tool._class_order(total, [1, 4, 6], 0)
+    assert set(order) <= {1, 4, 6} and all(a != b for a, b in zip(order, order[1:], strict=False))
+    assert "video of 3 motions" in result.stdout
     truth = [{"index": c, "start": 2.0 * i, "end": 2.0 * (i + 1)} for i, c in enumerate(order)]
     assert found == sum(timeline.match_segments(document["segments"], truth, 1.0))
-    assert result.stdout.count("not found:") == total - found
+    missed = re.findall(r"not found: .* s (.+)", result.stdout)
+    assert len(missed) == total - found
+    assert set(missed) <= {synthetic.CLASS_NAMES[i] for i in (1, 4, 6)}
