@@ -79,7 +79,7 @@ def main() -> None:
     stride = args.stride or window
     num_segments = int(args.minutes * 60 / (clip_s * args.clips_per_segment))
     names = synthetic.CLASS_NAMES
-    motions = args.motions or list(range(len(names)))
+    motions = sorted(set(args.motions or range(len(names))))  # a repeated id draws no more often
     if len(set(motions)) < 2 or not set(motions) <= set(range(len(names))):
         p.error(f"--motions: two or more distinct class ids in 0..{len(names) - 1}")
     order = _class_order(num_segments, motions, args.seed)
@@ -105,8 +105,8 @@ def main() -> None:
     right = np.mean([w["top"] == t for w, t in zip(found["windows"], true_at, strict=True)])
     print(
         f"{args.minutes:g} min video of {len(motions)} motions, {len(truth)} true segments of "
-        f"{args.clips_per_segment} "
-        f"clips ({args.clips_per_segment * clip_s:.2f} s), window {window:g} s, stride "
+        f"{args.clips_per_segment} clips ({args.clips_per_segment * clip_s:.2f} s), window "
+        f"{window:g} s, stride "
         f"{stride:g} s, smooth {args.smooth}, switch cost {args.switch_cost:g}: "
         f"{sum(matched)} of {len(truth)} segments found "
         f"({100 * np.mean(matched):.1f}%), {len(found['segments'])} segments written; "
