@@ -1,6 +1,7 @@
 """Compile a run's train step for a TPU topology on this host (no TPU needed) and print, per
 chip, its memory against the chip's HBM, FLOPs, roofline step time, compile time and a census of
-collectives and costly ops (`tcclip_jax.bench.aot`). Needs libtpu: pip install "tcclip-jax[tpu]".
+collectives and costly ops (`tcclip_jax.bench.ahead_of_time`). Needs libtpu:
+pip install "tcclip-jax[tpu]".
 
   python -m tcclip_jax.aot --config configs/fewshot.py:hmdb51,16 --classes 51 --topology v5e:2x2
   python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e-8 \
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from tcclip_jax import cli
+from tcclip_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/zeroshot.py.", lock_config=True
@@ -53,7 +54,7 @@ flags.mark_flags_as_required(["config", "topology"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from tcclip_jax.bench.aot import run
+    from tcclip_jax.bench.ahead_of_time import run
 
     config = _CONFIG.value
     with config.unlocked():

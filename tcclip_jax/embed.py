@@ -6,7 +6,7 @@
 
 Per video (files, frame folders, folders searched recursively, list files; as `predict`), the
 video embedding of each test view and, for TC-CLIP, its context tokens, in NumPy shards with a
-JSON-lines index (`tcclip_jax.retrieval`); with `--classes`/`--labels`, the classes' text
+JSON-lines index (`tcclip_jax.apps.retrieval`); with `--classes`/`--labels`, the classes' text
 embeddings too. Written batch by batch; `--resume` carries on an interrupted run.
 
 Exit status: 0 when every video was embedded, 1 when some could not be read (each is named on
@@ -23,9 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tcclip_jax import allocator, cli, collection, retrieval
-from tcclip_jax.collection import UsageError, check_prompts, class_names
-from tcclip_jax.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
+from tcclip_jax.apps import collection, retrieval
+from tcclip_jax.apps.collection import check_prompts, class_names
+from tcclip_jax.apps.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
+from tcclip_jax.runtime import allocator, cli
+from tcclip_jax.runtime.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +69,7 @@ def embed(args: argparse.Namespace) -> int:
     meta = retrieval.store_meta(predictor, args.checkpoint, args.clips, args.crops)
     writer = retrieval.EmbeddingWriter(args.output, meta, args.resume)
     if names is not None:
-        embedding = retrieval.text_embeddings_without_vp(predictor, names[0])
+        embedding = predictor.text_embeddings_without_vp(names[0])
         np.savez(os.path.join(args.output, retrieval.CLASSES_FILE),
                  names=np.array(names[0]), text_embedding=embedding)  # fmt: skip
     todo = [v for v in videos if v not in writer.done]

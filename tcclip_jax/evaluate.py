@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from tcclip_jax import allocator, cli, distributed
 from tcclip_jax.data.config import NORMALIZATIONS
+from tcclip_jax.runtime import allocator, cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Protocol config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -64,12 +64,12 @@ def main(argv: Sequence[str]) -> None:
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     import jax
 
-    from tcclip_jax import sharding
+    from tcclip_jax.apps.inference import checkpoint_normalization
     from tcclip_jax.config.resolve import check_eval_lists, check_lists, resolve
     from tcclip_jax.evaluation.protocols import evaluate_protocol
     from tcclip_jax.evaluation.tables import flat_metrics, format_results
-    from tcclip_jax.inference import checkpoint_normalization
-    from tcclip_jax.metrics import MetricWriter
+    from tcclip_jax.runtime import sharding
+    from tcclip_jax.runtime.metrics import MetricWriter
     from tcclip_jax.weights.checkpoint import INFO_FILE, load_model
 
     checkpoint = os.path.abspath(_CHECKPOINT.value)

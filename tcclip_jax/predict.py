@@ -7,7 +7,7 @@
       --output results.csv [--resume]
 
 `--video` takes video files, frame folders, folders (searched recursively for both) and list
-files (`tcclip_jax.collection`). Each video is decoded and sampled as evaluation does (the
+files (`tcclip_jax.apps.collection`). Each video is decoded and sampled as evaluation does (the
 published test views, short side resize + centre crop(s)) at the checkpoint's frame count and
 resolution, and normalised as the checkpoint records (`--normalization` overrides it); its class
 probabilities are the per-view softmax averaged over the views (the evaluation's softmax sum,
@@ -16,7 +16,7 @@ checkpoints alike. Videos are decoded ahead by worker processes while the model 
 `--batch-size` of them at a time; with `--output`, one row per video (path, duration, views,
 top-k classes and probabilities, or the reason it could not be read) is written as it is done,
 and `--resume` keeps an interrupted run's rows and skips their videos. `--timeline` classifies every
-window of long videos instead (`tcclip_jax.timeline`):
+window of long videos instead (`tcclip_jax.apps.timeline`):
 
   python -m tcclip_jax.predict --checkpoint DIR --video match.mp4 --labels classes.csv \
       --timeline --output timelines/ [--window 8 --stride 4]
@@ -38,14 +38,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tcclip_jax import allocator, cli, collection, timeline
-from tcclip_jax.collection import (
-    UsageError,
+from tcclip_jax.apps import collection, timeline
+from tcclip_jax.apps.collection import (
     check_prompts,
     class_names,
     warn,
 )
-from tcclip_jax.inference import (
+from tcclip_jax.apps.inference import (
     DTYPES,
     NORMALIZATION_CHOICES,
     Predictor,
@@ -53,6 +52,8 @@ from tcclip_jax.inference import (
     load_predictor,
     view_config,
 )
+from tcclip_jax.runtime import allocator, cli
+from tcclip_jax.runtime.errors import UsageError
 
 
 @dataclasses.dataclass

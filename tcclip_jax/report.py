@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from tcclip_jax.evaluation.analysis import PER_CLASS_FILE, worst_classes
-from tcclip_jax.evaluation.report import load_run, markdown, summarize
+from tcclip_jax.evaluation.paper_tables import load_run, markdown, summarize
 
 
 def print_worst(runs: Sequence[str], count: int) -> int:

@@ -4,7 +4,7 @@
 
 `emb/` is written by `python -m tcclip_jax.embed`; the text is scored with the checkpoint the
 embeddings were made with (or `--checkpoint`). TC-CLIP's video-conditioned prompts make a text's
-embedding depend on the video, so the ranking has two stages (`tcclip_jax.retrieval`): the text
+embedding depend on the video, so the ranking has two stages (`tcclip_jax.apps.retrieval`): the text
 without VP against every video, then the best `--rerank` re-scored with VP from their stored
 context tokens; the score is the model's logit for the text, averaged over the views.
 """
@@ -16,9 +16,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tcclip_jax import allocator, cli, retrieval
-from tcclip_jax.collection import UsageError, check_prompts
-from tcclip_jax.inference import DTYPES, load_predictor
+from tcclip_jax.apps import retrieval
+from tcclip_jax.apps.collection import check_prompts
+from tcclip_jax.apps.inference import DTYPES, load_predictor
+from tcclip_jax.runtime import allocator, cli
+from tcclip_jax.runtime.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:

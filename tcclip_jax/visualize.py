@@ -20,10 +20,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tcclip_jax import allocator, cli
+from tcclip_jax.apps.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.errors import UserError
-from tcclip_jax.inference import DTYPES, NORMALIZATION_CHOICES, load_predictor, view_config
+from tcclip_jax.runtime import allocator, cli
+from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.visualization.explain import explain, summary_block
 from tcclip_jax.visualization.render import write_figures
 from tcclip_jax.weights.checkpoint import CheckpointError

@@ -1,5 +1,6 @@
-"""The CLIs' malloc settings (tcclip_jax.allocator): XLA:CPU's temporaries stop page-faulting
-on every call when they are applied before JAX starts, and nothing changes otherwise."""
+"""The CLIs' malloc settings (tcclip_jax.runtime.allocator): XLA:CPU's temporaries stop
+page-faulting on every call when they are applied before JAX starts, and nothing changes
+otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import jax
 import pytest
 
-from tcclip_jax import allocator
+from tcclip_jax.runtime import allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # are freed, on another thread. Once it holds enough, calls fault no more.)
 PROBE = r"""
 import json, resource, sys
-from tcclip_jax import allocator
+from tcclip_jax.runtime import allocator
 status = allocator.configure()
 if sys.argv[1:] == ["status"]:
     print(json.dumps({"status": status}))

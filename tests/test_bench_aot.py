@@ -9,14 +9,14 @@ import re
 
 import pytest
 
-from tcclip_jax.bench import aot
+from tcclip_jax.bench import ahead_of_time
 from tcclip_jax.ops import platform
 from tcclip_jax.train.build import video_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
-    not HAVE_LIBTPU, reason=f"needs libtpu: {aot.INSTALL.format(version='<jax version>')}"
+    not HAVE_LIBTPU, reason=f"needs libtpu: {ahead_of_time.INSTALL.format(version='<jax version>')}"
 )
 
 
@@ -40,8 +40,8 @@ def demo_config(**changes):
 def fsdp_step():
     """(builder, compiled step, the platforms its dense layers were traced for)."""
     config = demo_config(**{"sharding.fsdp": True, "sharding.fsdp_min_size": 0})
-    devices = aot.tpu_devices("v5e:2x2")
-    builder = aot.StepBuilder(config, devices, num_classes=4)
+    devices = ahead_of_time.tpu_devices("v5e:2x2")
+    builder = ahead_of_time.StepBuilder(config, devices, num_classes=4)
     platforms, traced_for = [], platform.traced_for
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(platform, "traced_for", lambda p: platforms.append(p) or traced_for(p))
@@ -54,7 +54,7 @@ def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
     builder, result, platforms = fsdp_step
     # Traced on this CPU host for the TPU: dense layers as written, not folded for XLA:CPU.
     assert platforms == ["tpu"]
-    _, figures = aot.chip_figures(builder.devices)
+    _, figures = ahead_of_time.chip_figures(builder.devices)
     assert result.chips == 4 and builder.model.scan and builder.model.remat  # TPU defaults
     assert 0 < result.hbm_used < figures.hbm_bytes and result.fits(figures)
     assert result.census["all-gather"] > 0 and result.census["reduce-scatter"] > 0
@@ -78,7 +78,7 @@ def test_eval_step_compiles_for_tpu_with_the_test_views(fsdp_step):
     test view of one video per chip, FSDP-sharded weights gathered where they are used."""
     builder, train, _ = fsdp_step
     result = builder.compile_eval(videos_per_chip=1)
-    _, figures = aot.chip_figures(builder.devices)
+    _, figures = ahead_of_time.chip_figures(builder.devices)
     data = builder.config.data
     assert result.name == "eval step"
     assert result.unit == f"videos of {data.test_clips * data.test_crops} views"
@@ -90,7 +90,7 @@ def test_eval_step_compiles_for_tpu_with_the_test_views(fsdp_step):
     assert f"u8[1,{views},{frames},{size},{size},3]" in result.hlo
     # a forward pass: fewer FLOPs than the train step of as many clips per chip
     assert 0 < result.model_flops < train.model_flops * views
-    assert "eval step: 1 x 1 videos of" in aot.describe(result, "TPU v5 lite", figures)
+    assert "eval step: 1 x 1 videos of" in ahead_of_time.describe(result, "TPU v5 lite", figures)
 
 
 @needs_libtpu
@@ -98,7 +98,7 @@ def test_eval_step_compiles_for_tpu_with_the_test_views(fsdp_step):
 def test_slices_have_a_device_per_chip(name, chips):
     """As JAX on a TPU VM sees them: a v4-8 or v5p-8 is 4 chips of two TensorCores, driven as
     one device each (megacore), so each device has the chip's HBM."""
-    devices = aot.tpu_devices(name)
+    devices = ahead_of_time.tpu_devices(name)
     assert len(devices) == chips
     assert len({tuple(d.coords) for d in devices}) == chips
 
@@ -106,16 +106,16 @@ def test_slices_have_a_device_per_chip(name, chips):
 @pytest.mark.parametrize("platform_name, default", [("cpu", False), ("tpu", True), ("gpu", True)])
 def test_remat_and_scan_default_to_on_except_on_cpu(platform_name, default):
     config = demo_config()
-    model = video_model(config, aot.model_config(config), platform_name)
+    model = video_model(config, ahead_of_time.model_config(config), platform_name)
     assert (model.remat, model.scan) == (default, default)
     forced = video_model(demo_config(remat=False, scan_blocks=True), model.config, platform_name)
     assert (forced.remat, forced.scan) == (False, True)
 
 
 def test_without_libtpu_the_error_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(aot.AotError, match=r'pip install "tcclip-jax\[tpu\]"'):
-        aot.tpu_devices("v5e:2x2")
+    monkeypatch.setattr(ahead_of_time.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ahead_of_time.AotError, match=r'pip install "tcclip-jax\[tpu\]"'):
+        ahead_of_time.tpu_devices("v5e:2x2")
 
 
 def test_census_counts_async_and_fused_collectives():
@@ -128,6 +128,6 @@ def test_census_counts_async_and_fused_collectives():
             "  %f = f32[4,8]{1,0} fusion(f32[4,32]{1,0} %g), calls=%all-reduce-scatter.1",
         ]
     )
-    counts = aot.census(hlo)
+    counts = ahead_of_time.census(hlo)
     assert counts["all-gather"] == counts["reduce-scatter"] == counts["sort"] == 1
     assert (counts["while"], counts["scatter"], counts["all-reduce"]) == (1, 0, 0)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from tcclip_jax import cli, diskspace
-from tcclip_jax.metrics import METRICS_FILE, MetricWriter, read_metrics
+from tcclip_jax.runtime import cli, diskspace
+from tcclip_jax.runtime.metrics import METRICS_FILE, MetricWriter, read_metrics
 from tcclip_jax.train import checkpoints
 from tcclip_jax.train.checkpoints import TrainCheckpoints
 
@@ -172,7 +172,7 @@ def test_any_command_reports_a_full_disk_in_one_line(small_fs, capsys):
 def test_config_record_is_never_half_written(small_fs):
     import ml_collections
 
-    from tcclip_jax.metrics import RUN_CONFIG_FILE, save_config
+    from tcclip_jax.runtime.metrics import RUN_CONFIG_FILE, save_config
 
     save_config(str(small_fs), ml_collections.ConfigDict({"a": 1}))
     before = (small_fs / RUN_CONFIG_FILE).read_bytes()

@@ -17,7 +17,7 @@ from tcclip_jax.data.config import default_data_config
 from tcclip_jax.evaluation.accuracy import Evaluator
 from tcclip_jax.evaluation.analysis import per_class, worst_classes, write_analysis
 from tcclip_jax.models import VideoCLIP
-from tcclip_jax.sharding import create_mesh
+from tcclip_jax.runtime.sharding import create_mesh
 
 NAMES = ["run", "jump", "swim", "climb", "row", "ski", "dive"]
 

@@ -25,8 +25,8 @@ from tcclip_jax.evaluation.accuracy import Evaluator
 from tcclip_jax.evaluation.protocols import evaluate_protocol
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models import ModelConfig, VideoCLIP
-from tcclip_jax.sharding import create_mesh
-from tcclip_jax.tokenizer import tokenize_prompts
+from tcclip_jax.models.tokenizer import tokenize_prompts
+from tcclip_jax.runtime.sharding import create_mesh
 from tcclip_jax.weights.checkpoint import save_model
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tcclip_jax import report as cli
-from tcclip_jax.evaluation.report import load_run, markdown, summarize
+from tcclip_jax.evaluation.paper_tables import load_run, markdown, summarize
 
 
 def _write(path, metrics, name="final_metrics.json"):

@@ -13,7 +13,7 @@ from tcclip_jax.config import resolve
 from tcclip_jax.data import readers
 from tcclip_jax.data.classes import AnnotationError
 from tcclip_jax.data.config import default_data_config
-from tcclip_jax.evaluation.report import load_run, markdown, summarize
+from tcclip_jax.evaluation.paper_tables import load_run, markdown, summarize
 from tcclip_jax.evaluation.results import Results
 from tcclip_jax.evaluation.specs import (
     HARMONIC_MEAN,

@@ -26,7 +26,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
 import golden_recipe as g
-from tcclip_jax.inference import Predictor
+from tcclip_jax.apps.inference import Predictor
 f = g.load_fixture()
 case = f["case"]
 shape = (case["batch"], case["num_frames"], 3, 224, 224)
@@ -78,7 +78,7 @@ def test_recipe_check_sums():
 
 
 def test_golden_float32(golden):
-    from tcclip_jax.inference import Predictor
+    from tcclip_jax.apps.inference import Predictor
 
     fixture, ckpt = golden
     case = fixture["case"]

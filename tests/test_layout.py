@@ -1,6 +1,6 @@
-"""The package layout's rules, read from the source: imports point one way, no cycles, no command
-line imports another, only `models/` and `weights/` name parameters, and the README lists every
-module."""
+"""The package layout's rules, read from the source: the package root holds only command lines,
+imports point one way, no cycles, no command line imports another, only `models/` and `weights/`
+name parameters, and the README lists every module."""
 
 from __future__ import annotations
 
@@ -25,18 +25,51 @@ CLI = {
     "tcclip_jax.aot",
     "tcclip_jax.data.bench",
 }
+# Layers, lowest first: a module never imports from a layer above its own.
+RUNTIME = ("tcclip_jax.runtime",)
 LOWER = ("tcclip_jax.ops", "tcclip_jax.models", "tcclip_jax.data")
-UPPER = ("tcclip_jax.train", "tcclip_jax.evaluation", "tcclip_jax.config")
-# Parameter names (top-level modules and leaves of the tree) that only models/ and the foreign
-# format readers may spell out.
-PARAM_NAMES = (
-    "prompt_learner",
-    "prompt_generation_layer",
-    "local_global_bias_table",
+UPPER = ("tcclip_jax.train", "tcclip_jax.evaluation", "tcclip_jax.config", "tcclip_jax.apps")
+# Parameter names that only models/ and the foreign format readers may spell out: every
+# top-level entry of VideoCLIP's tree (a string that is the name, or a path starting with it) and
+# names that occur nowhere else (anywhere in a string).
+TOP_LEVEL_PARAMS = (
+    "visual",
     "token_embedding",
     "positional_embedding",
-    "resblocks_",
+    "transformer",
+    "ln_final",
+    "text_projection",
+    "logit_scale",
+    "prompt_learner",
+    "prompt_generation_layer",
 )
+PARAM_NAMES = (
+    "local_global_bias_table",
+    "resblocks_",
+    *TOP_LEVEL_PARAMS[1:3],
+    *TOP_LEVEL_PARAMS[-2:],
+)
+
+
+def _names_a_parameter(s: str) -> bool:
+    head = s.split("/", 1)[0].split(".", 1)[0]
+    return head in TOP_LEVEL_PARAMS or any(p in s for p in PARAM_NAMES)
+
+
+def test_the_top_level_parameter_list_is_the_models(tiny_config):
+    import jax
+    import jax.numpy as jnp
+
+    from tcclip_jax.models import VideoCLIP
+
+    res = tiny_config.image_resolution
+    shapes = jax.eval_shape(
+        VideoCLIP(tiny_config).init,
+        jax.random.key(0),
+        jnp.zeros((1, tiny_config.num_frames, res, res, 3)),
+        jnp.zeros((2, 77), jnp.int32),
+    )
+    assert set(shapes["params"]) == set(TOP_LEVEL_PARAMS)
 
 
 def _modules() -> dict[str, str]:
@@ -70,6 +103,21 @@ def _imports(path: str) -> set[str]:
 
 
 GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
+
+
+def test_the_package_root_holds_only_command_lines():
+    root = {
+        n
+        for n, path in MODULES.items()
+        if os.path.dirname(path) == PACKAGE and os.path.basename(path) != "__init__.py"
+    }
+    assert root <= CLI, f"libraries in the package root: {sorted(root - CLI)}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if n.startswith(RUNTIME)))
+def test_runtime_imports_only_runtime(name):
+    outside = sorted(d for d in GRAPH[name] if not d.startswith(RUNTIME))
+    assert not outside, f"{name} imports {outside}"
 
 
 def test_the_graph_is_not_empty():
@@ -125,7 +173,7 @@ def test_only_models_and_weights_name_parameters(name):
         for n in ast.walk(ast.parse(code))
         if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef)
     }
-    named = [s for s in strings if s not in docstrings and any(p in s for p in PARAM_NAMES)]
+    named = [s for s in strings if s not in docstrings and _names_a_parameter(s)]
     assert not named, f"{name} names parameters: {named}"
 
 

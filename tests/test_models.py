@@ -22,9 +22,9 @@ import pytest
 from flax import traverse_util
 
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
+from tcclip_jax.models.tokenizer import tokenize_prompts
 from tcclip_jax.models.vision import PatchEmbedding, TCBlock
 from tcclip_jax.ops.token_merging import merge_to_k
-from tcclip_jax.tokenizer import tokenize_prompts
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "tcclip_small.npz"
 KINDS = ("tc_clip", "vifi_clip", "clip")

@@ -6,8 +6,8 @@ import pytest
 
 from tcclip_jax.models import ModelConfig, initialization
 from tcclip_jax.models.params import expected_shapes
+from tcclip_jax.models.tokenizer import get_tokenizer
 from tcclip_jax.models.variants import variant_config
-from tcclip_jax.tokenizer import get_tokenizer
 
 TINY = dict(
     vision_layers=6,

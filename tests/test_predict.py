@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tcclip_jax import collection, predict
+from tcclip_jax import predict
+from tcclip_jax.apps import collection
+from tcclip_jax.apps.inference import Predictor, load_predictor, view_config
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.config import (
     CLIP_MEAN,
@@ -27,7 +29,6 @@ from tcclip_jax.data.config import (
     default_data_config,
 )
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.inference import Predictor, load_predictor, view_config
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.weights.checkpoint import CheckpointError, save_model
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from test_predict import random_params
 
-from tcclip_jax import collection, embed, retrieval, search
+from tcclip_jax import embed, search
+from tcclip_jax.apps import collection, retrieval
+from tcclip_jax.apps.inference import Predictor, view_config
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.inference import Predictor, view_config
 from tcclip_jax.weights.checkpoint import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 from test_train_failures import _command, last_line, no_temporary_files, saved_steps, train
 
-from tcclip_jax.metrics import read_metrics
+from tcclip_jax.runtime.metrics import read_metrics
 from tcclip_jax.weights.checkpoint import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

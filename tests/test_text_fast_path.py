@@ -10,7 +10,7 @@ import pytest
 
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.layers import causal_mask
-from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
+from tcclip_jax.models.tokenizer import tokenize_prompts, trim_padding
 
 CLASSES = [
     "brush hair",

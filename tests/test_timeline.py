@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 from test_predict import random_params
 
-from tcclip_jax import timeline
+from tcclip_jax.apps import timeline
+from tcclip_jax.apps.inference import Predictor, class_probabilities
 from tcclip_jax.data import synthetic, transforms
 from tcclip_jax.data.video_decode import decode_frames
-from tcclip_jax.inference import Predictor, class_probabilities
 from tcclip_jax.weights.checkpoint import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcclip_jax.tokenizer import Tokenizer, get_tokenizer, normalize_classname, tokenize_prompts
+from tcclip_jax.models.tokenizer import (
+    Tokenizer,
+    get_tokenizer,
+    normalize_classname,
+    tokenize_prompts,
+)
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "tcclip_small.npz"
 

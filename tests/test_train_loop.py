@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tcclip_jax.evaluation.specs import validation_data
-from tcclip_jax.metrics import read_metrics
+from tcclip_jax.runtime.metrics import read_metrics
 from tcclip_jax.train.loop import validation_epochs
 from tcclip_jax.weights.checkpoint import load_model
 

@@ -96,7 +96,7 @@ def _setup():
     import jax.numpy as jnp
 
     from tcclip_jax.models import ModelConfig, VideoCLIP, initialization
-    from tcclip_jax.tokenizer import tokenize_prompts
+    from tcclip_jax.models.tokenizer import tokenize_prompts
 
     cfg = ModelConfig(
         model="vifi_clip",
@@ -125,8 +125,8 @@ def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None)) -> dict:
     import jax
     from jax.experimental import multihost_utils
 
-    from tcclip_jax import sharding
     from tcclip_jax.data.normalize import normalize_on_device
+    from tcclip_jax.runtime import sharding
     from tcclip_jax.train import losses, optim
     from tcclip_jax.train import step as train_state
 

@@ -12,9 +12,9 @@ from PIL import Image
 from test_predict import REPO, random_params
 
 from tcclip_jax import visualize
+from tcclip_jax.apps.inference import Predictor, view_config
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.pipeline import load_test_views
-from tcclip_jax.inference import Predictor, view_config
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.visualization import explain, render
 from tcclip_jax.weights.checkpoint import save_model

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+from tcclip_jax.apps.inference import Predictor, checkpoint_normalization
 from tcclip_jax.data.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from tcclip_jax.inference import Predictor, checkpoint_normalization
 from tcclip_jax.models import VideoCLIP
 from tcclip_jax.weights.checkpoint import (
     INFO_FILE,

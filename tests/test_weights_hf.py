@@ -31,7 +31,7 @@ from tcclip_jax.data.config import CLIP_MEAN  # noqa: E402
 from tcclip_jax.models import ModelConfig, VideoCLIP  # noqa: E402
 from tcclip_jax.models.config import ARCH_NAMES, check_arch  # noqa: E402
 from tcclip_jax.models.params import expected_shapes  # noqa: E402
-from tcclip_jax.tokenizer import _load_merges, get_tokenizer  # noqa: E402
+from tcclip_jax.models.tokenizer import _load_merges, get_tokenizer  # noqa: E402
 from tcclip_jax.weights import hf  # noqa: E402
 from tcclip_jax.weights.checkpoint import load_model, load_normalization, save_model  # noqa: E402
 from tcclip_jax.weights.convert import convert  # noqa: E402

@@ -24,9 +24,9 @@ SEGMENT_FRAMES = 50
 
 
 def _child(video: str, checkpoint: str) -> None:
-    from tcclip_jax import timeline
+    from tcclip_jax.apps import timeline
+    from tcclip_jax.apps.inference import Predictor, view_config
     from tcclip_jax.data import synthetic
-    from tcclip_jax.inference import Predictor, view_config
 
     predictor = Predictor.from_checkpoint(checkpoint)
     cfg = view_config(predictor.config, 1, 1, predictor.normalization)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tcclip_jax import cli
 from tcclip_jax.data.tfds_builder import STORAGES, TcclipVideos
 from tcclip_jax.data.video_decode import VideoReadError
-from tcclip_jax.errors import RunError, UserError
+from tcclip_jax.runtime import cli
+from tcclip_jax.runtime.errors import RunError, UserError
 
 
 def _split(text: str) -> tuple[str, str]:

@@ -30,9 +30,9 @@ import sys
 
 import jax
 
-from tcclip_jax import cli
 from tcclip_jax.data.config import NORMALIZATIONS
 from tcclip_jax.models.config import ARCH_NAMES, MODEL_KINDS, check_arch
+from tcclip_jax.runtime import cli
 from tcclip_jax.weights.checkpoint import check_new_directory, save_model
 from tcclip_jax.weights.convert import convert, source_normalization
 from tcclip_jax.weights.pytorch import ConversionError

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tcclip_jax import cli
+from tcclip_jax.runtime import cli
 from tcclip_jax.weights.checkpoint import load_model
 from tcclip_jax.weights.hf import export_hf
 from tcclip_jax.weights.pytorch import summarize_paths

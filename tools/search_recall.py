@@ -20,10 +20,10 @@ import os
 
 import numpy as np
 
-from tcclip_jax import retrieval
-from tcclip_jax.collection import read_class_names
+from tcclip_jax.apps import retrieval
+from tcclip_jax.apps.collection import read_class_names
+from tcclip_jax.apps.inference import load_predictor
 from tcclip_jax.data.classes import read_annotations
-from tcclip_jax.inference import load_predictor
 
 
 def main() -> None:
@@ -48,8 +48,8 @@ def main() -> None:
     p_exact = np.mean([labels[np.argsort(-e)[:5]] == q for q, e in enumerate(exact)])
     stage1 = retrieval.stage_one_scores(
         index,
-        retrieval.text_embeddings_without_vp(predictor, names),
-        retrieval.logit_scale(predictor),
+        predictor.text_embeddings_without_vp(names),
+        predictor.logit_multiplier(),
     )
     p_one = np.mean([labels[np.argsort(-s)[:5]] == q for q, s in enumerate(stage1)])
     recall = retrieval.stage_one_recall(predictor, index, names, k=5, pools=args.pools)

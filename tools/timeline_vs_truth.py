@@ -69,9 +69,9 @@ def main() -> None:
     )  # fmt: skip
     args = p.parse_args()
 
+    from tcclip_jax.apps.timeline import match_segments, output_stem
     from tcclip_jax.bench.demo import timed
     from tcclip_jax.data import synthetic
-    from tcclip_jax.timeline import match_segments, output_stem
 
     os.makedirs(args.workdir, exist_ok=True)
     clip_s = args.clip_frames / FPS

@@ -16,8 +16,9 @@ one plain matrix product reaches here (`steps.matmul_rate`, the practical ceilin
 process's max RSS is printed too; it is cumulative over the process lifetime (run one `--mode`
 per process to attribute it). Each measurement prints the median, best and worst wall time of
 its calls, the process CPU time per call split into user and kernel time, and the minor page
-faults per call (`timing`). The command applies the CLIs' malloc settings (`tcclip_jax.allocator`;
-`TCCLIP_MALLOC=0` turns them off, to measure what they save) and prints which are in force.
+faults per call (`timing`). The command applies the CLIs' malloc settings
+(`tcclip_jax.runtime.allocator`; `TCCLIP_MALLOC=0` turns them off, to measure what they save)
+and prints which are in force.
 `--compare-published PATH` times the published PyTorch code alternately with ours (`published`).
 
 Example (the CPU figures in the README):
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from tcclip_jax import allocator, cli
+from tcclip_jax.apps.inference import DTYPES
 from tcclip_jax.bench.chips import peak_flops
 from tcclip_jax.bench.published import (
     PublishedCodeError,
@@ -46,8 +47,8 @@ from tcclip_jax.bench.published import (
 from tcclip_jax.bench.steps import Reporter, class_tokens, matmul_rate, prepare_infer, prepare_train
 from tcclip_jax.bench.timing import timed
 from tcclip_jax.data.normalize import normalize_on_device
-from tcclip_jax.inference import DTYPES
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
+from tcclip_jax.runtime import allocator, cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -25,8 +25,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from tcclip_jax import cli
-from tcclip_jax.errors import RunError, UserError
+from tcclip_jax.runtime import cli
+from tcclip_jax.runtime.errors import RunError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tcclip_jax.apps.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.bench.timing import Samples, max_rss_bytes, timed
 from tcclip_jax.data.normalize import normalize_on_device
-from tcclip_jax.inference import DTYPES, prompt_tokens, text_encoder
 from tcclip_jax.models import VideoCLIP
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.train import losses, optim

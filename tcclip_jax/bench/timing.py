@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import jax
 
-from tcclip_jax import allocator
+from tcclip_jax.runtime import allocator
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ def time_calls(fn: Callable[[], object], steps: int) -> Samples:
 
     CPU time says how much work a call was when other processes share the cores (wall time then
     overstates it): on an otherwise idle machine wall ~ CPU / cores. Kernel time is mostly the
-    page faults of freshly mapped memory (see `tcclip_jax.allocator`).
+    page faults of freshly mapped memory (see `tcclip_jax.runtime.allocator`).
     """
     samples = Samples()
     for _ in range(steps):

@@ -14,14 +14,19 @@ import os
 
 import ml_collections
 
-from tcclip_jax.config.resolve import ConfigError, ListUse, check_config, check_lists, resolve
+from tcclip_jax.config.resolve import (
+    ConfigError,
+    ListUse,
+    check_config,
+    check_lists,
+    resolve,
+    starting_model_config,
+)
 from tcclip_jax.data.classes import ListSummary
 from tcclip_jax.data.readers import READERS
-from tcclip_jax.metrics import save_config
-from tcclip_jax.models.config import ModelConfig
-from tcclip_jax.models.variants import variant_config
-from tcclip_jax.tokenizer import tokenize_prompts
-from tcclip_jax.weights.checkpoint import CheckpointError, load_config
+from tcclip_jax.models.tokenizer import tokenize_prompts
+from tcclip_jax.runtime.metrics import save_config
+from tcclip_jax.weights.checkpoint import CheckpointError
 
 FIRST_NAMES = 3
 NAME_WIDTH = 40  # LLM-rephrased names are sentences: shown cut
@@ -39,15 +44,9 @@ def check_prompts(config: ml_collections.ConfigDict, checked) -> None:
     """Every class name fits the prompt length the run will use (the variant's, or
     `model.context_length`): e.g. LLM-rephrased names need 77 tokens, not TC-CLIP's 30."""
     try:
-        base = load_config(config.init_checkpoint) if config.init_checkpoint else ModelConfig()
+        prompts = starting_model_config(config)  # buildable: check_config checked it
     except CheckpointError as e:
         raise ConfigError(f"config.init_checkpoint: {e}") from None
-    prompts = variant_config(
-        base,
-        config.model_variant,
-        context_length=config.model.context_length,
-        prompt_template=config.model.prompt_template,
-    )
     for use, summary in checked:
         try:
             tokenize_prompts(

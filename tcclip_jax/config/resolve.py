@@ -17,10 +17,10 @@ import ml_collections
 from tcclip_jax.data.classes import AnnotationError, ListSummary, check_list
 from tcclip_jax.data.pipeline import ClipSpec
 from tcclip_jax.data.readers import READERS
-from tcclip_jax.errors import UserError
 from tcclip_jax.evaluation.specs import SELECT, EvalPlan, eval_plan
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.variants import VARIANTS, variant_config
+from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.weights.checkpoint import CheckpointError, load_config
 
 
@@ -64,7 +64,11 @@ def _data_hook(config: ml_collections.ConfigDict) -> Callable:
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """A copy of `config` with resolved paths, after its `prepare_data` hook (if any) ran."""
+    """A copy of `config` with resolved paths, after its `prepare_data` hook (if any) ran.
+    Values out of range fail first, before the hook runs."""
+    problems = _range_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     plan(config)  # a protocol and evaluations that exist
     config = resolve_paths(config)
     if config.prepare_data:
@@ -74,11 +78,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
 
 
 def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """`resolve`, then `check_config`: what a training run starts with (values out of range
-    fail before the data hook runs)."""
-    problems = _range_problems(config)
-    if problems:
-        raise ConfigError("\n".join(problems))
+    """`resolve`, then `check_config`: what a training run starts with."""
     config = resolve(config, workdir)
     check_config(config)
     return config
@@ -107,14 +107,22 @@ def _need_dir(path: str, field: str, what: str) -> None:
         raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
 
 
-def model_overrides(config: ml_collections.ConfigDict) -> dict:
-    """The ModelConfig fields the run config sets (its `model` fields, frames, resolution)."""
+def run_model_config(
+    config: ml_collections.ConfigDict, base: ModelConfig | None = None
+) -> ModelConfig:
+    """The model a run builds: `base` (the towers it starts from: the initial checkpoint's;
+    CLIP ViT-B/16's when None) as the config's variant, with the config's `model` fields, frames
+    and resolution. The one place a run config becomes a ModelConfig."""
     overrides = {k: v for k, v in config.model.items() if v is not None}
-    return {
-        **overrides,
-        "num_frames": config.data.num_frames,
-        "image_resolution": config.data.image_size,
-    }
+    overrides |= {"num_frames": config.data.num_frames, "image_resolution": config.data.image_size}
+    return variant_config(base or ModelConfig(), config.model_variant, **overrides)
+
+
+def starting_model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """`run_model_config` from the initial checkpoint's recorded towers (CheckpointError if it
+    cannot be read)."""
+    base = load_config(config.init_checkpoint) if config.init_checkpoint else None
+    return run_model_config(config, base)
 
 
 # (field, lowest allowed value, whether the lowest value itself is allowed, highest or None).
@@ -195,9 +203,9 @@ def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
 def _model_problem(config: ml_collections.ConfigDict) -> str | None:
     """Whether the model the run would build is possible (sizes, k, alpha, r, heads)."""
     try:
-        base = load_config(config.init_checkpoint) if config.init_checkpoint else ModelConfig()
-        variant_config(base, config.model_variant, **model_overrides(config))
-        if config.get("pretraining") and config.init_checkpoint and base.model == "clip":
+        base = load_config(config.init_checkpoint) if config.init_checkpoint else None
+        run_model_config(config, base)
+        if config.get("pretraining") and base is not None and base.model == "clip":
             return (
                 f"config.init_checkpoint: {config.init_checkpoint} is CLIP, but "
                 f"config.pretraining={config.pretraining!r} starts from a model already trained "
@@ -236,14 +244,11 @@ def check_eval_lists(config: ml_collections.ConfigDict, *, need_videos: bool = T
 
 
 def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True) -> None:
-    """Raise a ConfigError naming the field for anything that would fail later (value ranges:
-    one line per problem).
+    """Raise a ConfigError naming the field for anything in a resolved config (`resolve`, which
+    checked the value ranges) that would fail later.
 
     `need_videos=False` (the dry run) accepts unset video folders; set ones must exist.
     """
-    problems = _range_problems(config)
-    if problems:
-        raise ConfigError("\n".join(problems))
     if config.model_variant not in VARIANTS:
         raise ConfigError(
             f"config.model_variant must be one of {VARIANTS}, got {config.model_variant!r}"

@@ -21,11 +21,11 @@ import time
 import numpy as np
 from PIL import Image
 
-from tcclip_jax import cli
 from tcclip_jax.data import pipeline
 from tcclip_jax.data.config import default_data_config
 from tcclip_jax.data.tfds_builder import TcclipVideos
 from tcclip_jax.data.video_encode import encode_video
+from tcclip_jax.runtime import cli
 
 HEIGHT, WIDTH, FPS = 240, 320, 25
 

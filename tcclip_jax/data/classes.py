@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from tcclip_jax.errors import UserError
+from tcclip_jax.runtime.errors import UserError
 
 
 class AnnotationError(UserError):

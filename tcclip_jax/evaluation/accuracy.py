@@ -23,13 +23,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from tcclip_jax import sharding
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.data.pipeline import create_eval_dataset
 from tcclip_jax.data.readers import make_reader
 from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
+from tcclip_jax.runtime import sharding
 
 TOP_K = 5
 

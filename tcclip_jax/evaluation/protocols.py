@@ -14,7 +14,7 @@ from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.evaluation.accuracy import Evaluator, place_params
 from tcclip_jax.evaluation.analysis import write_analysis
 from tcclip_jax.evaluation.results import Accuracy, Results, summarize
-from tcclip_jax.evaluation.specs import PLAIN, TEST, WISE_FT, EvalPlan, eval_plan
+from tcclip_jax.evaluation.specs import PLAIN, TEST, WISE_FT, EvalPlan, EvalSpec, eval_plan
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
@@ -73,6 +73,28 @@ def evaluate_protocol(
     return Results(header, results).to_json()
 
 
+def spec_evaluator(
+    config: ml_collections.ConfigDict,
+    spec: EvalSpec,
+    model: VideoCLIP,
+    mesh: Mesh,
+    class_names: list[str] | None = None,
+) -> Evaluator:
+    """The evaluator of one evaluation of the run's plan: its list and views, the run's
+    evaluation batch, this process's share of the videos. `class_names` default to the
+    spec's class list."""
+    return Evaluator(
+        model,
+        mesh,
+        spec.data_config(config.data),
+        annotation_file=spec.list_file,
+        class_names=load_class_names(spec.class_list) if class_names is None else class_names,
+        batch_size=config.eval.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
 def _evaluate_lists(
     config: ml_collections.ConfigDict,
     plan: EvalPlan,
@@ -83,16 +105,7 @@ def _evaluate_lists(
 ) -> dict[str, Accuracy]:
     out = {}
     for spec in plan.role(TEST):
-        evaluator = Evaluator(
-            model,
-            mesh,
-            spec.data_config(config.data),
-            annotation_file=spec.list_file,
-            class_names=load_class_names(spec.class_list),
-            batch_size=config.eval.batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+        evaluator = spec_evaluator(config, spec, model, mesh)
         out[spec.key] = Accuracy(**evaluator(params), annotation_file=evaluator.annotation_file)
         if analysis_dir and jax.process_index() == 0:
             folder = os.path.join(analysis_dir, spec.key.replace("/", "_"))

@@ -20,8 +20,8 @@ from absl import logging
 
 from tcclip_jax.models import params as P
 from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.tokenizer import get_tokenizer
 from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.tokenizer import get_tokenizer
 
 
 def _truncated_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:

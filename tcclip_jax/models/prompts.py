@@ -10,8 +10,8 @@ import jax
 import numpy as np
 
 from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.models.tokenizer import tokenize_prompts, trim_padding
 from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.tokenizer import tokenize_prompts, trim_padding
 
 
 def prompt_tokens(config: ModelConfig, classnames: Sequence[str], trim: bool = True) -> np.ndarray:

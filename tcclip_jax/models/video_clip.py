@@ -139,12 +139,28 @@ class VideoCLIP(nn.Module):
         if not self.config.is_temporal:
             b = video["video_embedding"].shape[0]
             return jnp.broadcast_to(text["text_embedding"], (b, *text["text_embedding"].shape))
-        n = self.config.prompt_length
-        # Prompt positions see only SOT and the prompt vectors: the same for every class.
-        prompts = text["hidden"][0, 1 : 1 + n]  # [n_ctx, D]
+        prompts = self._learned_prompts(text)  # [n_ctx, D]
         context = jax.lax.stop_gradient(video["context_embeddings"])  # [B, k, E]
         prompts = jnp.broadcast_to(prompts, (context.shape[0], *prompts.shape))
         prompts = self.prompt_generation_layer(prompts, context.astype(self.dtype))
+        return self._embeddings_with_prompts(text, prompts)
+
+    @_at_model_precision
+    def text_embeddings_without_vp(self, text: dict) -> jax.Array:
+        """[C, E] L2-normalised class embeddings that need no video: CLIP / ViFi-CLIP's own;
+        TC-CLIP's with its learned prompt vectors where VP would put the video-conditioned ones
+        (what text-to-video search ranks a whole collection with before VP re-scores)."""
+        if not self.config.is_temporal:
+            return text["text_embedding"]
+        return self._embeddings_with_prompts(text, self._learned_prompts(text)[None])[0]
+
+    def _learned_prompts(self, text: dict) -> jax.Array:
+        """[n_ctx, D] the prompt positions' input to the last text block: they see only SOT and
+        the prompt vectors, so they are the same for every class."""
+        return text["hidden"][0, 1 : 1 + self.config.prompt_length]
+
+    def _embeddings_with_prompts(self, text: dict, prompts: jax.Array) -> jax.Array:
+        """prompts [B, n_ctx, D] in the last text block -> [B, C, E] L2-normalised."""
         rows = self.transformer.last_block_eot(text["hidden"], text["eot"], prompts)
         return l2_normalize(self._project_text(rows))
 
@@ -156,7 +172,11 @@ class VideoCLIP(nn.Module):
         emb = self.text_embeddings(text, video)
         sd = jnp.promote_types(self.dtype, jnp.float32)
         cos = jnp.einsum("BE,BCE->BC", video["video_embedding"].astype(sd), emb.astype(sd))
-        return jnp.exp(self.logit_scale.astype(sd)) * cos
+        return self.logit_multiplier() * cos
+
+    def logit_multiplier(self) -> jax.Array:
+        """exp(logit_scale) in >= float32: what every cosine is multiplied by in `logits`."""
+        return jnp.exp(self.logit_scale.astype(jnp.promote_types(self.dtype, jnp.float32)))
 
     @_at_model_precision
     def __call__(

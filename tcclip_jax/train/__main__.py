@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import flags, logging
 from ml_collections import config_flags
 
-from tcclip_jax import allocator, cli, distributed
+from tcclip_jax.runtime import allocator, cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True

@@ -1,6 +1,6 @@
 """A run config's optimiser and its jitted, sharded train step: what `train.loop` runs, and what
-`tcclip_jax.bench.aot` compiles ahead of time for a TPU topology (the same functions, so the
-check compiles the program the trainer would run)."""
+`tcclip_jax.bench.ahead_of_time` compiles for a TPU topology (the same functions, so the check
+compiles the program the trainer would run)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from tcclip_jax import sharding
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.runtime import sharding
 from tcclip_jax.train import losses, optim
 from tcclip_jax.train.step import TrainState, jit_train_step, make_train_step
 

@@ -36,9 +36,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from tcclip_jax import diskspace, sharding
-from tcclip_jax.errors import UserError, error_line
 from tcclip_jax.models import ModelConfig
+from tcclip_jax.runtime import diskspace, sharding
+from tcclip_jax.runtime.errors import UserError, error_line
 from tcclip_jax.weights import checkpoint
 
 VAL_METRIC = "top1"

@@ -29,23 +29,26 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tcclip_jax import diskspace, sharding
-from tcclip_jax.config.resolve import ConfigError, check_lists, model_overrides, prepare_config
+from tcclip_jax.config.resolve import (
+    ConfigError,
+    check_lists,
+    prepare_config,
+    run_model_config,
+)
 from tcclip_jax.config.resume import check_resume
 from tcclip_jax.data.classes import few_shot_subset, load_class_names, read_annotations
 from tcclip_jax.data.pipeline import create_train_iterator, num_examples
 from tcclip_jax.data.video_decode import VideoReadError
-from tcclip_jax.errors import RunError, error_line
-from tcclip_jax.evaluation.accuracy import Evaluator
-from tcclip_jax.evaluation.protocols import evaluate_protocol
+from tcclip_jax.evaluation.protocols import evaluate_protocol, spec_evaluator
 from tcclip_jax.evaluation.specs import SELECT, eval_plan
 from tcclip_jax.evaluation.tables import flat_metrics, format_results
-from tcclip_jax.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.params import split_frozen
 from tcclip_jax.models.prompts import prompt_tokens
-from tcclip_jax.models.variants import variant_config
+from tcclip_jax.runtime import diskspace, sharding
+from tcclip_jax.runtime.errors import RunError, error_line
+from tcclip_jax.runtime.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.train import run_lock
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
@@ -62,9 +65,8 @@ FINAL_METRICS_FILE = "final_metrics.json"
 
 def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict, dict | None]:
     """(model config, initial weights, CLIP weights for WiSE-FT or None), all on the host."""
-    overrides = model_overrides(config)
     if not config.init_checkpoint:  # config.random_init (checked by prepare_config)
-        model_config = variant_config(ModelConfig(), config.model_variant, **overrides)
+        model_config = run_model_config(config)
         return model_config, random_params(model_config, config.seed), None
     try:
         source_config, source_params = load_model(config.init_checkpoint)
@@ -77,7 +79,7 @@ def initial_model(config: ml_collections.ConfigDict) -> tuple[ModelConfig, dict,
             f"config.data.image_size is {config.data.image_size} but the checkpoint "
             f"{config.init_checkpoint} was trained at {source_config.image_resolution}"
         )
-    model_config = variant_config(source_config, config.model_variant, **overrides)
+    model_config = run_model_config(config, source_config)
     params = adapt_params(source_config, source_params, model_config, config.seed)
     clip_params = None
     if config.wise_ft is not None and not config.clip_checkpoint:
@@ -303,16 +305,7 @@ def _train_and_evaluate(
 
     validate, val_epochs = None, set(validation_epochs(config.num_epochs, config.eval.every_epochs))
     for spec in eval_plan(config).role(SELECT):  # the validation the best checkpoint is kept by
-        validate = Evaluator(
-            model,
-            mesh,
-            spec.data_config(config.data),
-            annotation_file=spec.list_file,
-            class_names=class_names,
-            batch_size=config.eval.batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+        validate = spec_evaluator(config, spec, model, mesh, class_names)
 
     writer = MetricWriter(workdir)
     rng = jax.random.key(config.seed)

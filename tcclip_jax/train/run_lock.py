@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tcclip_jax.errors import UserError
+from tcclip_jax.runtime.errors import UserError
 
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 30.0

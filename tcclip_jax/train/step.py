@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from tcclip_jax import sharding
 from tcclip_jax.models import VideoCLIP
 from tcclip_jax.models.params import split_frozen
+from tcclip_jax.runtime import sharding
 from tcclip_jax.train import losses
 
 

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from tcclip_jax.inference import Predictor
+from tcclip_jax.apps.inference import Predictor
 from tcclip_jax.models.config import ModelConfig
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tcclip_jax.data.config import normalization_stats
-from tcclip_jax.errors import UserError
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
+from tcclip_jax.runtime.errors import UserError
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"

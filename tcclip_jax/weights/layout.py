@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from tcclip_jax.errors import UserError
 from tcclip_jax.models.config import ModelConfig
+from tcclip_jax.runtime.errors import UserError
 
 StateDict = dict[str, np.ndarray]
 Arrays = tuple[np.ndarray, ...]

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tcclip_jax import diskspace
+from tcclip_jax.runtime import diskspace
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "config.json"

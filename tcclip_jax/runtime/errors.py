@@ -1,8 +1,12 @@
-"""The failures a command reports in one line instead of a traceback (`tcclip_jax.cli`)."""
+"""The failures a command reports in one line instead of a traceback (`tcclip_jax.runtime.cli`)."""
 
 
 class UserError(ValueError):
     """Something the user gave cannot be used (a setting, a path, a file): exit status 2."""
+
+
+class UsageError(UserError):
+    """Arguments the command cannot run with; reported as one line, exit status 2."""
 
 
 class RunError(RuntimeError):

@@ -31,10 +31,10 @@ import av
 import ml_collections
 import numpy as np
 
+from tcclip_jax.apps.inference import Predictor, class_probabilities
 from tcclip_jax.data import transforms
 from tcclip_jax.data.video_decode import VideoReadError, rgb_converter
-from tcclip_jax.errors import UserError
-from tcclip_jax.inference import Predictor, class_probabilities
+from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.visualization.plots import timeline_figure
 
 # Windows further apart than this (seconds) are reached by seeking rather than decoding through.

@@ -31,18 +31,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tcclip_jax import sharding
+from tcclip_jax.apps.inference import prompt_tokens
 from tcclip_jax.bench.chips import Chip, chip
 from tcclip_jax.bench.steps import class_names
-from tcclip_jax.config.resolve import model_overrides
+from tcclip_jax.config.resolve import run_model_config
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.data.config import normalization_stats
-from tcclip_jax.errors import UserError
 from tcclip_jax.evaluation.accuracy import eval_programs
-from tcclip_jax.inference import prompt_tokens
 from tcclip_jax.models import ModelConfig, VideoCLIP
-from tcclip_jax.models.variants import variant_config
 from tcclip_jax.ops import platform
+from tcclip_jax.runtime import sharding
+from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.step import abstract_state
 from tcclip_jax.weights.checkpoint import load_config
@@ -105,10 +104,8 @@ def tpu_devices(topology: str) -> list:
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """The architecture the run would train: the initial checkpoint's towers (if its directory
     is here) or CLIP ViT-B/16's, with the config's variant and overrides."""
-    base = ModelConfig()
-    if config.init_checkpoint and os.path.isdir(config.init_checkpoint):
-        base = load_config(config.init_checkpoint)
-    return variant_config(base, config.model_variant, **model_overrides(config))
+    here = config.init_checkpoint and os.path.isdir(config.init_checkpoint)
+    return run_model_config(config, load_config(config.init_checkpoint) if here else None)
 
 
 def class_tokens(

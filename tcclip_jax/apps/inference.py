@@ -90,6 +90,9 @@ class Predictor:
         self._logits = jax.jit(
             lambda p, v, t: self.model.apply({"params": p}, v, t, method="logits")
         )
+        self._without_vp = jax.jit(
+            lambda p, t: self.model.apply({"params": p}, t, method="text_embeddings_without_vp")
+        )
         self._text_cache: dict[tuple[str, ...], Any] = {}
 
     @classmethod
@@ -133,6 +136,15 @@ class Predictor:
         """`logits` from vision outputs: `video_embedding` [B, E] and, for TC-CLIP,
         `context_embeddings` [B, k, D] (e.g. stored by `embed`)."""
         return np.asarray(self._logits(self.params, video, self.encode_classes(classnames)))
+
+    def text_embeddings_without_vp(self, texts: Sequence[str]) -> np.ndarray:
+        """[Q, E] L2-normalised embeddings of `texts` that need no video (see
+        `VideoCLIP.text_embeddings_without_vp`)."""
+        return np.asarray(self._without_vp(self.params, self.encode_classes(list(texts))))
+
+    def logit_multiplier(self) -> float:
+        """exp(logit_scale): what the model multiplies every cosine by."""
+        return float(self.model.apply({"params": self.params}, method="logit_multiplier"))
 
     def predict(self, clips: np.ndarray, classnames: Sequence[str]) -> tuple[dict, np.ndarray]:
         """(vision outputs, logits): for callers that also want embeddings or seed indices."""

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from tcclip_jax.errors import RunError
+from tcclip_jax.runtime.errors import RunError
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How tensorstore (orbax's writer) words ENOSPC / EDQUOT in the ValueError it raises.

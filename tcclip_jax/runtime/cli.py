@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
-from tcclip_jax import diskspace
-from tcclip_jax.errors import RunError, UserError, error_line
+from tcclip_jax.runtime import diskspace
+from tcclip_jax.runtime.errors import RunError, UserError, error_line
 
 DEBUG_HELP = "Print the traceback of an error as well as its one-line message."
 

@@ -25,21 +25,17 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from tcclip_jax.apps.inference import Predictor, prompt_tokens
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
 from tcclip_jax.data.pipeline import ClipSpec, eval_views, prefetch
 from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader
-from tcclip_jax.errors import UserError
-from tcclip_jax.inference import Predictor, prompt_tokens
+from tcclip_jax.runtime.errors import UsageError
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
     ".ts", ".ogv",
 )  # fmt: skip
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
-
-
-class UsageError(UserError):
-    """Arguments the command cannot run with; reported as one line, exit status 2."""
 
 
 def warn(message: str) -> None:

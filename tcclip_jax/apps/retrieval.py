@@ -28,14 +28,12 @@ import json
 import os
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcclip_jax import collection
-from tcclip_jax.collection import UsageError
-from tcclip_jax.inference import Predictor
-from tcclip_jax.models.video_clip import l2_normalize
+from tcclip_jax.apps import collection
+from tcclip_jax.apps.inference import Predictor
+from tcclip_jax.runtime.errors import UsageError
 
 META_FILE, INDEX_FILE, CLASSES_FILE = "meta.json", "index.jsonl", "classes.npz"
 
@@ -118,26 +116,6 @@ def embed_batch(predictor: Predictor, views: np.ndarray) -> dict[str, np.ndarray
     if predictor.config.is_temporal:
         arrays["context_tokens"] = out["context_embeddings"]
     return {k: np.asarray(x).reshape(b, v, *x.shape[1:]) for k, x in arrays.items()}
-
-
-def text_embeddings_without_vp(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
-    """[Q, E] L2-normalised text embeddings with no video: CLIP / ViFi-CLIP's own; TC-CLIP's
-    with its learned prompts in place of VP's (stage 1 of search)."""
-    text = predictor.encode_classes(list(texts))
-    return np.asarray(_without_vp(predictor)(predictor.params, text))
-
-
-def _without_vp(predictor: Predictor):
-    n = predictor.config.prompt_length
-
-    def method(model, text):
-        if not model.config.is_temporal:
-            return text["text_embedding"]
-        prompts = text["hidden"][:1, 1 : 1 + n]  # the same for every text
-        rows = model.transformer.last_block_eot(text["hidden"], text["eot"], prompts)[0]
-        return l2_normalize(model._project_text(rows))
-
-    return jax.jit(lambda p, t: predictor.model.apply({"params": p}, t, method=method))
 
 
 # Reading and searching ---------------------------------------------------------------------
@@ -224,17 +202,13 @@ def vp_scores(
     return predictor.score(video, texts).reshape(len(rows), v, -1).mean(axis=1)
 
 
-def logit_scale(predictor: Predictor) -> float:
-    return float(np.exp(np.asarray(predictor.params["logit_scale"], np.float64)))
-
-
 def search(
     predictor: Predictor, index: EmbeddingIndex, query: str, top: int, rerank: int
 ) -> list[dict]:
     """The `top` best videos for `query`: [{"rank", "video", "score", "stage1"}], best first.
     Stage 1 ranks every video; TC-CLIP's best `rerank` are re-scored with VP (stage 2)."""
     stage1 = stage_one_scores(
-        index, text_embeddings_without_vp(predictor, [query]), logit_scale(predictor)
+        index, predictor.text_embeddings_without_vp([query]), predictor.logit_multiplier()
     )[0]
     pool = np.argsort(-stage1, kind="stable")
     if predictor.config.is_temporal and rerank > 0:
@@ -260,7 +234,7 @@ def stage_one_recall(
     everything = np.arange(len(index.videos))
     exact = vp_scores(predictor, index, texts, everything).T  # [Q, N]
     stage1 = stage_one_scores(
-        index, text_embeddings_without_vp(predictor, texts), logit_scale(predictor)
+        index, predictor.text_embeddings_without_vp(texts), predictor.logit_multiplier()
     )
     out = {}
     for pool in pools:
