@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from model_helpers import CLASSNAMES, cross_entropy_step, random_params
 
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
 from tcclip_jax.models.tokenizer import tokenize_prompts
@@ -29,7 +30,6 @@ from tcclip_jax.ops.token_merging import merge_to_k
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "tcclip_small.npz"
 KINDS = ("tc_clip", "vifi_clip", "clip")
 # No "a", "photo" or "of" in the names: those words only occur where prompt vectors replace them.
-CLASSNAMES = ["brush hair", "cartwheel", "clap"]
 
 # OpenAI's `clip.model.CLIP` arguments of the released checkpoints (`build_model` reads them off
 # the state dict), independent of `arch_config`.
@@ -265,58 +265,6 @@ def test_config_errors(tiny_config, changes, match):
 
 
 # The tiny TC-CLIP, run for real -----------------------------------------------------------
-
-
-def cross_entropy_step(model: VideoCLIP):
-    """jit(value_and_grad) of the mean cross-entropy; aux = (logits, video outputs)."""
-
-    def loss(params, clips, tokens, labels):
-        logits, video = model.apply({"params": params}, clips, tokens, return_attention=True)
-        log_probs = jax.nn.log_softmax(logits)
-        return -jnp.mean(log_probs[jnp.arange(len(labels)), labels]), (logits, video)
-
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
-
-
-def random_params(cfg: ModelConfig, seed: int) -> dict:
-    """Random float32 parameters for `VideoCLIP(cfg)`, drawn with NumPy.
-
-    Compiling `model.init` costs several times a forward pass (random number generation for every
-    parameter), so tests fill the abstract tree instead. LayerNorm scales, biases and bias tables
-    are random too, so a parameter used in the wrong place changes the output.
-    """
-    clips = jax.ShapeDtypeStruct((1, cfg.num_frames, *(cfg.image_resolution,) * 2, 3), jnp.float32)
-    tokens = jax.ShapeDtypeStruct((1, cfg.context_length), jnp.int32)
-    abstract = jax.eval_shape(VideoCLIP(cfg).init, jax.random.key(0), clips, tokens)["params"]
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, leaf in traverse_util.flatten_dict(abstract, sep="/").items():
-        z = rng.standard_normal(leaf.shape)
-        if path == "logit_scale":
-            value = np.log(1 / 0.07) + 0.1 * z
-        elif path.endswith("/scale"):
-            value = 1 + 0.1 * z
-        elif path.endswith("/bias") or path.endswith("bias_table"):
-            value = 0.1 * z
-        elif path.endswith(("embedding", "ctx")):
-            value = 0.05 * z
-        elif re.search(r"[qkv]_proj/kernel$", path):
-            value = z / np.sqrt(leaf.shape[0])
-        else:
-            value = z / np.sqrt(np.prod(leaf.shape[:-1]))
-        flat[path] = jnp.asarray(value, jnp.float32)
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_config):
-    """(config, params, clips [3, T, 32, 32, 3], tokens [3, 30], labels)."""
-    cfg = tiny_config
-    res = cfg.image_resolution
-    clips = np.random.default_rng(0).standard_normal((3, cfg.num_frames, res, res, 3))
-    clips = jnp.asarray(clips, jnp.float32)
-    tokens = jnp.asarray(tokenize_prompts(CLASSNAMES, context_length=cfg.context_length))
-    return cfg, random_params(cfg, 0), clips, tokens, jnp.array([0, 2, 1])
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from test_models import cross_entropy_step, random_params
+from model_helpers import cross_entropy_step, random_params
 
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.vision import TCTransformer

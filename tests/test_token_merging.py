@@ -6,7 +6,13 @@ B = odd positions, cosine similarity of X with itself, best B per A, A sorted by
 unmerged A tokens in sorted order, then all B tokens in their original order. Inputs are
 Gaussian in float64 with at least two features, so score ties (where orderings could legitimately
 differ) do not occur; with one feature every cosine is +-1.
+
+Both forms of the op (`MERGE_FORMS`) are held to the reference, and the dense form to the gather
+form on tied inputs (tokens drawn from a few vectors: equal scores everywhere), where the order
+of equal scores decides.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +21,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcclip_jax.ops.token_merging import bipartite_soft_matching, merge_schedule, merge_to_k
+from tcclip_jax.ops.token_merging import (
+    MERGE_FORMS,
+    bipartite_soft_matching,
+    descending_ranks,
+    merge_schedule,
+    merge_to_k,
+    select_rows,
+    top_k_indices,
+)
 
 # Every new shape is a new compilation: hypothesis varies shapes in the single-step test and
 # values (seeds) in the multi-step tests, whose shapes come from a short list of cases.
 SETTINGS = settings(max_examples=10, deadline=None)
 step_jit = jax.jit(bipartite_soft_matching, static_argnums=2)
-merge_jit = jax.jit(merge_to_k, static_argnums=(1, 2))
+merge_jit = jax.jit(merge_to_k, static_argnums=(1, 2), static_argnames="form")
 
 
 def reference_step(x: np.ndarray, sizes: np.ndarray, r: int):
@@ -117,14 +131,15 @@ MERGE_CASES = {  # name: (batch shape, M0, W, k, r)
 }
 
 
+@pytest.mark.parametrize("form", MERGE_FORMS)
 @pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
 @SETTINGS
 @given(seed=st.integers(0, 2**31))
-def test_merge_to_k_matches_reference(case, seed):
+def test_merge_to_k_matches_reference(case, form, seed):
     batch, m0, w, k, r = case
     x = gaussian(seed, (*batch, m0, w))
     with jax.enable_x64(True):
-        out, sizes, assignment = map(np.asarray, merge_jit(jnp.asarray(x), k, r))
+        out, sizes, assignment = map(np.asarray, merge_jit(jnp.asarray(x), k, r, form=form))
     assert out.shape == (*batch, k, w)
     assert sizes.shape == (*batch, k)
     assert assignment.shape == (*batch, m0)
@@ -144,9 +159,10 @@ def test_merge_to_k_matches_reference(case, seed):
     np.testing.assert_allclose(out, means, rtol=1e-12, atol=1e-12)
 
 
-def test_float32_matches_reference():
+@pytest.mark.parametrize("form", MERGE_FORMS)
+def test_float32_matches_reference(form):
     x = gaussian(0, (2, 24, 16))
-    out, sizes, assignment = merge_jit(jnp.asarray(x, jnp.float32), 6, 9)
+    out, sizes, assignment = merge_jit(jnp.asarray(x, jnp.float32), 6, 9, form=form)
     assert out.dtype == jnp.float32
     for n in range(2):
         want_x, want_sizes, want_assignment = reference_merge_to_k(x[n], 6, 9)
@@ -242,3 +258,98 @@ def test_gradient_is_the_merge_weights_and_matches_finite_differences():
                 values.append(float(value))
             numeric = (values[0] - values[1]) / (2 * eps)
             np.testing.assert_allclose(numeric, np.sum(grad * direction), rtol=1e-7)
+
+
+# The dense form against the gather form ------------------------------------------------------
+
+TIE_VECTORS = np.array([[1.0, 2.0, 0.5], [3.0, -1.0, 1.0], [-2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+
+
+def tied_tokens(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Tokens [..., M, 3] drawn from four vectors: every score occurs many times."""
+    return TIE_VECTORS[np.random.default_rng(seed).integers(0, 4, shape)]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2), static_argnames="form")
+def merged_and_gradient(x, k, r, sizes, w, form):
+    """(merge_to_k's outputs, d sum(tokens * w) / dx)."""
+
+    def loss(xx):
+        out = merge_to_k(xx, k, r, sizes, form=form)
+        return jnp.sum(out[0] * w), out
+
+    (_, out), grad = jax.value_and_grad(loss, has_aux=True)(x)
+    return out, grad
+
+
+@pytest.mark.parametrize("tokens", ["gaussian", "tied"])
+@pytest.mark.parametrize("m0, k, r", [(33, 4, 7), (58 * 4, 24, 25)])
+def test_dense_equals_gather_values_assignments_and_gradients(tokens, m0, k, r):
+    """float64: the same context tokens, sizes and assignment, and the same gradient, with
+    sizes given and not."""
+    with jax.enable_x64(True):
+        x = gaussian(m0, (3, m0, 3)) if tokens == "gaussian" else tied_tokens(m0, (3, m0))
+        x = jnp.asarray(x)
+        sizes = jnp.asarray(np.random.default_rng(1).integers(1, 4, (3, m0)), jnp.float64)
+        w = jnp.asarray(gaussian(7, (3, k, 3)))
+        for given_sizes in (None, sizes):
+            outs, grads = {}, {}
+            for form in MERGE_FORMS:
+                outs[form], grads[form] = merged_and_gradient(x, k, r, given_sizes, w, form=form)
+            (gx, gs, ga), (dx, ds, da) = outs["gather"], outs["dense"]
+            np.testing.assert_array_equal(np.asarray(da), np.asarray(ga))
+            np.testing.assert_allclose(np.asarray(ds), np.asarray(gs), rtol=1e-15)
+            np.testing.assert_allclose(np.asarray(dx), np.asarray(gx), rtol=1e-13, atol=1e-14)
+            np.testing.assert_allclose(
+                np.asarray(grads["dense"]), np.asarray(grads["gather"]), rtol=1e-13, atol=1e-15
+            )
+
+
+@pytest.mark.parametrize("form", MERGE_FORMS)
+def test_bfloat16_tokens_merge_from_float32_values(form):
+    """16-bit tokens are matched and averaged in float32 (no rounding between steps): the
+    result is the float32 merge of the same tokens, rounded once."""
+    x32 = jnp.asarray(gaussian(4, (2, 48, 8)), jnp.bfloat16).astype(jnp.float32)
+    out16, _, a16 = merge_jit(x32.astype(jnp.bfloat16), 6, 9, form=form)
+    out32, _, a32 = merge_jit(x32, 6, 9, form=form)
+    assert out16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a16), np.asarray(a32))
+    np.testing.assert_array_equal(
+        np.asarray(out16.astype(jnp.float32)),
+        np.asarray(out32.astype(jnp.bfloat16).astype(jnp.float32)),
+    )
+
+
+@pytest.mark.parametrize("values", ["gaussian", "tied"])
+def test_ranks_and_top_k_by_comparison(values):
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((4, 30)) if values == "gaussian" else rng.integers(0, 5, (4, 30))
+    v = jnp.asarray(v, jnp.float32)
+    inverse = np.argsort(np.asarray(jnp.argsort(v, axis=-1, descending=True)), axis=-1)
+    np.testing.assert_array_equal(np.asarray(descending_ranks(v)), inverse)
+    np.testing.assert_array_equal(
+        np.asarray(top_k_indices(v, 7)), np.asarray(jax.lax.top_k(v, 7)[1])
+    )
+    rows = jnp.asarray(rng.standard_normal((4, 30, 3)), jnp.float32)
+    index = jax.lax.top_k(v, 7)[1]
+    np.testing.assert_array_equal(
+        np.asarray(select_rows(rows, index)),
+        np.asarray(jnp.take_along_axis(rows, index[..., None], axis=1)),
+    )
+
+
+def test_dense_form_has_no_sort_gather_or_scatter():
+    """The dense summarisation and its gradient lower to products and elementwise ops."""
+    x = jnp.ones((2, 58 * 4, 16), jnp.float32)
+    loss = lambda xx: merge_to_k(xx, 24, 25, form="dense")[0].sum()
+    for fn in (lambda xx: merge_to_k(xx, 24, 25, form="dense"), jax.grad(loss)):
+        hlo = jax.jit(fn).lower(x).as_text()
+        for op in ("sort", "gather", "scatter"):
+            assert f"stablehlo.{op}" not in hlo, op
+    gather_hlo = jax.jit(lambda xx: merge_to_k(xx, 24, 25, form="gather")).lower(x).as_text()
+    assert "stablehlo.sort" in gather_hlo and "stablehlo.scatter" in gather_hlo
+
+
+def test_unknown_form_is_refused():
+    with pytest.raises(ValueError, match="merge form 'sorted' is not one of"):
+        merge_to_k(jnp.ones((8, 3)), 2, 2, form="sorted")

@@ -20,12 +20,23 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax
 from tcclip_jax.ops.attention import choose, fused_attention
 from tcclip_jax.ops.dense import flat_dot_general
-from tcclip_jax.ops.token_merging import merge_to_k
+from tcclip_jax.ops.token_merging import (
+    CHOICES,
+    choose_form,
+    merge_to_k,
+    select_rows,
+    top_k_indices,
+)
+
+# Rematerialised blocks keep TC's seed indices and merge assignments (integers) and recompute
+# the rest: with the dense summarisation, the backward pass then never redoes the matching.
+KEEP_CHOICES = jax.checkpoint_policies.save_only_these_names(CHOICES)
 
 
 class TCBlock(nn.Module):
@@ -39,6 +50,7 @@ class TCBlock(nn.Module):
     num_seeds: int = 58  # n_s seed tokens per frame.
     num_context: int = 96  # k context tokens.
     merge_r: int = 100  # r merges per bipartite matching step.
+    merge_form: str = "gather"  # `ops.token_merging.MERGE_FORMS`: the same values either way.
     # The last block: only the CLS tokens (and the context tokens) are used after it, so only
     # the CLS queries and the seeds' queries are computed, and the FFN runs on those tokens.
     cls_only: bool = False
@@ -114,8 +126,14 @@ class TCBlock(nn.Module):
         aux = {"cls_attention": probs[:, :, :, 0, 1:n].mean(axis=2)}  # [B, T, P]
         new_context = None
         if self.summarize:
-            _, seed_index = jax.lax.top_k(aux["cls_attention"], self.num_seeds)  # [B, T, n_s]
-            seeds = lambda a: jnp.take_along_axis(a[:, :, 1:], seed_index[..., None], axis=2)
+            attention = jax.lax.stop_gradient(aux["cls_attention"])
+            if self.merge_form == "dense":  # no sort and no gather
+                seed_index = checkpoint_name(top_k_indices(attention, self.num_seeds), CHOICES)
+                seeds = lambda a: select_rows(a[:, :, 1:], seed_index)
+            else:
+                _, seed_index = jax.lax.top_k(attention, self.num_seeds)  # [B, T, n_s]
+                seed_index = checkpoint_name(seed_index, CHOICES)
+                seeds = lambda a: jnp.take_along_axis(a[:, :, 1:], seed_index[..., None], axis=2)
             # The seeds' post-attention tokens [B, T, n_s, W] (with `cls_only`, from their own
             # queries).
             seed_tokens = seeds(x_in) + attend(seeds(h))[0] if self.cls_only else seeds(x)
@@ -134,7 +152,9 @@ class TCBlock(nn.Module):
         each seed went into)."""
         b, t, _, w = seed_tokens.shape
         seed_tokens = seed_tokens.reshape(b, t * self.num_seeds, w)  # frame-major.
-        context_tokens, _, assignment = merge_to_k(seed_tokens, self.num_context, self.merge_r)
+        context_tokens, _, assignment = merge_to_k(
+            seed_tokens, self.num_context, self.merge_r, form=self.merge_form
+        )
         return context_tokens, assignment.reshape(b, t, self.num_seeds)
 
 
@@ -170,6 +190,7 @@ class TCTransformer(nn.Module):
             num_seeds=cfg.seeds_per_frame,
             num_context=cfg.context_tokens,
             merge_r=cfg.merge_r,
+            merge_form=choose_form(cfg.merge),
             cls_only=i == cfg.vision_layers,
             attention=choose(cfg.attention, self.dtype, self.attention_shapes),
             dtype=self.dtype,
@@ -210,7 +231,7 @@ class TCTransformer(nn.Module):
                 x, context, run_auxes = self.scan_blocks(run, x, context)
                 auxes.extend(run_auxes)
             else:
-                block_cls = nn.remat(TCBlock) if self.remat else TCBlock
+                block_cls = nn.remat(TCBlock, policy=KEEP_CHOICES) if self.remat else TCBlock
                 for i in run:
                     x, context, aux = block_cls(**fields, name=f"resblocks_{i - 1}")(
                         x, context if fields["use_context"] else None
@@ -238,7 +259,8 @@ class TCTransformer(nn.Module):
             return (x, context), aux
 
         if self.remat:
-            body = jax.checkpoint(body, prevent_cse=False)  # a scan body needs no CSE barrier.
+            # A scan body needs no CSE barrier.
+            body = jax.checkpoint(body, prevent_cse=False, policy=KEEP_CHOICES)
         (x, context), aux = jax.lax.scan(body, (x, context), stacked)
         return x, context, [jax.tree.map(lambda a, j=j: a[j], aux) for j in range(len(run))]
 
