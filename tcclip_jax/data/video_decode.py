@@ -69,9 +69,8 @@ def rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarra
 
     One converter per video and thread: it keeps one swscale context for all the frames of a
     video, converting on the calling thread. `VideoFrame.to_ndarray` makes a new context for
-    every frame and lets swscale start threads for it (PyAV's default), which costs 10-50x the
-    conversion of a small frame (0.46 ms instead of 8 us for 32x32 -> 16x16); the pixels are
-    the same.
+    every frame and lets swscale start threads for it (PyAV's default), which costs many times
+    the conversion of a small frame (docs/performance.md); the pixels are the same.
     """
     reformatter = VideoReformatter()
 
