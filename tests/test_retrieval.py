@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from measures import stage_one_recall
 from test_predict import random_params
 
 from tcclip_jax import embed, search
@@ -81,7 +82,7 @@ def test_search_scores_are_the_models_logits_in_float64(videos, models, tmp_path
         scores = [r["score"] for r in results]
         assert scores == sorted(scores, reverse=True) and len(scores) == n
 
-        recall = retrieval.stage_one_recall(
+        recall = stage_one_recall(
             predictor, index, list(synthetic.CLASS_NAMES), k=5, pools=(5, 10, n)
         )
         print(f"{model}: recall of the exhaustive VP top-5 in stage 1's top N: {recall}")

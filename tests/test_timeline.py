@@ -1,6 +1,7 @@
-"""`predict --timeline`: windows, frames by time (against `decode_frames` at the frame indices
-they stand for, decoding through and seeking), segment merging against a long synthetic video's
-truth, and the files an end-to-end run writes."""
+"""`predict --timeline`: windows and segments (`apps.segments`), frames by time
+(`data.video_windows`, against `decode_frames` at the frame indices they stand for, decoding
+through and seeking), segment merging against a long synthetic video's truth, and the files an
+end-to-end run writes."""
 
 import csv
 import importlib.util
@@ -13,12 +14,14 @@ import sys
 
 import numpy as np
 import pytest
+from measures import match_segments
 from PIL import Image
 from test_predict import random_params
 
-from tcclip_jax.apps import timeline
 from tcclip_jax.apps.inference import Predictor, class_probabilities
-from tcclip_jax.data import synthetic, transforms
+from tcclip_jax.apps.segments import class_path, merge_segments, sample_times, smoothed, windows
+from tcclip_jax.apps.timeline import Timeline
+from tcclip_jax.data import synthetic, transforms, video_windows
 from tcclip_jax.data.video_decode import decode_frames
 from tcclip_jax.weights.checkpoint import save_model
 
@@ -35,22 +38,22 @@ def long_video(tmp_path_factory):
 
 
 def test_windows_and_sample_times():
-    bounds = timeline.windows(10.0, 4.0, 2.0)
+    bounds = windows(10.0, 4.0, 2.0)
     np.testing.assert_allclose(bounds, [[0, 4], [2, 6], [4, 8], [6, 10]])
-    np.testing.assert_allclose(timeline.windows(3.0, 4.0, 2.0), [[0, 3]])
+    np.testing.assert_allclose(windows(3.0, 4.0, 2.0), [[0, 3]])
     np.testing.assert_allclose(
-        timeline.sample_times(bounds[1:2], 4), [[2.5, 3.5, 4.5, 5.5]]
+        sample_times(bounds[1:2], 4), [[2.5, 3.5, 4.5, 5.5]]
     )  # the centres of 4 equal parts, as test_indices takes frames
     # two temporal views: the first and the third quarter of each part, view by view
     np.testing.assert_allclose(
-        timeline.sample_times(bounds[1:2], 4, clips=2),
+        sample_times(bounds[1:2], 4, clips=2),
         [[2.25, 3.25, 4.25, 5.25, 2.75, 3.75, 4.75, 5.75]],
     )
 
 
 def test_merged_segments_tile_the_video():
-    bounds = timeline.windows(10.0, 4.0, 2.0)
-    segments = timeline.merge_segments([2, 2, 5, 2], bounds, 2.0, 10.0)
+    bounds = windows(10.0, 4.0, 2.0)
+    segments = merge_segments([2, 2, 5, 2], bounds, 2.0, 10.0)
     assert [(s["index"], s["start"], s["end"], s["windows"]) for s in segments] == [
         (2, 0.0, 5.0, [0, 1]),
         (5, 5.0, 7.0, [2, 2]),
@@ -62,46 +65,46 @@ def test_oracle_scores_give_the_truth_within_one_window(long_video):
     """Per-window scores = how much of each true segment the window covers: the merged segments
     are the true ones, each boundary within one stride."""
     window, stride = 1.0, 0.25
-    bounds = timeline.windows(long_video["duration"], window, stride)
+    bounds = windows(long_video["duration"], window, stride)
     scores = np.zeros((len(bounds), len(synthetic.CLASS_NAMES)))
     for seg in long_video["truth"]:
         overlap = np.minimum(bounds[:, 1], seg["end"]) - np.maximum(bounds[:, 0], seg["start"])
         scores[:, seg["index"]] += np.maximum(overlap, 0)
-    segments = timeline.merge_segments(scores.argmax(1), bounds, stride, long_video["duration"])
+    segments = merge_segments(scores.argmax(1), bounds, stride, long_video["duration"])
     assert [s["index"] for s in segments] == [c for c, _ in SEGMENTS]
     for got, want in zip(segments, long_video["truth"], strict=True):
         assert abs(got["start"] - want["start"]) <= stride
         assert abs(got["end"] - want["end"]) <= stride
-    assert all(timeline.match_segments(segments, long_video["truth"], stride))
+    assert all(match_segments(segments, long_video["truth"], stride))
     # A segment of another class, or an end off by more than the tolerance, is no match.
     wrong = [{**segments[0], "index": (segments[0]["index"] + 1) % 8}, *segments[1:]]
     late = [{**segments[0], "end": segments[0]["end"] + 2 * stride}, *segments[1:]]
     for found in (wrong, late):
-        assert timeline.match_segments(found, long_video["truth"], stride)[0] is False
-        assert all(timeline.match_segments(found, long_video["truth"], stride)[1:])
+        assert match_segments(found, long_video["truth"], stride)[0] is False
+        assert all(match_segments(found, long_video["truth"], stride)[1:])
 
 
 def test_an_end_exactly_one_window_off_matches():
     """Window 36 of 1.28 s windows ends at 47.36 s, a clip boundary at 46.08 s: one window apart,
     though 47.36 - 46.08 is 1.2800000000000011 in floats. One window more is no match."""
     window = 1.28
-    bounds = timeline.windows(60.0, window, window)
+    bounds = windows(60.0, window, window)
     truth = [{"index": 1, "start": 1024 / 25, "end": 1152 / 25}]  # 40.96-46.08 s
     found = [{"index": 1, "start": bounds[32, 0], "end": bounds[36, 1]}]
     assert found[0]["end"] - truth[0]["end"] > window
-    assert timeline.match_segments(found, truth, window) == [True]
+    assert match_segments(found, truth, window) == [True]
     found = [{"index": 1, "start": bounds[32, 0], "end": bounds[37, 1]}]
-    assert timeline.match_segments(found, truth, window) == [False]
+    assert match_segments(found, truth, window) == [False]
 
 
-@pytest.mark.parametrize("seek_gap", [timeline.SEEK_GAP, 0.3])
+@pytest.mark.parametrize("seek_gap", [video_windows.SEEK_GAP, 0.3])
 def test_window_frames_are_the_frames_on_screen(long_video, monkeypatch, seek_gap):
     """Each window's frames equal `decode_frames` at floor(time * fps), decoding straight through
     (overlapping windows) and seeking over gaps (stride 2 s, window 0.5 s, gap 0.3 s)."""
-    monkeypatch.setattr(timeline, "SEEK_GAP", seek_gap)
-    window, stride = (1.0, 0.5) if seek_gap == timeline.SEEK_GAP else (0.5, 2.0)
-    times = timeline.sample_times(timeline.windows(long_video["duration"], window, stride), 4)
-    got = dict(timeline.window_frames(long_video["path"], times, short_side=36))
+    monkeypatch.setattr(video_windows, "SEEK_GAP", seek_gap)
+    window, stride = (1.0, 0.5) if seek_gap == video_windows.SEEK_GAP else (0.5, 2.0)
+    times = sample_times(windows(long_video["duration"], window, stride), 4)
+    got = dict(video_windows.window_frames(long_video["path"], times, short_side=36))
     assert sorted(got) == list(range(len(times)))
     for w, t in enumerate(times):
         index = np.floor(t * FPS).astype(int)
@@ -125,7 +128,7 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
 
     with open(out / "long.windows.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    bounds = timeline.windows(long_video["duration"], 1.0, 0.5)
+    bounds = windows(long_video["duration"], 1.0, 0.5)
     assert len(rows) == len(bounds) == 15
     np.testing.assert_allclose([[float(r["start_s"]), float(r["end_s"])] for r in rows], bounds)
     probs = np.array([[float(r[c]) for c in synthetic.CLASS_NAMES] for r in rows])
@@ -135,7 +138,7 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
     # Window 5 scored here: the frames of its two temporal views (predict's default --clips),
     # a centre crop of each, the predictor.
     predictor = Predictor.from_checkpoint(checkpoint)
-    index = np.floor(timeline.sample_times(bounds[5:6], 4, clips=2)[0] * FPS).astype(int)
+    index = np.floor(sample_times(bounds[5:6], 4, clips=2)[0] * FPS).astype(int)
     views = [
         transforms.test_crops(
             decode_frames(long_video["path"], lambda n, i=i: i, short_side=36), 1, 32, 36
@@ -163,12 +166,12 @@ def test_timeline_command_writes_scores_segments_and_picture(long_video, tiny_co
 
 def test_smoothing_averages_neighbours_and_removes_a_flicker():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.95, 0.05], [0.4, 0.6], [0.1, 0.9]])
-    smooth = timeline.smoothed(probs, 3)
+    smooth = smoothed(probs, 3)
     np.testing.assert_allclose(smooth[0], probs[:2].mean(0))
     np.testing.assert_allclose(smooth[2], probs[1:4].mean(0))
     np.testing.assert_allclose(smooth[-1], probs[-2:].mean(0))
     assert smooth.argmax(1).tolist() == [0, 0, 0, 0, 1, 1]  # window 2's flicker is gone
-    assert timeline.smoothed(probs, 1) is probs
+    assert smoothed(probs, 1) is probs
 
 
 @pytest.mark.parametrize("cost", [0.3, 1.0, 4.0])
@@ -184,27 +187,27 @@ def test_class_path_is_the_best_sequence_of_all(cost):
 
     sequences = np.array(list(itertools.product(range(3), repeat=7)))
     scores = np.array([score(q) for q in sequences])
-    path = timeline.class_path(probs, cost)
+    path = class_path(probs, cost)
     assert score(path) == pytest.approx(scores.max(), abs=1e-12)
     assert path.tolist() == sequences[scores.argmax()].tolist()  # the optimum is unique here
 
 
 def test_class_path_removes_flickers_that_cost_less_than_two_switches():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.95, 0.05], [0.2, 0.8], [0.1, 0.9]])
-    assert timeline.class_path(probs, 0).tolist() == [0, 0, 1, 0, 1, 1]
+    assert class_path(probs, 0).tolist() == [0, 0, 1, 0, 1, 1]
     # window 2 gains log(0.7 / 0.3) = 0.85 nats as class 1: worth two switches only below 0.42
-    assert timeline.class_path(probs, 0.4).tolist() == [0, 0, 1, 0, 1, 1]
-    assert timeline.class_path(probs, 0.5).tolist() == [0, 0, 0, 0, 1, 1]
+    assert class_path(probs, 0.4).tolist() == [0, 0, 1, 0, 1, 1]
+    assert class_path(probs, 0.5).tolist() == [0, 0, 0, 0, 1, 1]
     # one switch is worth it while the last two windows gain more than it costs
-    assert timeline.class_path(probs, 10.0).tolist() == [0] * 6
+    assert class_path(probs, 10.0).tolist() == [0] * 6
 
 
 def test_timeline_segments_follow_the_class_path():
     """A Timeline's segments (what predict writes and prints) merge along `class_path` with its
     switch cost: a one-window flicker is a segment of its own at cost 0 and gone at cost 1."""
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.95, 0.05], [0.2, 0.8], [0.1, 0.9]])
-    bounds = timeline.windows(6.0, 1.0, 1.0)
-    make = lambda cost: timeline.Timeline(
+    bounds = windows(6.0, 1.0, 1.0)
+    make = lambda cost: Timeline(
         "v.mp4", 6.0, 1.0, 1.0, ["a", "b"], bounds, probs, smooth=1, switch_cost=cost
     )
     assert [(s["class"], s["windows"]) for s in make(0.0).segments] == [
@@ -243,7 +246,7 @@ def test_truth_check_tool_runs_predict_and_scores_its_segments(tiny_config, tmp_
     assert set(order) <= {1, 4, 6} and all(a != b for a, b in zip(order, order[1:], strict=False))
     assert "video of 3 motions" in result.stdout
     truth = [{"index": c, "start": 2.0 * i, "end": 2.0 * (i + 1)} for i, c in enumerate(order)]
-    matched = timeline.match_segments(document["segments"], truth, 1.0)
+    matched = match_segments(document["segments"], truth, 1.0)
     assert found == sum(matched)
     # The segments reported missed are those of this order: the video was made of it.
     missed = re.findall(r"not found: .* s (.+)", result.stdout)

@@ -124,11 +124,11 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.model = _model_overrides()
     c.dtype = "bfloat16"  # compute dtype; parameters and optimiser state are float32
     # Scan + recompute the vision blocks in the backward pass: less memory, ~1/3 more compute.
-    # None: on accelerators (a v5e chip holds 53 clips per step with it, 4 without; the compile
-    # takes as long: docs/tpu.md), not on CPU.
+    # None: on accelerators, where memory bounds the batch per chip (docs/tpu.md gives the largest
+    # batch with and without), not on CPU.
     c.remat = placeholder(bool)
     # The vision blocks of the same kind as one `lax.scan` (same values; XLA compiles one block
-    # instead of ten). None: on accelerators, not on CPU (where the unrolled stack was measured
+    # instead of ten). None: on accelerators, not on CPU (XLA:CPU runs the unrolled stack
     # faster).
     c.scan_blocks = placeholder(bool)
 
