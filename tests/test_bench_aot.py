@@ -6,11 +6,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from tcclip_jax.bench import ahead_of_time
 from tcclip_jax.ops import platform
+from tcclip_jax.ops.token_merging import merge_to_k
 from tcclip_jax.train.build import video_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +64,10 @@ def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
     assert 0 < result.hbm_used < figures.hbm_bytes and result.fits(figures)
     assert result.census["all-gather"] > 0 and result.census["reduce-scatter"] > 0
     assert result.model_flops > 0 and result.roofline_seconds(figures) > 0
+    # TC's seeds and context tokens are picked and merged without sorts, gathers or scatters
+    # (the dense form, the default off CPUs): none left from the vision tower's files.
+    places = {p for counts in result.sources.values() for p in counts}
+    assert not any(p.startswith(("token_merging.py", "vision.py")) for p in places), places
 
 
 @needs_libtpu
@@ -131,3 +140,59 @@ def test_census_counts_async_and_fused_collectives():
     counts = ahead_of_time.census(hlo)
     assert counts["all-gather"] == counts["reduce-scatter"] == counts["sort"] == 1
     assert (counts["while"], counts["scatter"], counts["all-reduce"]) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("form, merged", [("gather", True), ("dense", False)])
+def test_op_sources_name_where_sorts_gathers_and_scatters_come_from(form, merged):
+    """Read from the stack frames XLA records in the compiled HLO (here for the CPU)."""
+    x = jnp.ones((2, 40, 8))
+    loss = lambda xx: merge_to_k(xx, 6, 9, form=form)[0].sum()
+    hlo = jax.jit(jax.value_and_grad(loss)).lower(x).compile().as_text()
+    sources = ahead_of_time.op_sources(hlo)
+    assert set(sources) == {"sort", "gather", "scatter"}
+    counts = ahead_of_time.census(hlo)
+    for op, places in sources.items():
+        assert sum(places.values()) == counts[op], op
+    if merged:
+        assert sources["sort"] == {"token_merging.py:_match_one": counts["sort"]} != {}
+        assert "token_merging.py:_match_one" in ahead_of_time.origins(sources)
+    else:
+        assert ahead_of_time.origins(sources) == "none"
+
+
+HAVE_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda13") is not None
+
+
+@pytest.mark.skipif(not HAVE_CUDA_PLUGIN, reason='needs pip install "tcclip-jax[cuda-aot]"')
+def test_the_command_compiles_for_nvidia_gpus_without_one():
+    """`--gpu h100:2`: the demo's bfloat16 step for two H100s of one host, compiled by XLA's GPU
+    compiler on this CPU host; cuDNN's attention cannot be traced without a GPU, so the
+    explicit attention is used and the log says so."""
+    res = subprocess.run(
+        [
+            sys.executable, "-m", "tcclip_jax.aot", "--config", "configs/demo.py:ci",
+            "--classes", "4", "--gpu", "h100:2", "--config.dtype=bfloat16", "--noeval",
+        ],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert "h100:2: 2 x NVIDIA H100 80GB HBM3" in out
+    assert "attention explicit, TC summarisation dense" in out
+    assert "cuDNN attention is not available here" in res.stderr
+    assert re.search(r"total \d+\.\d+ of 75 GiB HBM: fits", out), out
+    assert "HBM traffic not reported by this compiler" in out
+    assert "sort, gather, scatter by origin:" in out and "token_merging.py" not in out
+
+
+def test_unknown_gpu_is_one_line():
+    res = subprocess.run(
+        [sys.executable, "-m", "tcclip_jax.aot", "--config", "configs/demo.py:ci", "--gpu", "v100"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: --gpu v100: unknown GPU 'v100'; known: a100, h100, h200, b200"
+    )

@@ -85,3 +85,42 @@ def test_the_platform_picks_the_form(tiny, traced_for, want):
     with platform.traced_for(traced_for):
         hlo = jax.jit(apply).lower(params).as_text()
     assert ("stablehlo.sort" in hlo) == (want == "gather")
+
+
+def _dots(jaxpr) -> list:
+    """Every dot_general equation of a jaxpr and its sub-jaxprs."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.append(eqn)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out.extend(_dots(sub))
+    return out
+
+
+@pytest.mark.parametrize("merge", ["gather", "dense"])
+def test_bfloat16_choices_are_made_from_float32_products(tiny, merge):
+    """In a bfloat16 model the CLS row that picks the seeds is accumulated and kept in float32
+    (a separate product from the rounded attention logits), and the merge similarities are
+    float32 products of float32 tokens at the highest precision."""
+    cfg, params, clips, _, _ = tiny
+    model = VideoCLIP(cfg.replace(merge=merge), jnp.bfloat16)
+    encode = lambda p: model.apply({"params": p}, clips, method="encode_video")
+    dots = _dots(jax.make_jaxpr(encode)(params).jaxpr)
+    summaries = len(cfg.summary_layers)
+    cls_rows = [
+        e
+        for e in dots
+        if e.params["preferred_element_type"] == jnp.float32
+        and all(v.aval.dtype == jnp.bfloat16 for v in e.invars)
+        and e.outvars[0].aval.shape[-2] == 1  # one query: the CLS token
+    ]
+    assert len(cls_rows) >= summaries, [str(e) for e in dots]
+    highest = jax.lax.Precision.HIGHEST
+    similarities = [
+        e
+        for e in dots
+        if all(v.aval.dtype == jnp.float32 for v in e.invars)
+        and e.params["precision"] == (highest, highest)
+    ]
+    assert len(similarities) >= summaries

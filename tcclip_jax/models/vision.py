@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from tcclip_jax.models.config import ModelConfig
-from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax
+from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax, stat_dtype
 from tcclip_jax.ops.attention import choose, fused_attention
 from tcclip_jax.ops.dense import flat_dot_general
 from tcclip_jax.ops.token_merging import (
@@ -93,26 +93,35 @@ class TCBlock(nn.Module):
             local_or_global = (jnp.arange(k.shape[key_axis]) >= n).astype(jnp.int32)  # [N + k]
             bias = table[:, None, local_or_global]  # [heads, 1, N + k]
 
-        def probabilities(q: jax.Array) -> jax.Array:
-            """[B, T, heads, R, N (+ k)] of queries [B, T, heads, R, H] (fused: [B, T, R,
-            heads, H])."""
-            spec = "BTQNH,BTKNH->BTNQK" if fused else "BTNQH,BTNKH->BTNQK"
-            logits = jnp.einsum(spec, q, k)
+        stat = stat_dtype(self.dtype)
+
+        def probabilities(q: jax.Array, token_major: bool = fused, exact: bool = False):
+            """[B, T, heads, R, N (+ k)] of queries [B, T, heads, R, H] (token-major: [B, T, R,
+            heads, H]); `exact`: logits accumulated and kept in >= float32, not rounded to a
+            16-bit compute dtype."""
+            q_axes = "BTQNH" if token_major else "BTNQH"
+            spec = f"{q_axes},{'BTKNH' if fused else 'BTNKH'}->BTNQK"
+            logits = jnp.einsum(spec, q, k, preferred_element_type=stat if exact else None)
             if bias is not None:
                 logits = logits + bias.astype(logits.dtype)
             return softmax(logits, self.dtype)
 
         def attend(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
             """Attention output [B, T, R, W] of the queries of `rows` ([B, T, R, W],
-            LayerNormed) over all keys of their frame, and probabilities [B, T, heads, R',
-            N (+ k)]: all R rows, or with the fused kernel the first (the CLS query's)."""
+            LayerNormed) over all keys of their frame, and the CLS query's (the first row's)
+            probabilities [B, T, heads, N (+ k)] in >= float32."""
             q = attn.q(rows)  # [B, T, R, heads, H]
             if fused:
                 out = fused_attention(q, k, v, bias, self.attention)
-                return attn.out(out), probabilities(q[:, :, :1])
+                return attn.out(out), probabilities(q[:, :, :1], exact=True)[:, :, :, 0]
             probs = probabilities(head_major(q))
             out = jnp.einsum("BTNQK,BTNKH->BTNQH", probs.astype(self.dtype), v)
-            return attn.out(head_major(out)), probs
+            if self.dtype != stat:
+                # The logits were rounded to 16 bits before the softmax (a product's output
+                # dtype): the CLS row that picks the seeds is taken again from float32 logits.
+                cls_row = probabilities(q[:, :, :1], token_major=True, exact=True)
+                return attn.out(head_major(out)), cls_row[:, :, :, 0]
+            return attn.out(head_major(out)), probs[:, :, :, 0]
 
         x_in = x
         if self.cls_only:
@@ -123,7 +132,7 @@ class TCBlock(nn.Module):
         else:
             out, probs = attend(h)
             x = x + out
-        aux = {"cls_attention": probs[:, :, :, 0, 1:n].mean(axis=2)}  # [B, T, P]
+        aux = {"cls_attention": probs[:, :, :, 1:n].mean(axis=2)}  # [B, T, P]
         new_context = None
         if self.summarize:
             attention = jax.lax.stop_gradient(aux["cls_attention"])

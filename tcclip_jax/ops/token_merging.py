@@ -68,7 +68,8 @@ def _match_one(x: jax.Array, sizes: jax.Array, r: int):
     stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
     metric = x.astype(stat_dtype)
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
-    scores = metric[0::2] @ metric[1::2].T  # [na, nb] cosine similarity, A -> B.
+    # [na, nb] cosine similarity, A -> B.
+    scores = jnp.matmul(metric[0::2], metric[1::2].T, precision=_EXACT)
     node_max = scores.max(axis=-1)
     node_idx = scores.argmax(axis=-1)  # best B partner of every A token.
     order = jnp.argsort(node_max, descending=True)  # A tokens by score.
