@@ -197,12 +197,23 @@ class StepPlan:
         return xp.where(step > 0, t, 0)
 
     def lr(self, step, base_lr: float, min_lr: float, xp=np):
-        """The lr of a param group of peak `base_lr` at optimiser step `step` (published)."""
-        m = self.micro_per_epoch
-        return timm_cosine(
-            self.scheduler_time(step, xp), base_lr, min_lr,
-            self.warmup_epochs * m, self.num_epochs * m, xp,
-        )  # fmt: skip
+        """The lr at optimiser step `step` of a param group of peak `base_lr` (timm: each group
+        its own peak, one `min_lr`), in float64 on the host (xp=np)."""
+        if self.published:
+            m = self.micro_per_epoch
+            warmup_t, t_initial = self.warmup_epochs * m, self.num_epochs * m
+        else:
+            warmup_t, t_initial = self.warmup_steps, self.total_steps
+        t = self.scheduler_time(step, xp)
+        return timm_cosine(t, base_lr, min_lr, warmup_t, t_initial, xp)
+
+    def group_lrs(self, step, base_lr: float, min_lr: float, fast_lr_multiplier: float, xp=np):
+        """{BASE: lr, FAST: lr} at optimiser step `step` (what `group_schedules` computes; for
+        `optimizer_steps` in float64 here, float32 there)."""
+        base = self.lr(step, base_lr, min_lr, xp)
+        if self.published:
+            return {BASE: base, FAST: self.lr(step, fast_lr_multiplier * base_lr, min_lr, xp)}
+        return {BASE: base, FAST: fast_lr_multiplier * base}
 
 
 def group_schedules(
@@ -212,10 +223,11 @@ def group_schedules(
     if not plan.published:
         base = cosine_schedule(base_lr, min_lr, plan.warmup_steps, plan.total_steps)
         return {BASE: base, FAST: lambda step: fast_lr_multiplier * base(step)}
-    return {
-        BASE: lambda step: plan.lr(step, base_lr, min_lr, jnp),
-        FAST: lambda step: plan.lr(step, fast_lr_multiplier * base_lr, min_lr, jnp),
-    }
+
+    def schedule(group: str) -> optax.Schedule:
+        return lambda step: plan.group_lrs(step, base_lr, min_lr, fast_lr_multiplier, jnp)[group]
+
+    return {BASE: schedule(BASE), FAST: schedule(FAST)}
 
 
 def create_optimizer(
