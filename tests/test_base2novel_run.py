@@ -69,6 +69,7 @@ def _config(splits, root, seed):
     c.data.num_frames, c.data.image_size, c.data.resize_size = 4, 16, 16
     c.data.crop_scales, c.data.hflip = (1.0,), False
     c.batch_size, c.num_epochs, c.warmup_epochs = 4, 2, 1
+    c.published.gpus, c.published.gpu_batch = 1, 2  # the published schedule, 2 micro-batches
     c.eval.batch_size, c.progress_bar, c.log_every_steps = 4, False, 1
     return c
 

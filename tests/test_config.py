@@ -55,6 +55,11 @@ def test_configs_carry_the_recipe(name, arg, lr, min_lr, batch, epochs, warmup, 
         # The published data code: ImageNet statistics, per-frame jitter, random test offsets.
         assert c.data.normalization == "imagenet" and c.data.color_jitter_per_frame
         assert c.data.test_clip_sampling == "tsn_random"
+        # The published trainer's schedule on its 4 GPUs x 4 clips (train/optim.py).
+        assert c.optim.schedule == "published"
+        assert (c.published.gpus, c.published.gpu_batch) == (4, 4) and batch % 16 == 0
+    else:
+        assert c.optim.schedule == "optimizer_steps"  # what the demo's figures were measured with
     json.loads(c.to_json())  # serialisable, as saved in the workdir
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -195,3 +197,59 @@ def test_cli_dry_run_exit_status_and_one_line_error(tmp_path):
     assert bad.returncode != 0
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is it paired with the right class list?" in errors[0]
+
+
+def published_lrs(videos: int, batch: int, epochs: int, warmup: int, lr: float, min_lr: float):
+    """[(base lr, x10 lr)] of each optimiser step of the published trainer on its 4 GPUs of 4
+    clips, written out: DistributedSampler pads the epoch to a multiple of the GPUs, the loader
+    drops its last incomplete micro-batch, `engine.train_one_epoch` steps every A micro-batches
+    and then calls `step_update(epoch * M + idx)` of timm's CosineLRScheduler (warm-up from 0,
+    which the constructor sets), whose lr each group reads before its next step."""
+    gpus, per_gpu = 4, 4
+    m = -(-videos // gpus) // per_gpu  # len(train_loader)
+    a = batch // (gpus * per_gpu)
+    warmup_t, t_initial = warmup * m, epochs * m
+
+    def lr_at(t, peak):
+        if t < warmup_t:
+            return t * (peak / warmup_t)
+        if t >= t_initial:
+            return min_lr
+        return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * t / t_initial))
+
+    now, out = (lr_at(0, lr), lr_at(0, 10 * lr)), []
+    for epoch in range(epochs):
+        for idx in range(m):
+            if (idx + 1) % a == 0:
+                out.append(now)
+                now = (lr_at(epoch * m + idx, lr), lr_at(epoch * m + idx, 10 * lr))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,arg",
+    [("fewshot", "hmdb51,16"), ("fewshot", "ssv2,2"), ("base2novel", "ucf101,1"),
+     ("zeroshot", None), ("fully_supervised", None)],
+)  # fmt: skip
+def test_dry_run_prints_the_published_lr_at_steps_0_1_w_and_last(name, arg, tmp_path):
+    c = _config(name, arg)
+    if c.data.train_list in MISSING:  # K-400: the tiny list of the same format
+        c.data.train_list = "datasets_splits/k400_splits/train_tiny.txt"
+    report = dry_run(c, str(tmp_path))
+    with open(os.path.join(SPLITS, c.data.train_list)) as f:
+        videos = sum(1 for line in f if line.strip())
+    want = published_lrs(
+        videos, c.batch_size, c.num_epochs, c.warmup_epochs, c.optim.lr, c.optim.min_lr
+    )
+    steps_per_epoch = len(want) // c.num_epochs
+    w = c.warmup_epochs * steps_per_epoch
+    head, *rows = report.split("\n\nlr schedule published", 1)[1].splitlines()
+    assert f"{len(want)} steps, {w} of warm-up" in head
+    printed = {}
+    for row in rows[1:]:
+        step, base, fast = re.fullmatch(r"\s+(\d+)(?: \([^)]*\))?\s+(\S+)\s+(\S+)", row).groups()
+        printed[int(step)] = (float(base), float(fast))
+    assert sorted(printed) == sorted({0, 1, w, len(want) - 1})
+    for step, lrs in printed.items():
+        assert lrs == pytest.approx(want[step], rel=1e-11, abs=0), step
+    assert printed[0] == (0.0, 0.0)  # the warm-up's start, as the scheduler's constructor sets

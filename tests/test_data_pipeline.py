@@ -291,3 +291,21 @@ def test_annotation_override_and_config_errors(root):
     with pytest.raises(ValueError, match="data format must be one of"):
         pipeline.create_eval_dataset(small_config(root, format="webdataset"), batch_size=2)
     assert pipeline.num_examples(cfg) == 10
+
+
+def test_clips_per_epoch_reads_the_first_videos_of_each_epochs_shuffle(root):
+    """The published trainer's dropped tail (train.optim.StepPlan.clips_per_epoch): epoch e
+    reads the first 8 of its own shuffle of the 10 videos, with epoch e's augmentation."""
+    cfg = no_augmentation(small_config(root))
+    full = pipeline.create_train_iterator(cfg, batch_size=4, seed=3)
+    every = np.concatenate([b["label"] for b in take(full, 5)])
+    full.close()
+    it = pipeline.create_train_iterator(cfg, batch_size=4, seed=3, clips_per_epoch=8)
+    batches = take(it, 4)
+    it.close()
+    labels = np.concatenate([b["label"] for b in batches])
+    np.testing.assert_array_equal(labels, np.concatenate([every[:8], every[10:18]]))
+    clips = np.concatenate([b["video"] for b in batches])
+    for position, (label, clip) in enumerate(zip(labels, clips, strict=True)):
+        rng = np.random.default_rng((3, position // 8, label))
+        assert indices(clip) == list(sampling.train_indices(LENGTHS[label], 4, rng)), position

@@ -49,10 +49,13 @@ _FLAGS = {
     "r": "--merge-r",
     "context_length": "--context-length",
 }
-# Fields that describe the data, the seeds, or what the weights already say.
+# Fields that describe the data, the seeds, the run (training-run fixtures) or what the weights
+# already say.
 _OTHER = {
     "batch", "clip_seed", "ft_seed", "video_seed", "proj_seed", "classnames", "labels",
-    "label_smoothing", "vision_layers", "text_layers",
+    "label_smoothing", "vision_layers", "text_layers", "accumulation_steps", "micro_per_epoch",
+    "epochs", "warmup_epochs", "lr", "lr_min", "weight_decay", "betas", "eps",
+    "labels_per_micro",
 }  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from tcclip_jax.ops.token_merging import choose_form
 from tcclip_jax.runtime import sharding
 from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
+from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.train.step import abstract_state
 from tcclip_jax.weights.checkpoint import load_config
 
@@ -244,7 +245,9 @@ class StepBuilder:
         self.model_config = model_config(config)
         self.tokens = class_tokens(config, self.model_config, num_classes)
         self.mesh = sharding.create_mesh(devices)
-        self.schedule, self.tx = optimizer(config, warmup_steps=1, total_steps=10**6)
+        # The run's kind of schedule; its lengths (any here) do not change the program.
+        plan = StepPlan(config.optim.schedule, 10**6, batch_size=1, num_epochs=1, warmup_epochs=0)
+        self.schedule, self.tx = optimizer(config, plan)
         cfg = self.model_config
         size = cfg.image_resolution
         clips = jax.ShapeDtypeStruct((1, cfg.num_frames, size, size, 3), jnp.float32)

@@ -162,8 +162,17 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
             b2=0.98,
             eps=1e-8,
             fast_lr_multiplier=10.0,  # prompt learner and VP
+            # "published": the published trainer's schedule, counted in its micro-batches (see
+            # `published`) and stepped as it steps it; "optimizer_steps": the same warm-up +
+            # cosine counted in optimiser steps (train/optim.py, docs/exactness.md).
+            schedule="published",
         )
     )
+    # The published trainer's geometry (the paper: 4 GPUs, 4 clips each per forward pass), not
+    # this run's devices: the "published" schedule counts micro-batches of gpus x gpu_batch clips,
+    # batch_size / (gpus x gpu_batch) of them per optimiser step, and drops each epoch's videos
+    # after its last full step, as the published trainer does; mixup.group_size is its gpu_batch.
+    c.published = ml_collections.ConfigDict(dict(gpus=4, gpu_batch=4))
     c.label_smoothing = 0.1
     # One mixup / cutmix draw and partner permutation per group of `group_size` consecutive clips
     # of a step, as the published code draws per GPU batch of 4 (see train/losses.py); set it to
