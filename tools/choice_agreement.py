@@ -33,9 +33,11 @@ def _groups(seed_index: np.ndarray, assignment: np.ndarray) -> list[set[frozense
 
 def agreement(low: dict, exact: dict) -> dict[str, float]:
     """Shares of seeds and of seed merges that `low`'s choices share with `exact`'s."""
+    n_s = exact["seed_index"].shape[-1]
     same_seeds, seeds = 0, 0
-    for a, b in zip(low["seed_index"].reshape(-1, low["seed_index"].shape[-1]),
-                    exact["seed_index"].reshape(-1, exact["seed_index"].shape[-1]), strict=True):  # fmt: skip
+    for a, b in zip(
+        low["seed_index"].reshape(-1, n_s), exact["seed_index"].reshape(-1, n_s), strict=True
+    ):
         same_seeds += len(set(a.tolist()) & set(b.tolist()))
         seeds += len(b)
     same_merges, merges = 0, 0
