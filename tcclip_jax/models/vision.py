@@ -90,8 +90,9 @@ class TCBlock(nn.Module):
         bias = None
         if with_bias:  # local (the frame's own keys) / global (context keys), per head.
             table = attn.local_global_bias_table[:, 0]  # [heads, 2]
-            local_or_global = (jnp.arange(k.shape[key_axis]) >= n).astype(jnp.int32)  # [N + k]
-            bias = table[:, None, local_or_global]  # [heads, 1, N + k]
+            is_global = jnp.arange(k.shape[key_axis]) >= n  # [N + k]
+            # A select, not an indexed read: no gather forward, no scatter backward.
+            bias = jnp.where(is_global, table[:, None, 1:], table[:, None, :1])  # [heads, 1, N + k]
 
         stat = stat_dtype(self.dtype)
 
