@@ -4,10 +4,10 @@ convert them with the converter CLI, compute the batch loss and the gradient of 
 tensor with the trainer's own `train.step.loss_and_grads`, and lay the gradients out as the
 released checkpoint with the exporter (`weights.pytorch.released_state_dict`).
 
-Used by tests/test_train_golden.py (float64), and as a script that measures the gradient error
+Used by tests/train/test_train_golden.py (float64), and as a script that measures the gradient error
 of a training precision against float64, per tensor group:
 
-  python tests/train_golden.py --dtype bfloat16 float32 [--fixture F.npz]
+  python tests/helpers/train_golden.py --dtype bfloat16 float32 [--fixture F.npz]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FIXTURE = "tests/fixtures/tcclip_small_train.npz"
 ENV = "TCCLIP_TRAIN_GOLDEN"  # another fixture made by the same recipe.
 # Deeper fixtures run rematerialised (`VideoCLIP(remat=True)`: gradients equal the unrolled
-# stack's, tests/test_models.py): the unrolled float64 step of the full-depth fixture (12 + 12
-# blocks, 16 frames, batch 2) needs 21 GB (XLA's memory analysis: 18.8 GB of temporaries), the
-# rematerialised one 8.6 GB peak.
+# stack's, tests/models/test_models_video_clip.py): the unrolled float64 step of the full-depth
+# fixture (12 + 12 blocks, 16 frames, batch 2) needs 21 GB (XLA's memory analysis: 18.8 GB of
+# temporaries), the rematerialised one 8.6 GB peak.
 REMAT_FROM_BLOCKS = 5
 
 # Converter flags for the fields of a fixture's `case` (our names and the published config's).

@@ -1,16 +1,16 @@
 """The golden training run, as a user would meet it: the published trainer run for several
 optimiser steps (shared/golden's `tcclip_small_run.npz`, or the fixture named by
 $TCCLIP_RUN_GOLDEN), reproduced from the user's files (converted by the converter CLI,
-tests/train_golden.py) with the trainer's own run plan (`train.optim.StepPlan`: which
+tests/helpers/train_golden.py) with the trainer's own run plan (`train.optim.StepPlan`: which
 micro-batches each optimiser step sums, which are dropped), optimiser and schedule
 (`train.build.optimizer`) and jitted, sharded step (`train.build.sharded_train_step`), fed the
 fixture's micro-batches in the plan's order; after every optimiser step, each trainable tensor's
 change from the initial weights in the released layout, normed and projected as the fixture
 records it.
 
-Used by tests/test_train_run_golden.py, in a fresh float64 process per layout:
+Used by tests/train/test_train_run_golden.py, in a fresh float64 process per layout:
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/train_run_golden.py \\
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/helpers/train_run_golden.py \\
       --checkpoint DIR --fixture F.npz --grad-accum-steps 2 --output out.npz
 """
 

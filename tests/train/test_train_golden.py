@@ -1,8 +1,8 @@
 """Golden training step: the published code's float64 loss and gradients of every trainable
 tensor (tests/fixtures/tcclip_small_train.npz, or the fixture named by $TCCLIP_TRAIN_GOLDEN),
 through the user's path (the files -> the converter CLI), the trainer's `loss_and_grads` and the
-exporter's released layout (tests/train_golden.py). The float64 step of a ViT-B-wide model takes
-about a minute on 2 cores, computed once for the module's tests."""
+exporter's released layout (tests/helpers/train_golden.py). The float64 step of a ViT-B-wide
+model takes about a minute on 2 cores, computed once for the module's tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Golden training run: the published trainer's float64 run of several optimiser steps (the
 fixture named by $TCCLIP_RUN_GOLDEN, default ../shared/golden/tcclip_small_run.npz; skipped
-where absent), through the user's path (tests/train_run_golden.py: the recipe's files, the
+where absent), through the user's path (tests/helpers/train_run_golden.py: the recipe's files, the
 converter CLI, the trainer's run plan, optimiser, schedule and jitted step fed the fixture's
 micro-batches): the lr of every param group at every step, every trainable tensor's change from
 the initial weights after every step (norm and 3 projections), the small tensors' final change in
