@@ -180,7 +180,7 @@ class TCTransformer(nn.Module):
     the backward pass keeps each block's input and recomputes the rest. (An unrolled
     `nn.remat` saves nothing on XLA:CPU, which merges the recomputation back into the forward
     pass; a scan's backward loop cannot.) Outputs and gradients equal the unrolled stack's
-    (tests/test_models.py).
+    (tests/models/test_models_video_clip.py).
     """
 
     config: ModelConfig

@@ -4,7 +4,7 @@ TC-CLIP merges the seed tokens of all frames into k context tokens with repeated
 matching. The number of merges per step is fixed at trace time from static shapes
 (`merge_schedule`). Works on any leading batch dimensions: `x` is `[..., M, W]`.
 
-Two forms compute the same thing (`MERGE_FORMS`, tests/test_token_merging.py proves it in
+Two forms compute the same thing (`MERGE_FORMS`, tests/ops/test_token_merging.py proves it in
 float64, ties included):
 - "gather": each step argsorts the scores, gathers the merged tokens and scatter-adds them into
   their partners, differentiated step by step (XLA:CPU runs it fastest);
