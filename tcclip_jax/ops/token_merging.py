@@ -66,7 +66,7 @@ def _match_one(x: jax.Array, sizes: jax.Array, r: int):
     m = x.shape[0]
     na, nb = (m + 1) // 2, m // 2
     stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-    metric = x.astype(stat_dtype)
+    metric = jax.lax.stop_gradient(x).astype(stat_dtype)  # the choices carry no gradient
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
     # [na, nb] cosine similarity, A -> B.
     scores = jnp.matmul(metric[0::2], metric[1::2].T, precision=_EXACT)

@@ -67,17 +67,22 @@ def run_argparse(
 class _Quiet(pylogging.Filter):
     """Drops INFO records from libraries (orbax logs every stage of every save; JAX lists the
     backends it did not find), orbax's warning for each save without validation metrics and its
-    reports of a full disk (the command's error names it)."""
+    reports of a full disk (the command's error names it), and the traceback of JAX's CUDA
+    plugin installed without the CUDA libraries (the cuda-aot extra, which only compiles for
+    GPUs: on such a host the run uses the CPU, as JAX then does)."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
         library = "/tcclip_jax/" not in record.pathname
+        message = record.getMessage()
+        if library and "Jax plugin configuration error" in message and "xla_cuda" in message:
+            return False
         if library and record.levelno < pylogging.WARNING and "/absl/" not in record.pathname:
             return False
         if library and diskspace.is_disk_full(
             (record.exc_info or (None, None))[1] or Exception(record.getMessage())
         ):
             return False  # orbax's tracebacks of a save that hit a full disk: the error says it
-        return "did not provide metrics" not in str(record.msg)
+        return "did not provide metrics" not in message
 
 
 def quiet_libraries() -> None:

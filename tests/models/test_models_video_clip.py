@@ -24,6 +24,7 @@ from model_helpers import CLASSNAMES, cross_entropy_step, random_params
 
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
 from tcclip_jax.models.tokenizer import tokenize_prompts
+from tcclip_jax.ops.token_merging import merge_schedule
 
 FIXTURE = pathlib.Path(__file__).parent.parent / "fixtures" / "tcclip_small.npz"
 KINDS = ("tc_clip", "vifi_clip", "clip")
@@ -486,15 +487,22 @@ def test_vifi_clip_is_frame_averaged_clip(tiny_config, tiny):
 )
 def test_every_matmul_of_the_train_step_has_the_config_precision(tiny, dtype, setting, want):
     """Forward and backward, every product: attention, dense layers, the CLS row that selects
-    seeds, the bipartite similarity, VP and the logits."""
+    seeds, VP and the logits; but the bipartite similarity of each matching step, which decides
+    merges and carries no gradient: always at the highest precision."""
     cfg, params, clips, tokens, labels = tiny
     model = VideoCLIP(cfg.replace(matmul_precision=setting), dtype)
     jaxpr = str(jax.make_jaxpr(cross_entropy_step(model))(params, clips, tokens, labels))
     precisions = re.findall(r"precision=(None|\(Precision\.\w+, Precision\.\w+\))", jaxpr)
     count = jaxpr.count("dot_general[")
     assert count > 50
+    highest = "(Precision.HIGHEST, Precision.HIGHEST)"
+    seeds = cfg.num_frames * cfg.seeds_per_frame
+    steps = len(merge_schedule(seeds, cfg.context_tokens, cfg.merge_r))
+    similarities = steps * len(cfg.summary_layers)  # forward only: no gradient flows there
     if want == "DEFAULT":  # the jaxpr omits a default precision.
-        assert set(precisions) <= {"None"}
+        assert precisions == [highest] * similarities
     else:
         assert len(precisions) == count
-        assert set(precisions) == {f"(Precision.{want}, Precision.{want})"}
+        chosen = f"(Precision.{want}, Precision.{want})"
+        assert precisions.count(chosen) == count - (0 if want == "HIGHEST" else similarities)
+        assert set(precisions) == {chosen, highest}
