@@ -109,6 +109,8 @@ def test_demo_run_writes_metrics_checkpoints_and_model(shared, reference):
     final = records[-1]
     assert 0 <= final["synthetic/top1"] <= 100
     assert "protocol: demo" in reference["output"]
+    # The compile summary, with the compilation cache the environment names (JAX's own setting).
+    assert f"persistent cache {shared['env']['JAX_COMPILATION_CACHE_DIR']}: " in reference["output"]
     # The final test's predictions, one line per video, agree with its top-1.
     with open(workdir / "analysis" / "synthetic" / "predictions.jsonl") as f:
         correct = [json.loads(line)["correct"] for line in f]
