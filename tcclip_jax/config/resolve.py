@@ -294,11 +294,6 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
             f"config.mixup.group_size {config.mixup.group_size} must divide the {micro} clips per "
             "micro-batch (config.batch_size / config.grad_accum_steps)"
         )
-    if config.eval.batch_size % jax.device_count():
-        raise ConfigError(
-            f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "
-            f"{jax.device_count()} devices"
-        )
     problem = _model_problem(config)
     if problem:
         raise ConfigError(problem)
