@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
+from tcclip_jax.data import workers
 from tcclip_jax.data.classes import AnnotationError, ListSummary, check_list
 from tcclip_jax.data.pipeline import ClipSpec
 from tcclip_jax.data.readers import READERS
@@ -156,7 +157,6 @@ _RANGES = (
     ("data.color_jitter_p", 0, True, 1),
     ("data.grayscale_p", 0, True, 1),
     ("data.max_bad_videos", 0, True, None),
-    ("data.num_workers", 0, True, None),
     ("model.embed_dim", 1, True, None),
     ("model.vision_patch_size", 1, True, None),
     ("model.vision_width", 1, True, None),
@@ -192,6 +192,10 @@ def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(
             f"config.optim.min_lr {config.optim.min_lr} is above config.optim.lr {config.optim.lr}"
         )
+    try:
+        workers.num_workers(config.data.num_workers, 1)
+    except ValueError as e:
+        problems.append(f"config.data.{e}")
     try:  # the clip's geometry and views, as the pipeline checks them
         clip = ClipSpec.from_config(config.data, validate=False)
         problems += [f"config.data.{p}" for p in clip.problems()]
