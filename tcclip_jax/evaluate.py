@@ -62,13 +62,6 @@ ANALYSIS_DIR = "analysis"  # per evaluated list: predictions, per-class accuracy
 def main(argv: Sequence[str]) -> None:
     del argv
     distributed.initialize()
-    try:
-        _evaluate()
-    finally:
-        logging.info("%s", compile_cache.LOG.summary())
-
-
-def _evaluate() -> None:
     # Imported after the distributed runtime is up: nothing may touch devices before it.
     import jax
 
@@ -106,6 +99,7 @@ def _evaluate() -> None:
             record = {"checkpoint": checkpoint, "step": step}
             record["normalization"] = config.data.normalization
             json.dump({**metrics, **record}, f, indent=2)
+    logging.info("%s", compile_cache.LOG.summary())
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ fill the directory; the cache works on CPU, GPU and TPU in the installed JAX (0.
 keyed by the program, JAX / XLA versions and the devices, so another topology or version
 compiles afresh. The cache is trusted code: keep it where only you can write.
 
-`CompileLog` adds up what XLA compiled and what the cache answered, for the summary line the
-command lines log at the end (`summary()`).
+`CompileLog` adds up what XLA compiled and what the cache answered, for the summary line
+(`summary()`) training logs after its first logged step and at its end, and evaluation at its
+end.
 """
 
 from __future__ import annotations
@@ -116,9 +117,10 @@ class CompileLog:
         if self.directory:
             least = jax.config.jax_persistent_cache_min_compile_time_secs
             text += (
-                f"; persistent cache {self.directory}: {self.hits} loaded, {self.misses} written "
-                f"(programs that compile in under {least:g} s are not kept)"
+                f"; persistent cache {self.directory}: {self.hits} loaded, {self.misses} written"
             )
+            if least > 0:
+                text += f" (programs that compile in under {least:g} s are not kept)"
         else:
             text += "; no persistent compilation cache"
         return text + f"; {self.trace_seconds:.1f} s tracing and lowering"

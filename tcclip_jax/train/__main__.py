@@ -56,10 +56,7 @@ def main(argv: Sequence[str]) -> None:
         print(dry_run(_CONFIG.value, _WORKDIR.value), flush=True)
         return
     compile_cache.configure(compile_cache.choose(_COMPILE_CACHE.value, _WORKDIR.value))
-    try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_changed=_RESUME_CHANGED.value)
-    finally:
-        logging.info("%s", compile_cache.LOG.summary())
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_changed=_RESUME_CHANGED.value)
 
 
 if __name__ == "__main__":
