@@ -1,7 +1,8 @@
-"""Compile a run's train step for a TPU topology on this host (no TPU needed) and print, per
-chip, its memory against the chip's HBM, FLOPs, roofline step time, compile time and a census of
-collectives and costly ops (`tcclip_jax.bench.ahead_of_time`). Needs libtpu:
-pip install "tcclip-jax[tpu]".
+"""Compile a run's train step for a TPU topology or NVIDIA GPUs on this host (no TPU or GPU
+needed) and print, per chip, its memory against the chip's HBM, FLOPs, roofline step time,
+compile time and a census of collectives and costly ops with their origin
+(`tcclip_jax.bench.ahead_of_time`). Needs libtpu: pip install "tcclip-jax[tpu]"; for --gpu,
+JAX's CUDA plugin: pip install "tcclip-jax[cuda-aot]".
 
   python -m tcclip_jax.aot --config configs/fewshot.py:hmdb51,16 --classes 51 --topology v5e:2x2
   python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e-8 \
@@ -9,6 +10,7 @@ pip install "tcclip-jax[tpu]".
   python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e-16 --fsdp
   python -m tcclip_jax.aot --config configs/zeroshot.py --classes 400 --topology v5e:2x2 \
       --remat --max_batch
+  python -m tcclip_jax.aot --config configs/fewshot.py:hmdb51,16 --classes 51 --gpu h100
 
 Without --per_chip_batch the step is the config's: `batch_size` clips over the topology's chips
 in `grad_accum_steps` micro-batches. The evaluation step follows (`config.eval.batch_size`
@@ -32,6 +34,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU topology (v5e:2x2, v5e:2x4, v4:2x2x1, v5:2x2x1) or slice (v5e-8)."
 )
+_GPU = flags.DEFINE_string(
+    "gpu",
+    None,
+    "NVIDIA GPUs of one host instead of a TPU slice: a100, h100, h200, b200, or "
+    "e.g. h100:8 (needs JAX's CUDA plugin: the cuda-aot extra).",
+)
 _PER_CHIP_BATCH = flags.DEFINE_integer(
     "per_chip_batch", None, "Clips per chip in one step (one micro-batch); default: the config's."
 )
@@ -50,7 +58,8 @@ _EVAL = flags.DEFINE_bool(
     "eval", True, "Also compile the evaluation step (config.eval.batch_size videos, test views)."
 )
 _DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
-flags.mark_flags_as_required(["config", "topology"])
+flags.mark_flags_as_required(["config"])
+flags.mark_flags_as_mutual_exclusive(["topology", "gpu"], required=True)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -72,6 +81,7 @@ def main(argv: Sequence[str]) -> None:
         _MAX_BATCH.value,
         _CLASSES.value,
         evaluation=_EVAL.value,
+        gpu=_GPU.value,
     )
 
 

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tcclip_jax.apps import collection, timeline
+from tcclip_jax.apps import collection
 from tcclip_jax.apps.collection import (
     check_prompts,
     class_names,
@@ -52,8 +52,13 @@ from tcclip_jax.apps.inference import (
     load_predictor,
     view_config,
 )
+from tcclip_jax.apps.timeline import format_segments, output_stem, score_timeline, write_timeline
 from tcclip_jax.runtime import allocator, cli
 from tcclip_jax.runtime.errors import UsageError
+
+# Default timeline window: 0.5 s per model frame (8 s for 16 frames, close to a Kinetics clip's
+# 10 s, which the published models sample 16 frames from); default stride: half a window.
+SECONDS_PER_FRAME = 0.5
 
 
 @dataclasses.dataclass
@@ -134,7 +139,32 @@ def _parser() -> argparse.ArgumentParser:
         default="checkpoint",
         help="Input normalisation: the one the checkpoint records (default), or this one.",
     )
-    timeline.add_arguments(parser)
+    timeline = parser.add_argument_group("timeline (long videos)")
+    timeline.add_argument(
+        "--timeline",
+        action="store_true",
+        help="Classify every window of each video; write per-window scores, segments and a "
+        "PNG into the --output folder.",
+    )
+    timeline.add_argument(
+        "--window", type=float, help=f"Window seconds (default {SECONDS_PER_FRAME} per frame)."
+    )
+    timeline.add_argument(
+        "--stride", type=float, help="Seconds between windows (default: window/2)."
+    )
+    timeline.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        help="Segments from probabilities averaged over this many windows (odd; default 1).",
+    )
+    timeline.add_argument(
+        "--switch-cost",
+        type=float,
+        default=0.0,
+        help="Segments along the most probable class sequence when a change of class costs "
+        "this many nats (e.g. 2; default 0: each window's top class).",
+    )
     parser.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return parser
 
@@ -190,9 +220,49 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.resume and not args.output:
         raise UsageError("--resume needs --output (the file to carry on)")
     if args.timeline:
-        timeline.check_arguments(args, 1)
+        _check_timeline_args(args)
     elif args.json and args.output:
         raise UsageError("--json prints results held in memory; with --output use a .jsonl file")
+
+
+def _check_timeline_args(args: argparse.Namespace) -> None:
+    if not args.output:
+        raise UsageError("--timeline needs --output, the folder to write the timelines to")
+    if os.path.isfile(args.output):
+        raise UsageError(f"--output {args.output}: with --timeline, a folder, not a file")
+    for flag, seconds in (("--window", args.window), ("--stride", args.stride)):
+        if seconds is not None and not seconds > 0:
+            raise UsageError(f"{flag} must be positive, got {seconds}")
+    if args.smooth < 1 or args.smooth % 2 == 0:
+        raise UsageError(f"--smooth must be an odd number of windows, got {args.smooth}")
+    if not args.switch_cost >= 0:
+        raise UsageError(f"--switch-cost must be >= 0 nats, got {args.switch_cost}")
+
+
+def timelines(
+    predictor: Predictor, videos: Sequence[str], classnames: Sequence[str], cfg, args
+) -> int:
+    """The timeline of every video into `args.output` (with `args.resume`, videos whose
+    timeline is there are skipped); segments printed. Returns the number of unreadable ones."""
+    window = args.window if args.window is not None else SECONDS_PER_FRAME * cfg.num_frames
+    stride = args.stride if args.stride is not None else window / 2
+    failed = 0
+    for video in videos:
+        if args.resume and os.path.isfile(output_stem(args.output, video) + ".timeline.json"):
+            continue
+        try:
+            timeline = score_timeline(
+                predictor, video, classnames, cfg, window, stride, args.batch_size, args.smooth,
+                args.switch_cost,
+            )  # fmt: skip
+        except (ValueError, OSError) as e:  # VideoReadError names the file
+            _error(str(e) if video in str(e) else f"{video}: {e}")
+            failed += 1
+            continue
+        paths = write_timeline(timeline, args.output)
+        print(format_segments(timeline))
+        print(f"  {len(timeline.bounds)} windows: {paths['windows']}, {paths['png']}", flush=True)
+    return failed
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -205,7 +275,7 @@ def predict(args: argparse.Namespace) -> int:
     cfg.uint8_output = True  # normalised here, after the batch is stacked
     videos = collection.find_videos(args.video, cfg.frame_template)
     if args.timeline:
-        return 1 if timeline.run(predictor, videos, classnames, cfg, args, _error) else 0
+        return 1 if timelines(predictor, videos, classnames, cfg, args) else 0
 
     output = collection.ResultFile(args.output, args.top_k, args.resume) if args.output else None
     todo = [v for v in videos if output is None or v not in output.done]

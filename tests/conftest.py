@@ -3,10 +3,14 @@
 import os
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from model_helpers import CLASSNAMES, random_params
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.models import ModelConfig
+from tcclip_jax.models.tokenizer import tokenize_prompts
 
 
 def pytest_addoption(parser):
@@ -71,3 +75,14 @@ def shared(tmp_path_factory):
         f"--config.data.root={root}", "--config.progress_bar=False",
     ]  # fmt: skip
     return {"root": str(root), "env": env, "command": command}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_config):
+    """(config, params, clips [3, T, 32, 32, 3], tokens [3, 30], labels)."""
+    cfg = tiny_config
+    res = cfg.image_resolution
+    clips = np.random.default_rng(0).standard_normal((3, cfg.num_frames, res, res, 3))
+    clips = jnp.asarray(clips, jnp.float32)
+    tokens = jnp.asarray(tokenize_prompts(CLASSNAMES, context_length=cfg.context_length))
+    return cfg, random_params(cfg, 0), clips, tokens, jnp.array([0, 2, 1])

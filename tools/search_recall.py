@@ -19,6 +19,7 @@ import argparse
 import os
 
 import numpy as np
+from measures import stage_one_recall
 
 from tcclip_jax.apps import retrieval
 from tcclip_jax.apps.collection import read_class_names
@@ -52,7 +53,7 @@ def main() -> None:
         predictor.logit_multiplier(),
     )
     p_one = np.mean([labels[np.argsort(-s)[:5]] == q for q, s in enumerate(stage1)])
-    recall = retrieval.stage_one_recall(predictor, index, names, k=5, pools=args.pools)
+    recall = stage_one_recall(predictor, index, names, k=5, pools=args.pools)
     print(f"{len(labels)} videos, {len(names)} class-name queries")
     print(
         f"precision@5: stage 1 alone {p_one:.3f}, two-stage (pool 20) {p_two:.3f}, "

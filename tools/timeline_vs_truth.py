@@ -10,7 +10,7 @@ twice in a row. Then runs the user's command on it, `python -m tcclip_jax.predic
 (window and stride: one clip, unless given), in a child process whose wall time and peak memory
 are the kernel's accounts (`bench.demo.timed`), and compares the segments it wrote with the
 truth: a true segment is found when a segment of its class has both ends within one window of
-its ends (`timeline.match_segments`). Prints the counts, the share of windows whose top class
+its ends (`measures.match_segments`). Prints the counts, the share of windows whose top class
 is the true class at the window's centre, and the segments that were not found. `--motions`
 draws the segments from some classes only (e.g. those the model tells apart, as its per-class
 accuracy shows); the model still chooses among all eight.
@@ -69,7 +69,9 @@ def main() -> None:
     )  # fmt: skip
     args = p.parse_args()
 
-    from tcclip_jax.apps.timeline import match_segments, output_stem
+    from measures import match_segments
+
+    from tcclip_jax.apps.timeline import output_stem
     from tcclip_jax.bench.demo import timed
     from tcclip_jax.data import synthetic
 

@@ -19,7 +19,6 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 
-import av
 import grain
 import ml_collections
 import numpy as np
@@ -29,6 +28,7 @@ from tcclip_jax.apps.inference import Predictor, prompt_tokens
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_text
 from tcclip_jax.data.pipeline import ClipSpec, eval_views, prefetch
 from tcclip_jax.data.readers import Entry, FrameFolderReader, VideoFileReader
+from tcclip_jax.data.video_decode import VideoReadError, duration_seconds
 from tcclip_jax.runtime.errors import UsageError
 
 VIDEO_EXTENSIONS = (
@@ -150,22 +150,6 @@ def find_videos(inputs: Sequence[str], frame_template: str = "img_{:05d}.jpg") -
 # Reading ahead -----------------------------------------------------------------------------
 
 
-def duration_seconds(path: str) -> float | None:
-    """A video file's duration from its container header (None for frame folders, or unknown)."""
-    if os.path.isdir(path):
-        return None
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / av.time_base
-    except (av.error.FFmpegError, OSError, IndexError):
-        pass
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class _LoadViews:
     """path -> {"video", "views" uint8 [V, T, S, S, 3], "duration", "warning"} or {"video",
@@ -193,12 +177,11 @@ class _LoadViews:
         except (ValueError, OSError) as e:  # VideoReadError and friends name the file
             return {"video": path, "error": str(e) if path in str(e) else f"{path}: {e}"}
         warning = warnings[0] if warnings else None
-        return {
-            "video": path,
-            "views": views,
-            "duration": duration_seconds(path),
-            "warning": warning,
-        }
+        try:  # from the header only: the video was just decoded, so no second pass for it
+            duration = None if os.path.isdir(path) else duration_seconds(path, from_packets=False)
+        except VideoReadError:
+            duration = None
+        return {"video": path, "views": views, "duration": duration, "warning": warning}
 
 
 def read_ahead(

@@ -223,24 +223,3 @@ def search(
          "stage1": float(stage1[i])}
         for r, i in enumerate(pool[:top])
     ]  # fmt: skip
-
-
-def stage_one_recall(
-    predictor: Predictor, index: EmbeddingIndex, texts: Sequence[str], k: int, pools: Sequence[int]
-) -> dict[int, float]:
-    """For each pool size N: the fraction of the exhaustive VP top-k (every video re-scored)
-    that stage 1's best N hold, averaged over `texts`: how often two-stage search gives the
-    exhaustive answer."""
-    everything = np.arange(len(index.videos))
-    exact = vp_scores(predictor, index, texts, everything).T  # [Q, N]
-    stage1 = stage_one_scores(
-        index, predictor.text_embeddings_without_vp(texts), predictor.logit_multiplier()
-    )
-    out = {}
-    for pool in pools:
-        hits = [
-            len(set(np.argsort(-e)[:k]) & set(np.argsort(-s)[:pool])) / k
-            for e, s in zip(exact, stage1, strict=True)
-        ]
-        out[pool] = float(np.mean(hits))
-    return out

@@ -33,6 +33,7 @@ import numpy as np
 
 from tcclip_jax.apps.inference import prompt_tokens
 from tcclip_jax.bench.chips import Chip, chip
+from tcclip_jax.bench.gpus import gpu_devices
 from tcclip_jax.bench.steps import class_names
 from tcclip_jax.config.resolve import run_model_config
 from tcclip_jax.data.classes import load_class_names
@@ -40,10 +41,14 @@ from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.evaluation.accuracy import eval_programs
 from tcclip_jax.evaluation.specs import eval_batch_size
 from tcclip_jax.models import ModelConfig, VideoCLIP
+from tcclip_jax.models.vision import TCTransformer
 from tcclip_jax.ops import platform
+from tcclip_jax.ops.attention import choose
+from tcclip_jax.ops.token_merging import choose_form
 from tcclip_jax.runtime import sharding
 from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
+from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.train.step import abstract_state
 from tcclip_jax.weights.checkpoint import load_config
 
@@ -141,6 +146,7 @@ class Compiled:
     compile_seconds: float  # wall time of tracing, lowering and compiling.
     compile_cpu_seconds: float  # process CPU time of the same (steadier on a shared host).
     census: dict[str, int]
+    sources: dict[str, dict[str, int]]  # `op_sources` of the compiled program.
     hlo: str
     unit: str = "clips"  # what per_chip_batch counts.
 
@@ -173,6 +179,47 @@ def census(hlo: str) -> dict[str, int]:
     return {op: counts.get(op, 0) for op in CENSUS}
 
 
+# Ops whose origin the report names (what XLA:TPU runs far below its matrix and memory rates).
+TRACED_OPS = ("sort", "gather", "scatter")
+
+
+def _table(hlo: str, name: str) -> dict[int, str]:
+    """One of the HLO module's numbered tables (`FileNames`, `StackFrames`, ...)."""
+    match = re.search(rf"^{name}\n((?:\d+ .*\n)+)", hlo, re.M)
+    rows = match.group(1).splitlines() if match else []
+    return {int(row.split(" ", 1)[0]): row.split(" ", 1)[1] for row in rows}
+
+
+def op_sources(hlo: str, ops: Sequence[str] = TRACED_OPS) -> dict[str, dict[str, int]]:
+    """For each op of `ops`: how many of its instructions come from each place in this package
+    (`file.py:function`, the innermost frame of the stack XLA recorded that is ours), or from
+    "elsewhere" (JAX's own rules, e.g. a gradient, or no recorded stack)."""
+    files = {i: v.strip('"') for i, v in _table(hlo, "FileNames").items()}
+    functions = {i: v.strip('"') for i, v in _table(hlo, "FunctionNames").items()}
+    field = lambda row, key: int(re.search(rf"\b{key}=(\d+)", row).group(1))
+    locations = _table(hlo, "FileLocations")
+    frames = _table(hlo, "StackFrames")
+
+    def place(frame: int) -> str:
+        seen = set()
+        while frame in frames and frame not in seen:
+            seen.add(frame)
+            location = locations[field(frames[frame], "file_location_id")]
+            path = files[field(location, "file_name_id")]
+            if f"{os.sep}tcclip_jax{os.sep}" in path:
+                function = functions[field(location, "function_name_id")]
+                return f"{os.path.basename(path)}:{function.split('.')[0]}"
+            frame = field(frames[frame], "parent_frame_id")
+        return "elsewhere"
+
+    out: dict[str, collections.Counter] = {op: collections.Counter() for op in ops}
+    pattern = rf"^\s*(?:ROOT )?%\S+ = .*? ({'|'.join(ops)})(?:-start)?\((.*)$"
+    for op, rest in re.findall(pattern, hlo, re.M):
+        frame = re.search(r"stack_frame_id=(\d+)", rest)
+        out[op][place(int(frame.group(1))) if frame else "elsewhere"] += 1
+    return {op: dict(counts.most_common()) for op, counts in out.items()}
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -199,18 +246,25 @@ class StepBuilder:
         self.model_config = model_config(config)
         self.tokens = class_tokens(config, self.model_config, num_classes)
         self.mesh = sharding.create_mesh(devices)
-        self.schedule, self.tx = optimizer(config, warmup_steps=1, total_steps=10**6)
+        # The run's kind of schedule; its lengths (any here) do not change the program.
+        plan = StepPlan(config.optim.schedule, 10**6, batch_size=1, num_epochs=1, warmup_epochs=0)
+        self.schedule, self.tx = optimizer(config, plan)
         cfg = self.model_config
         size = cfg.image_resolution
         clips = jax.ShapeDtypeStruct((1, cfg.num_frames, size, size, 3), jnp.float32)
         tokens = jax.ShapeDtypeStruct(self.tokens[:1].shape, jnp.int32)
         params = jax.eval_shape(VideoCLIP(cfg).init, jax.random.key(0), clips, tokens)["params"]
         self.abstract = abstract_state(params, self.tx)
-        self.model = video_model(config, cfg, "tpu")
+        self.model = video_model(config, cfg, devices[0].platform)
 
     @property
     def chips(self) -> int:
         return len(self.devices)
+
+    @property
+    def attention_shapes(self) -> tuple[int, int, int, int]:
+        """(queries, keys, heads, head width) of a vision block's attention per frame."""
+        return TCTransformer(self.model_config).attention_shapes
 
     def _step(self, model: VideoCLIP, mesh=None):
         return sharded_train_step(
@@ -321,10 +375,12 @@ class StepBuilder:
             micro_batches=micro_batches,
             memory=compiled.memory_analysis(),
             model_flops=flops,
-            hbm_bytes_accessed=float(_cost(compiled).get("bytes accessed", 0.0)),
+            # XLA:GPU's compile-only devices report no cost analysis (0: unknown).
+            hbm_bytes_accessed=float((_cost(compiled) or {}).get("bytes accessed", 0.0)),
             compile_seconds=seconds,
             compile_cpu_seconds=cpu,
             census=census(hlo),
+            sources=op_sources(hlo),
             hlo=hlo,
         )
 
@@ -404,14 +460,28 @@ def describe(result: Compiled, kind: str, figures: Chip) -> str:
             f"{m.alias_size_in_bytes / GiB:.2f} GiB, temporaries {m.temp_size_in_bytes / GiB:.2f}"
             f" GiB; total {result.hbm_used / GiB:.2f} of {figures.hbm_bytes / GiB:.0f} GiB HBM: "
             f"{fits}",
-            f"  per chip per step: {_flop(result.model_flops)} (model, loops unrolled),"
-            f" {result.hbm_bytes_accessed / 1e9:.1f} GB HBM traffic (compiled program); "
-            f"roofline {1e3 * result.roofline_seconds(figures):.0f} ms at "
+            f"  per chip per step: {_flop(result.model_flops)} (model, loops unrolled), "
+            + (
+                f"{result.hbm_bytes_accessed / 1e9:.1f} GB HBM traffic (compiled program)"
+                if result.hbm_bytes_accessed
+                else "HBM traffic not reported by this compiler"
+            )
+            + f"; roofline {1e3 * result.roofline_seconds(figures):.0f} ms at "
             f"{figures.bfloat16_flops / 1e12:.0f} TFLOP/s bf16, "
             f"{figures.hbm_bandwidth / 1e9:.0f} GB/s",
             f"  compiled HLO: {census_text}",
+            f"  {', '.join(TRACED_OPS)} by origin: {origins(result.sources)}",
         ]
     )
+
+
+def origins(sources: dict[str, dict[str, int]]) -> str:
+    """`op_sources` as one line: each place with its count of every traced op."""
+    places = sorted({p for counts in sources.values() for p in counts})
+    if not places:
+        return "none"
+    per_place = lambda p: " / ".join(str(sources[op].get(p, 0)) for op in sources)
+    return "; ".join(f"{p} {per_place(p)}" for p in places)
 
 
 def default_batch(config: ml_collections.ConfigDict, chips: int) -> tuple[int, int]:
@@ -427,25 +497,33 @@ def default_batch(config: ml_collections.ConfigDict, chips: int) -> tuple[int, i
 
 def run(
     config: ml_collections.ConfigDict,
-    topology: str,
+    topology: str | None,
     per_chip_batch: int | None = None,
     max_batch: bool = False,
     num_classes: int | None = None,
     evaluation: bool = True,
+    gpu: str | None = None,
 ) -> Compiled:
-    """Compile the config's train step for `topology` and print its report (and, with
-    `evaluation`, the evaluation step's at `config.eval.batch_size`); return the train step's."""
-    devices = tpu_devices(topology)
+    """Compile the config's train step for a TPU `topology` or NVIDIA `gpu` (`gpus.parse`) and
+    print its report (and, with `evaluation`, the evaluation step's at `config.eval.batch_size`);
+    return the train step's."""
+    if (topology is None) == (gpu is None):
+        raise AotError("give one of --topology (a TPU slice) and --gpu (e.g. h100, h100:8)")
+    devices = tpu_devices(topology) if gpu is None else gpu_devices(gpu)
     kind, figures = chip_figures(devices)
     builder = StepBuilder(config, devices, num_classes)
     cfg = builder.model_config
+    with platform.traced_for(devices[0].platform):
+        attention = choose(cfg.attention, jnp.dtype(config.dtype), builder.attention_shapes)
+        merge = choose_form(cfg.merge)
     print(
-        f"{topology}: {len(devices)} x {devices[0].device_kind}; {cfg.model} ViT "
+        f"{topology or gpu}: {len(devices)} x {devices[0].device_kind}; {cfg.model} ViT "
         f"{cfg.vision_patch_size}px x {cfg.vision_layers} blocks, {cfg.num_frames} frames, "
         f"{builder.tokens.shape[0]} classes, {config.dtype}, "
         f"{'FSDP' if config.sharding.fsdp else 'data parallel'}, vision blocks "
         f"{'scanned' if builder.model.scan else 'unrolled'}"
-        f"{', remat' if builder.model.remat else ''}",
+        f"{', remat' if builder.model.remat else ''}; attention {attention}"
+        f"{f', TC summarisation {merge}' if cfg.is_temporal else ''}",
         flush=True,
     )
     if max_batch:

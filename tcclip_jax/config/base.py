@@ -124,11 +124,11 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     c.model = _model_overrides()
     c.dtype = "bfloat16"  # compute dtype; parameters and optimiser state are float32
     # Scan + recompute the vision blocks in the backward pass: less memory, ~1/3 more compute.
-    # None: on accelerators (a v5e chip holds 53 clips per step with it, 4 without; the compile
-    # takes as long: docs/tpu.md), not on CPU.
+    # None: on accelerators, where memory bounds the batch per chip (docs/tpu.md gives the largest
+    # batch with and without), not on CPU.
     c.remat = placeholder(bool)
     # The vision blocks of the same kind as one `lax.scan` (same values; XLA compiles one block
-    # instead of ten). None: on accelerators, not on CPU (where the unrolled stack was measured
+    # instead of ten). None: on accelerators, not on CPU (XLA:CPU runs the unrolled stack
     # faster).
     c.scan_blocks = placeholder(bool)
 
@@ -162,8 +162,17 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
             b2=0.98,
             eps=1e-8,
             fast_lr_multiplier=10.0,  # prompt learner and VP
+            # "published": the published trainer's schedule, counted in its micro-batches (see
+            # `published`) and stepped as it steps it; "optimizer_steps": the same warm-up +
+            # cosine counted in optimiser steps (train/optim.py, docs/exactness.md).
+            schedule="published",
         )
     )
+    # The published trainer's geometry (the paper: 4 GPUs, 4 clips each per forward pass), not
+    # this run's devices: the "published" schedule counts micro-batches of gpus x gpu_batch clips,
+    # batch_size / (gpus x gpu_batch) of them per optimiser step, and drops each epoch's videos
+    # after its last full step, as the published trainer does; mixup.group_size is its gpu_batch.
+    c.published = ml_collections.ConfigDict(dict(gpus=4, gpu_batch=4))
     c.label_smoothing = 0.1
     # One mixup / cutmix draw and partner permutation per group of `group_size` consecutive clips
     # of a step, as the published code draws per GPU batch of 4 (see train/losses.py); set it to

@@ -3,7 +3,9 @@
 `python -m tcclip_jax.train --config ... --workdir DIR --dry_run` resolves the config, reads every
 list and class list the protocol uses (training and evaluation), checks every label against its
 class list and every class name against the prompt length, counts the listed videos missing under
-their folder (where one is set), prints a table per list and writes `config.json` to the workdir.
+their folder (where one is set), prints a table per list and the run's optimiser steps with the
+learning rate at steps 0, 1, W (the first after the warm-up) and the last, and writes
+`config.json` to the workdir.
 Users check a pod job's data this way before paying for it; the first inconsistency is a
 ConfigError of one line.
 """
@@ -22,10 +24,13 @@ from tcclip_jax.config.resolve import (
     resolve,
     starting_model_config,
 )
-from tcclip_jax.data.classes import ListSummary
+from tcclip_jax.data.classes import AnnotationError, ListSummary, few_shot_subset
+from tcclip_jax.data.pipeline import num_examples
 from tcclip_jax.data.readers import READERS
+from tcclip_jax.models.params import BASE, FAST
 from tcclip_jax.models.tokenizer import tokenize_prompts
 from tcclip_jax.runtime.metrics import save_config
+from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.weights.checkpoint import CheckpointError
 
 FIRST_NAMES = 3
@@ -79,6 +84,55 @@ def _table(use: ListUse, summary: ListSummary, missing: int | None) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def training_videos(config: ml_collections.ConfigDict, checked) -> int:
+    """The number of videos the run trains on (its `shots` per class where set)."""
+    for use, summary in checked:
+        if use.name == "training":
+            if config.shots <= 0:
+                return len(summary.annotations)
+            try:
+                return len(few_shot_subset(summary.annotations, config.shots, config.seed))
+            except AnnotationError as e:
+                raise ConfigError(f"config.shots / config.{use.field}: {e}") from None
+    return num_examples(config.data, "train")  # a format that carries its own list
+
+
+def schedule_report(config: ml_collections.ConfigDict, num_videos: int) -> str:
+    """The run's optimiser steps and the lr of each param group at steps 0, 1, W (the first
+    after the warm-up) and the last, as the trainer will compute them (`train.optim`)."""
+    plan = StepPlan.from_config(config, num_videos)
+    if plan.problem():
+        raise ConfigError(f"config.data.train_list / config.batch_size: {plan.problem()}")
+    o = config.optim
+    if plan.published:
+        how = (
+            f"{num_videos} training videos -> {plan.micro_per_epoch} micro-batches of "
+            f"{plan.gpus} GPUs x {plan.gpu_batch} clips per epoch (config.published), "
+            f"{plan.accumulation} per optimiser step of {plan.batch_size} clips: "
+            f"{plan.steps_per_epoch} steps per epoch, {plan.dropped_per_epoch} "
+            f"micro-batch{'' if plan.dropped_per_epoch == 1 else 'es'} dropped at its end"
+        )
+    else:
+        how = (
+            f"{num_videos} training videos -> {plan.steps_per_epoch} optimiser steps of "
+            f"{plan.batch_size} clips per epoch"
+        )
+    w, last = plan.warmup_steps, plan.total_steps - 1
+    names = {0: "0", 1: "1", w: f"{w} (W)", last: f"{last} (last)"}
+    if w == last:
+        names[w] = f"{w} (W, last)"
+    rows = [("step", "lr", f"x{o.fast_lr_multiplier:g} group lr")]
+    for step in sorted(names):
+        lrs = plan.group_lrs(step, o.lr, o.min_lr, o.fast_lr_multiplier)
+        rows.append((names[step], f"{float(lrs[BASE]):.12g}", f"{float(lrs[FAST]):.12g}"))
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    table = "\n".join(f"  {r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}" for r in rows)
+    return (
+        f"lr schedule {plan.schedule} (config.optim.schedule): {how}; {plan.total_steps} steps, "
+        f"{w} of warm-up (W)\n{table}"
+    )
+
+
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The dry run's report (one table per list); raises ConfigError at the first problem."""
     config = resolve(config, workdir)
@@ -91,6 +145,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
         if missing is not None:
             counts.append(missing)
         tables.append(_table(use, summary, missing))
+    schedule = schedule_report(config, training_videos(config, checked))
     save_config(workdir, config)
     videos = (
         f"{sum(counts)} listed videos missing"
@@ -101,4 +156,4 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
         f"protocol {config.protocol}: {len(checked)} lists checked, every label within its class "
         f"list; {videos}; config written to {os.path.join(workdir, 'config.json')}"
     )
-    return "\n\n".join([head, *tables])
+    return "\n\n".join([head, *tables, schedule])

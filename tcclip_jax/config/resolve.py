@@ -22,6 +22,7 @@ from tcclip_jax.evaluation.specs import SELECT, EvalPlan, eval_plan
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.variants import VARIANTS, variant_config
 from tcclip_jax.runtime.errors import UserError
+from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.weights.checkpoint import CheckpointError, load_config
 
 
@@ -135,6 +136,8 @@ _RANGES = (
     ("optim.b2", 0, True, 1),
     ("optim.eps", 0, False, None),
     ("optim.fast_lr_multiplier", 0, False, None),
+    ("published.gpus", 1, True, None),
+    ("published.gpu_batch", 1, True, None),
     ("num_epochs", 1, True, None),
     ("warmup_epochs", 0, True, None),
     ("batch_size", 1, True, None),
@@ -298,6 +301,9 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
             f"config.mixup.group_size {config.mixup.group_size} must divide the {micro} clips per "
             "micro-batch (config.batch_size / config.grad_accum_steps)"
         )
+    problem = StepPlan.from_config(config, num_videos=0).geometry_problem()
+    if problem:
+        raise ConfigError(problem)
     problem = _model_problem(config)
     if problem:
         raise ConfigError(problem)

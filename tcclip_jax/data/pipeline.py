@@ -19,7 +19,6 @@ evaluation video is an error naming it (never skipped: it would change the denom
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import zlib
@@ -188,8 +187,20 @@ class _TrainExample:
         return {"video": spec.finish(frames), "label": np.int32(entry.label)}
 
 
-def _epoch_and_index(length: int, position: int, index: int) -> tuple[int, int]:
-    return position // length, index
+@dataclasses.dataclass(frozen=True)
+class _EpochPositions:
+    """Position p of the training stream -> (epoch, video index): epoch e takes the first
+    `per_epoch` videos of its own shuffle of the `length` videos (wrapping around past the end,
+    as the published DistributedSampler pads an epoch) and never reads the rest, as the
+    published trainer drops an epoch's last incomplete accumulation group."""
+
+    length: int
+    per_epoch: int
+    shuffled: grain.MapDataset  # the shuffles of every epoch, one after another
+
+    def __call__(self, position: int, _) -> tuple[int, int]:
+        epoch, k = divmod(position, self.per_epoch)
+        return epoch, self.shuffled[epoch * self.length + k % self.length]
 
 
 class _SkipFailuresAndBatch(grain.IterDataset):
@@ -310,11 +321,14 @@ def create_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     annotations: Sequence[tuple[str, int]] | None = None,
+    clips_per_epoch: int | None = None,
 ) -> TrainIterator:
     """Endless {'video': [b, T, S, S, 3], 'label': int32 [b]} batches for this process.
 
     `batch_size` is per process. `annotations` ((path, label) pairs, e.g. a few-shot subset)
-    replaces the configured training list. Close the iterator (`.close()`) when done.
+    replaces the configured training list. `clips_per_epoch` (all processes together; None: all
+    the videos) is how many videos of each epoch's shuffle are read, the rest dropped
+    (`train.optim.StepPlan.clips_per_epoch`). Close the iterator (`.close()`) when done.
     """
     spec = ClipSpec.from_config(cfg)
     reader = make_reader(cfg, "train")
@@ -322,8 +336,10 @@ def create_train_iterator(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     n = len(entries)
-    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat()
-    ds = ds.map_with_index(functools.partial(_epoch_and_index, n))
+    per_epoch = clips_per_epoch or n
+    shuffled = grain.MapDataset.range(n).shuffle(seed=seed).repeat()
+    ds = grain.MapDataset.range(per_epoch).repeat()
+    ds = ds.map_with_index(_EpochPositions(n, per_epoch, shuffled))
     ds = ds[process_index::process_count]
     ds = ds.map(_TrainExample(entries, reader, spec, seed))
     ds = ds.to_iter_dataset(_read_options(cfg, batch_size))

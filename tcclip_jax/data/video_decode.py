@@ -69,9 +69,8 @@ def rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarra
 
     One converter per video and thread: it keeps one swscale context for all the frames of a
     video, converting on the calling thread. `VideoFrame.to_ndarray` makes a new context for
-    every frame and lets swscale start threads for it (PyAV's default), which costs 10-50x the
-    conversion of a small frame (0.46 ms instead of 8 us for 32x32 -> 16x16); the pixels are
-    the same.
+    every frame and lets swscale start threads for it (PyAV's default), which costs many times
+    the conversion of a small frame (docs/performance.md); the pixels are the same.
     """
     reformatter = VideoReformatter()
 
@@ -84,6 +83,30 @@ def rgb_converter(short_side: int | None) -> Callable[[av.VideoFrame], np.ndarra
         ).to_ndarray()  # fmt: skip
 
     return to_rgb
+
+
+def duration_seconds(path: str, from_packets: bool = True) -> float | None:
+    """A video file's duration in seconds: from its header, else from its last packet's
+    timestamp (demuxed, not decoded; None instead when not `from_packets`). A VideoReadError
+    names the file when it cannot be opened or has no video stream or no frames."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+            if not from_packets:
+                return None
+            start = stream.start_time or 0
+            last = max((p.pts for p in container.demux(stream) if p.pts is not None), default=None)
+            if last is None:
+                raise VideoReadError(f"{path}: the video has no frames")
+            return float((last - start) * stream.time_base)
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoReadError(f"{path}: cannot open as a video: {e}") from None
 
 
 class _UnreliableTimestamps(Exception):

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from tcclip_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from tcclip_jax.ops.token_merging import MERGE_FORMS
 
 MODEL_KINDS = ("tc_clip", "vifi_clip", "clip")
 MATMUL_PRECISIONS = (None, "default", "high", "highest")
@@ -68,6 +69,11 @@ class ModelConfig:
     # None: "cudnn" when traced for a GPU in bfloat16 / float16 where jax accepts the kernel for
     # the block's shapes, else "explicit".
     attention: str | None = None
+    # TC's context summarisation (`ops.token_merging`): "gather" (sort, gather and scatter-add
+    # per matching step) or "dense" (matching on values by comparisons and one-hot products,
+    # then one product; no sort, gather or scatter). Equal values; None: "gather" when traced
+    # for a CPU, "dense" on accelerators.
+    merge: str | None = None
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
@@ -87,6 +93,8 @@ class ModelConfig:
                 f"attention must be one of {ATTENTION_IMPLEMENTATIONS} or None, got "
                 f"{self.attention!r}"
             )
+        if self.merge is not None and self.merge not in MERGE_FORMS:
+            raise ValueError(f"merge must be one of {MERGE_FORMS} or None, got {self.merge!r}")
         if self.image_resolution % self.vision_patch_size:
             raise ValueError(
                 f"image_resolution {self.image_resolution} is not a multiple of the patch size "

@@ -8,7 +8,7 @@ prompt positions never see the class name, so
 * only the EOT row of the last block is used (`TextTransformer.last_block_eot`: one row per
   (video, class) instead of the whole sequence).
 
-`tests/test_text_fast_path.py` proves this equals the published per-video computation.
+`tests/models/test_text_fast_path.py` proves this equals the published per-video computation.
 """
 
 from __future__ import annotations

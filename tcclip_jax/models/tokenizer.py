@@ -10,7 +10,7 @@ and HTML unescaping its ids differ on HTML entities (`&amp;`), curly quotes, moj
 (`ﬁ`), full-width and control characters; its pre-tokenisation pattern lacks OpenAI's IGNORECASE
 flag (`'ſ` splits differently); and it pads with EOT (49407, with an attention mask) where
 `clip.tokenize` pads with 0. On plain class names and prompts, truncated ones included, the ids
-agree (tests/test_weights_hf.py). It is not used here.
+agree (tests/weights/test_weights_hf.py). It is not used here.
 
 The vocabulary ships as package data (identical to OpenAI's file), so nothing is downloaded.
 """

@@ -20,12 +20,23 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from tcclip_jax.models.config import ModelConfig
-from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax
+from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax, stat_dtype
 from tcclip_jax.ops.attention import choose, fused_attention
 from tcclip_jax.ops.dense import flat_dot_general
-from tcclip_jax.ops.token_merging import merge_to_k
+from tcclip_jax.ops.token_merging import (
+    CHOICES,
+    choose_form,
+    merge_to_k,
+    select_rows,
+    top_k_indices,
+)
+
+# Rematerialised blocks keep TC's seed indices and merge assignments (integers) and recompute
+# the rest: with the dense summarisation, the backward pass then never redoes the matching.
+KEEP_CHOICES = jax.checkpoint_policies.save_only_these_names(CHOICES)
 
 
 class TCBlock(nn.Module):
@@ -39,6 +50,7 @@ class TCBlock(nn.Module):
     num_seeds: int = 58  # n_s seed tokens per frame.
     num_context: int = 96  # k context tokens.
     merge_r: int = 100  # r merges per bipartite matching step.
+    merge_form: str = "gather"  # `ops.token_merging.MERGE_FORMS`: the same values either way.
     # The last block: only the CLS tokens (and the context tokens) are used after it, so only
     # the CLS queries and the seeds' queries are computed, and the FFN runs on those tokens.
     cls_only: bool = False
@@ -78,29 +90,39 @@ class TCBlock(nn.Module):
         bias = None
         if with_bias:  # local (the frame's own keys) / global (context keys), per head.
             table = attn.local_global_bias_table[:, 0]  # [heads, 2]
-            local_or_global = (jnp.arange(k.shape[key_axis]) >= n).astype(jnp.int32)  # [N + k]
-            bias = table[:, None, local_or_global]  # [heads, 1, N + k]
+            is_global = jnp.arange(k.shape[key_axis]) >= n  # [N + k]
+            # A select, not an indexed read: no gather forward, no scatter backward.
+            bias = jnp.where(is_global, table[:, None, 1:], table[:, None, :1])  # [heads, 1, N + k]
 
-        def probabilities(q: jax.Array) -> jax.Array:
-            """[B, T, heads, R, N (+ k)] of queries [B, T, heads, R, H] (fused: [B, T, R,
-            heads, H])."""
-            spec = "BTQNH,BTKNH->BTNQK" if fused else "BTNQH,BTNKH->BTNQK"
-            logits = jnp.einsum(spec, q, k)
+        stat = stat_dtype(self.dtype)
+
+        def probabilities(q: jax.Array, token_major: bool = fused, exact: bool = False):
+            """[B, T, heads, R, N (+ k)] of queries [B, T, heads, R, H] (token-major: [B, T, R,
+            heads, H]); `exact`: logits accumulated and kept in >= float32, not rounded to a
+            16-bit compute dtype."""
+            q_axes = "BTQNH" if token_major else "BTNQH"
+            spec = f"{q_axes},{'BTKNH' if fused else 'BTNKH'}->BTNQK"
+            logits = jnp.einsum(spec, q, k, preferred_element_type=stat if exact else None)
             if bias is not None:
                 logits = logits + bias.astype(logits.dtype)
             return softmax(logits, self.dtype)
 
         def attend(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
             """Attention output [B, T, R, W] of the queries of `rows` ([B, T, R, W],
-            LayerNormed) over all keys of their frame, and probabilities [B, T, heads, R',
-            N (+ k)]: all R rows, or with the fused kernel the first (the CLS query's)."""
+            LayerNormed) over all keys of their frame, and the CLS query's (the first row's)
+            probabilities [B, T, heads, N (+ k)] in >= float32."""
             q = attn.q(rows)  # [B, T, R, heads, H]
             if fused:
                 out = fused_attention(q, k, v, bias, self.attention)
-                return attn.out(out), probabilities(q[:, :, :1])
+                return attn.out(out), probabilities(q[:, :, :1], exact=True)[:, :, :, 0]
             probs = probabilities(head_major(q))
             out = jnp.einsum("BTNQK,BTNKH->BTNQH", probs.astype(self.dtype), v)
-            return attn.out(head_major(out)), probs
+            if self.dtype != stat:
+                # The logits were rounded to 16 bits before the softmax (a product's output
+                # dtype): the CLS row that picks the seeds is taken again from float32 logits.
+                cls_row = probabilities(q[:, :, :1], token_major=True, exact=True)
+                return attn.out(head_major(out)), cls_row[:, :, :, 0]
+            return attn.out(head_major(out)), probs[:, :, :, 0]
 
         x_in = x
         if self.cls_only:
@@ -111,11 +133,17 @@ class TCBlock(nn.Module):
         else:
             out, probs = attend(h)
             x = x + out
-        aux = {"cls_attention": probs[:, :, :, 0, 1:n].mean(axis=2)}  # [B, T, P]
+        aux = {"cls_attention": probs[:, :, :, 1:n].mean(axis=2)}  # [B, T, P]
         new_context = None
         if self.summarize:
-            _, seed_index = jax.lax.top_k(aux["cls_attention"], self.num_seeds)  # [B, T, n_s]
-            seeds = lambda a: jnp.take_along_axis(a[:, :, 1:], seed_index[..., None], axis=2)
+            attention = jax.lax.stop_gradient(aux["cls_attention"])
+            if self.merge_form == "dense":  # no sort and no gather
+                seed_index = checkpoint_name(top_k_indices(attention, self.num_seeds), CHOICES)
+                seeds = lambda a: select_rows(a[:, :, 1:], seed_index)
+            else:
+                _, seed_index = jax.lax.top_k(attention, self.num_seeds)  # [B, T, n_s]
+                seed_index = checkpoint_name(seed_index, CHOICES)
+                seeds = lambda a: jnp.take_along_axis(a[:, :, 1:], seed_index[..., None], axis=2)
             # The seeds' post-attention tokens [B, T, n_s, W] (with `cls_only`, from their own
             # queries).
             seed_tokens = seeds(x_in) + attend(seeds(h))[0] if self.cls_only else seeds(x)
@@ -134,7 +162,9 @@ class TCBlock(nn.Module):
         each seed went into)."""
         b, t, _, w = seed_tokens.shape
         seed_tokens = seed_tokens.reshape(b, t * self.num_seeds, w)  # frame-major.
-        context_tokens, _, assignment = merge_to_k(seed_tokens, self.num_context, self.merge_r)
+        context_tokens, _, assignment = merge_to_k(
+            seed_tokens, self.num_context, self.merge_r, form=self.merge_form
+        )
         return context_tokens, assignment.reshape(b, t, self.num_seeds)
 
 
@@ -150,7 +180,7 @@ class TCTransformer(nn.Module):
     the backward pass keeps each block's input and recomputes the rest. (An unrolled
     `nn.remat` saves nothing on XLA:CPU, which merges the recomputation back into the forward
     pass; a scan's backward loop cannot.) Outputs and gradients equal the unrolled stack's
-    (tests/test_models.py).
+    (tests/models/test_models_video_clip.py).
     """
 
     config: ModelConfig
@@ -170,6 +200,7 @@ class TCTransformer(nn.Module):
             num_seeds=cfg.seeds_per_frame,
             num_context=cfg.context_tokens,
             merge_r=cfg.merge_r,
+            merge_form=choose_form(cfg.merge),
             cls_only=i == cfg.vision_layers,
             attention=choose(cfg.attention, self.dtype, self.attention_shapes),
             dtype=self.dtype,
@@ -210,7 +241,7 @@ class TCTransformer(nn.Module):
                 x, context, run_auxes = self.scan_blocks(run, x, context)
                 auxes.extend(run_auxes)
             else:
-                block_cls = nn.remat(TCBlock) if self.remat else TCBlock
+                block_cls = nn.remat(TCBlock, policy=KEEP_CHOICES) if self.remat else TCBlock
                 for i in run:
                     x, context, aux = block_cls(**fields, name=f"resblocks_{i - 1}")(
                         x, context if fields["use_context"] else None
@@ -238,7 +269,8 @@ class TCTransformer(nn.Module):
             return (x, context), aux
 
         if self.remat:
-            body = jax.checkpoint(body, prevent_cse=False)  # a scan body needs no CSE barrier.
+            # A scan body needs no CSE barrier.
+            body = jax.checkpoint(body, prevent_cse=False, policy=KEEP_CHOICES)
         (x, context), aux = jax.lax.scan(body, (x, context), stacked)
         return x, context, [jax.tree.map(lambda a, j=j: a[j], aux) for j in range(len(run))]
 

@@ -24,6 +24,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from tcclip_jax.ops import platform
 
@@ -46,7 +47,20 @@ def choose(implementation: str | None, dtype, shapes: tuple[int, int, int, int])
         jnp.dtype(jnp.float16),
     ):
         return "explicit"
-    return "cudnn" if cudnn_accepts(dtype, *shapes) else "explicit"
+    if cudnn_accepts(dtype, *shapes):
+        return "cudnn"
+    _fall_back_once(dtype, shapes)
+    return "explicit"
+
+
+@functools.cache
+def _fall_back_once(dtype, shapes: tuple[int, int, int, int]) -> None:
+    logging.warning(
+        "cuDNN attention is not available here for %s queries x %s keys (%s heads of %s) in %s "
+        "(no GPU, cuDNN missing or too old, or shapes it refuses): using the explicit attention",
+        *shapes,
+        jnp.dtype(dtype).name,
+    )
 
 
 @functools.cache

@@ -6,7 +6,7 @@ as an N-d `dot_general`. The forward pass is the same either way, but XLA:CPU lo
 XLA first copies the output gradient into a transposed layout and then runs a slow (Eigen)
 contraction on it (docs/performance.md). Folding the free axes of each operand into one first
 gives XLA plain matrix products in both directions. The product is the same sum in a different
-order (`tests/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
+order (`tests/ops/test_ops_dense.py` proves values and gradients equal the N-d form's in float64).
 On TPU the folding only adds copies (docs/tpu.md), so the 2-D form is used where the program is
 traced for a CPU (`ops.platform.current`).
 """

@@ -2,14 +2,38 @@
 
 TC-CLIP merges the seed tokens of all frames into k context tokens with repeated bipartite soft
 matching. The number of merges per step is fixed at trace time from static shapes
-(`merge_schedule`), so the whole summarisation is a static sequence of gathers and scatter-adds
-that jit, vmap and grad handle. Works on any leading batch dimensions: `x` is `[..., M, W]`.
+(`merge_schedule`). Works on any leading batch dimensions: `x` is `[..., M, W]`.
+
+Two forms compute the same thing (`MERGE_FORMS`, tests/ops/test_token_merging.py proves it in
+float64, ties included):
+- "gather": each step argsorts the scores, gathers the merged tokens and scatter-adds them into
+  their partners, differentiated step by step (XLA:CPU runs it fastest);
+- "dense": size-weighted merging has a closed form, every context token is the plain mean of the
+  original tokens merged into it, and which tokens merge depends only on values (the scores
+  carry no gradient). So the matching runs on `stop_gradient` values with the sort replaced by
+  pairwise comparisons and each step's merge by a one-hot product, giving an integer
+  `assignment`; the context tokens are then one product, one-hot(assignment)^T @ tokens /
+  counts, and the backward pass is that product's transpose. No sort, gather or scatter: what
+  TPUs and GPUs run at matrix speed.
+Both keep the merged tokens in >= float32 between steps, so bfloat16 runs choose from float32
+values.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from tcclip_jax.ops import platform
+
+MERGE_FORMS = ("gather", "dense")
+# One-hot products must not round their other operand (on TPU, default precision is one bfloat16
+# pass): a 0/1 matrix times float32 values is exact at the highest precision.
+_EXACT = jax.lax.Precision.HIGHEST
+# The name of TC's discrete choices (seed indices, merge assignments) for `jax.checkpoint`
+# policies: saved, the backward pass of a rematerialised block does not redo the matching.
+CHOICES = "tc_choices"
 
 
 def merge_schedule(num_tokens: int, target: int, r: int) -> tuple[int, ...]:
@@ -44,7 +68,8 @@ def _match_one(x: jax.Array, sizes: jax.Array, r: int):
     stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
     metric = x.astype(stat_dtype)
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
-    scores = metric[0::2] @ metric[1::2].T  # [na, nb] cosine similarity, A -> B.
+    # [na, nb] cosine similarity, A -> B.
+    scores = jnp.matmul(metric[0::2], metric[1::2].T, precision=_EXACT)
     node_max = scores.max(axis=-1)
     node_idx = scores.argmax(axis=-1)  # best B partner of every A token.
     order = jnp.argsort(node_max, descending=True)  # A tokens by score.
@@ -97,18 +122,107 @@ def bipartite_soft_matching(
     return fn(x, sizes)
 
 
+def choose_form(form: str | None) -> str:
+    """`form`, or for None the one for the platform traced for: "gather" on a CPU, "dense"
+    elsewhere."""
+    if form is not None:
+        return form
+    return "gather" if platform.current() == "cpu" else "dense"
+
+
 def merge_to_k(
-    x: jax.Array, k: int, r: int, sizes: jax.Array | None = None
+    x: jax.Array, k: int, r: int, sizes: jax.Array | None = None, form: str = "gather"
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Merge `[..., M0, W]` tokens down to exactly `k` with the static `merge_schedule`.
 
-    Returns `(tokens [..., k, W], sizes [..., k], assignment [..., M0])` where `assignment[i]`
-    is the output token that input token i was merged into (for visualisation).
+    Returns `(tokens [..., k, W] in x's dtype, sizes [..., k], assignment [..., M0])` where
+    `assignment[i]` is the output token that input token i was merged into. `form` is one of
+    `MERGE_FORMS` (the same values; see the module docstring).
     """
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
     if sizes is None:
-        sizes = jnp.ones(x.shape[:-1], jnp.promote_types(x.dtype, jnp.float32))
+        sizes = jnp.ones(x.shape[:-1], stat_dtype)
+    if form == "dense":
+        return _merge_dense(x, k, r, sizes.astype(stat_dtype))
+    if form != "gather":
+        raise ValueError(f"merge form {form!r} is not one of {MERGE_FORMS}")
+    out = x.astype(stat_dtype)  # no rounding to a 16-bit dtype between steps
     assignment = jnp.broadcast_to(jnp.arange(x.shape[-2], dtype=jnp.int32), x.shape[:-1])
     for step in merge_schedule(x.shape[-2], k, r):
-        x, sizes, position = bipartite_soft_matching(x, sizes, step)
+        out, sizes, position = bipartite_soft_matching(out, sizes, step)
         assignment = jnp.take_along_axis(position, assignment, axis=-1)
-    return x, sizes, assignment
+    return out.astype(x.dtype), sizes, assignment
+
+
+def descending_ranks(v: jax.Array) -> jax.Array:
+    """[..., n] -> int32 [..., n]: each entry's place in a stable descending sort (the inverse of
+    `jnp.argsort(v, descending=True)`: equal values keep their order), by pairwise comparisons."""
+    n = v.shape[-1]
+    before = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # [i, j]: j comes before i.
+    vi, vj = v[..., :, None], v[..., None, :]
+    return ((vj > vi) | ((vj == vi) & before)).sum(axis=-1, dtype=jnp.int32)
+
+
+def _one_hot(index: jax.Array, n: int, dtype) -> jax.Array:
+    """int [..., M] -> [..., M, n] with a 1 at each row's index (by comparison, no scatter)."""
+    return (index[..., None] == jnp.arange(n, dtype=index.dtype)).astype(dtype)
+
+
+def top_k_indices(v: jax.Array, k: int) -> jax.Array:
+    """int32 [..., k]: the indices of the k largest entries of v [..., n], largest first, equal
+    values by index (as `jax.lax.top_k`), by pairwise comparisons."""
+    rank = descending_ranks(v)  # [..., n]
+    n = v.shape[-1]
+    picked = rank[..., None, :] == jnp.arange(k, dtype=jnp.int32)[:, None]  # [..., k, n]
+    return (picked * jnp.arange(n, dtype=jnp.int32)).sum(axis=-1, dtype=jnp.int32)
+
+
+def select_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x [..., n, W] rows `index` [..., k] as [..., k, W], by a one-hot product (exact)."""
+    picked = _one_hot(index, x.shape[-2], x.dtype)  # [..., k, n]
+    return jnp.einsum("...kn,...nw->...kw", picked, x, precision=_EXACT)
+
+
+def matching_positions(tokens: jax.Array, r: int) -> jax.Array:
+    """One bipartite matching step's `position` (see `bipartite_soft_matching`) of tokens
+    [..., M, W], without sorting, gathering or scattering."""
+    m = tokens.shape[-2]
+    na, nb = (m + 1) // 2, m // 2
+    metric = tokens / jnp.linalg.norm(tokens, axis=-1, keepdims=True)
+    scores = jnp.einsum(
+        "...aw,...bw->...ab", metric[..., 0::2, :], metric[..., 1::2, :], precision=_EXACT
+    )  # [..., na, nb] cosine similarity, A -> B.
+    node_idx = scores.argmax(axis=-1).astype(jnp.int32)  # best B partner of every A token.
+    rank = descending_ranks(scores.max(axis=-1))
+    pos_a = jnp.where(rank >= r, rank - r, na - r + node_idx)
+    pos_b = jnp.broadcast_to(na - r + jnp.arange(nb, dtype=jnp.int32), pos_a[..., :nb].shape)
+    interleaved = jnp.stack([pos_a[..., :nb], pos_b], axis=-1).reshape(*pos_b.shape[:-1], 2 * nb)
+    return jnp.concatenate([interleaved, pos_a[..., nb:]], axis=-1)  # [..., M]
+
+
+def _merge_dense(
+    x: jax.Array, k: int, r: int, sizes: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`merge_to_k` in closed form: the matching on values, then one product."""
+    stat_dtype = sizes.dtype
+    tokens = jax.lax.stop_gradient(x).astype(stat_dtype)
+    weights = jax.lax.stop_gradient(sizes)
+    m0 = x.shape[-2]
+    assignment = jnp.broadcast_to(jnp.arange(m0, dtype=jnp.int32), x.shape[:-1])
+    for step in merge_schedule(m0, k, r):
+        m = tokens.shape[-2]
+        position = matching_positions(tokens, step)
+        merge = _one_hot(position, m - step, stat_dtype)  # [..., M, M - r]
+        new_weights = jnp.einsum("...m,...mn->...n", weights, merge, precision=_EXACT)
+        summed = jnp.einsum(
+            "...mn,...mw->...nw", merge, tokens * weights[..., None], precision=_EXACT
+        )
+        tokens, weights = summed / new_weights[..., None], new_weights
+        # assignment <- position[assignment], as a masked sum.
+        now = _one_hot(assignment, m, jnp.int32)  # [..., M0, M]
+        assignment = (now * position[..., None, :]).sum(axis=-1, dtype=jnp.int32)
+    assignment = checkpoint_name(assignment, CHOICES)
+    members = _one_hot(assignment, k, stat_dtype) * sizes[..., None]  # [..., M0, k]
+    counts = members.sum(axis=-2)
+    context = jnp.einsum("...mk,...mw->...kw", members, x.astype(stat_dtype), precision=_EXACT)
+    return (context / counts[..., None]).astype(x.dtype), counts, assignment

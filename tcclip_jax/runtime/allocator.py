@@ -1,9 +1,10 @@
 """Keep XLA:CPU's large temporary buffers mapped between calls (glibc malloc settings).
 
-XLA:CPU allocates each call's temporaries (11.6 GiB for a ViT-B/16 training step) with `malloc`
+XLA:CPU allocates each call's temporaries (gigabytes for a ViT-B/16 training step) with `malloc`
 from its own worker threads. glibc serves such sizes with a fresh `mmap` and unmaps them on
-`free`, so the kernel zeroes every page again on the next call: 20-30% of the CPU time of
-training went to page faults. `configure()` makes glibc keep that memory in the process:
+`free`, so the kernel zeroes every page again on the next call, and page faults take a large
+share of the CPU time of training (docs/performance.md). `configure()` makes glibc keep that
+memory in the process:
 
 * `M_ARENA_MAX = 1`: every thread allocates from the main arena (a thread's own arena can only
   grow in 64 MiB heaps and falls back to `mmap` for anything larger);
@@ -14,8 +15,8 @@ The cost: the process keeps its peak heap (the next step needs it again anyway),
 share one arena's lock: the data-loading threads and XLA's workers queue on it. That pays only
 when a call's temporaries are large. Below glibc's largest mmap threshold (32 MiB, to which it
 adapts by itself) freed blocks stay in the heap anyway, and a small model trained for many short
-steps (`configs/demo.py`) only pays for the lock: its threads switch twice as often and the run
-is 1.2-1.5x slower. So the training command applies the settings only to steps of at least
+steps (`configs/demo.py`) only pays for the lock: its threads switch more often and the run is
+slower (docs/performance.md). So the training command applies the settings only to steps of at least
 `LARGE_STEP_PIXELS` input pixels (`worthwhile`); evaluation, prediction and the benchmark
 (ViT-B-sized models) apply them by default.
 
@@ -52,7 +53,7 @@ ENV_EQUIVALENT = {
 
 # Input pixels per step (clips x frames x height x width) from which the training
 # step's temporaries outgrow glibc's own reuse: a ViT-B/16 step of 2 clips of 16 x 224^2 frames
-# (1.6 M pixels) has 11.6 GiB of them; the demo's step has 32 clips of 8 x 16^2 (65 k pixels).
+# (1.6 M pixels) has gigabytes of them; the demo's step has 32 clips of 8 x 16^2 (65 k pixels).
 LARGE_STEP_PIXELS = 2**18
 
 _applied = False

@@ -37,21 +37,21 @@ def video_model(
 
 
 def optimizer(
-    config: ml_collections.ConfigDict, warmup_steps: int, total_steps: int
+    config: ml_collections.ConfigDict, plan: optim.StepPlan
 ) -> tuple[optax.Schedule, optax.GradientTransformation]:
-    """(learning-rate schedule, AdamW with the fast group) as `config.optim` says."""
-    schedule = optim.cosine_schedule(
-        config.optim.lr, config.optim.min_lr, warmup_steps, total_steps
-    )
+    """(the BASE group's learning-rate schedule, AdamW with the fast group) as `config.optim`
+    says, over the optimiser steps of `plan` (`optim.StepPlan.from_config`)."""
+    o = config.optim
+    schedules = optim.group_schedules(plan, o.lr, o.min_lr, o.fast_lr_multiplier)
     tx = optim.create_optimizer(
-        schedule,
-        weight_decay=config.optim.weight_decay,
-        b1=config.optim.b1,
-        b2=config.optim.b2,
-        eps=config.optim.eps,
-        fast_lr_multiplier=config.optim.fast_lr_multiplier,
+        schedules[optim.BASE],
+        fast_schedule=schedules[optim.FAST],
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
     )
-    return schedule, tx
+    return schedules[optim.BASE], tx
 
 
 def sharded_train_step(

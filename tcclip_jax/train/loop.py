@@ -54,6 +54,7 @@ from tcclip_jax.train import run_lock
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
 from tcclip_jax.train.feed import DeviceFeed
+from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.train.profile import StepProfiler
 from tcclip_jax.train.step import abstract_state, create_train_state
 from tcclip_jax.weights.checkpoint import CheckpointError, load_model
@@ -254,14 +255,15 @@ def _train_and_evaluate(
 
     class_names, annotations = training_set(config)
     num_videos = _count_training_videos(config, annotations)
-    steps_per_epoch = max(1, num_videos // config.batch_size)
-    total_steps = config.num_epochs * steps_per_epoch
-    warmup_steps = config.warmup_epochs * steps_per_epoch
+    plan = StepPlan.from_config(config, num_videos)  # steps per epoch, lr schedule, dropped tail
+    if plan.problem():
+        raise ConfigError(f"config.data.train_list / config.batch_size: {plan.problem()}")
+    steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
 
     model_config, init_params, clip_params = initial_model(config)
     model = video_model(config, model_config)
     tokens = prompt_tokens(model_config, class_names)
-    schedule, tx = optimizer(config, warmup_steps, total_steps)
+    schedule, tx = optimizer(config, plan)
     mesh = sharding.create_mesh()
     abstract = abstract_state(init_params, tx)
     step_fn, state_shardings = sharded_train_step(
@@ -294,6 +296,7 @@ def _train_and_evaluate(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             annotations=annotations,
+            clips_per_epoch=plan.clips_per_epoch,
         ),
         functools.partial(
             _step_batch, accum=config.grad_accum_steps, batch_sharding=batch_sharding

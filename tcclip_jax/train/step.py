@@ -117,12 +117,16 @@ def make_train_step(
             targets = micro["mix"].targets(targets, micro["partner_targets"])
         return loss_and_grads(model, trainable, frozen, clips, targets, tokens)
 
+    # The loss's precision (`losses.soft_target_cross_entropy`: float32, or float64 for a float64
+    # model), for the targets and the accumulated loss.
+    loss_dtype = jnp.promote_types(model.dtype, jnp.float32)
+
     def train_step(state: TrainState, batch: dict, tokens: jax.Array, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         video = batch["video"]
         height, width = video.shape[-3:-1]
         micro = {"video": video, "targets": losses.smooth_labels(
-            batch["label"], num_classes, label_smoothing
+            batch["label"], num_classes, label_smoothing, loss_dtype
         )}  # fmt: skip
         if mix.enabled:
             micro["mix"], perm = losses.sample_group_mixes(rng, video.shape[:2], height, width, mix)
@@ -147,7 +151,7 @@ def make_train_step(
                 return (loss_sum + loss, grad_sum), None
 
             zeros = jax.tree.map(jnp.zeros_like, trainable)
-            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.float32(0.0), zeros), micro)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), loss_dtype), zeros), micro)
             loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
         full_grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
         updates, opt_state = tx.update(full_grads, state.opt_state, state.params)

@@ -42,7 +42,7 @@ TORCH_FILE = "pytorch_model.bin"
 INDEX_SUFFIX = ".index.json"  # sharded checkpoints: {"weight_map": {key: shard file}}.
 
 # transformers' CLIPTextConfig / CLIPVisionConfig / CLIPConfig defaults, for fields a config.json
-# leaves out (tests/test_weights_hf.py checks them against the installed transformers).
+# leaves out (tests/weights/test_weights_hf.py checks them against the installed transformers).
 TEXT_DEFAULTS = dict(
     vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
     num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
