@@ -60,6 +60,8 @@ from tcclip_jax.train.step import abstract_state, create_train_state
 from tcclip_jax.weights.checkpoint import CheckpointError, load_model
 
 MODEL_DIR = "model"
+# An interval whose steps waited for data this share of its time or more logs "input-bound: ...".
+INPUT_BOUND_LOG_SHARE = 0.05
 FINAL_METRICS_FILE = "final_metrics.json"
 
 
@@ -355,7 +357,7 @@ def _train_and_evaluate(
                 logging.info("%s", compile_cache.LOG.summary())
             log_start, log_step = time.perf_counter(), step
             waits = data_iterator.take_waits()
-            if waits.waited:
+            if waits.seconds >= INPUT_BOUND_LOG_SHARE * elapsed:  # not for a few ms of waiting
                 logging.info("%s", waits.line(elapsed))
             input_bound = {"input_bound": waits.share, "input_wait_s": waits.seconds}
             writer.write(
