@@ -1,11 +1,14 @@
 """Data worker processes (grain's, the tfds packer's): how many, and Ctrl-C.
 
 `data.num_workers='auto'` (the default) chooses the number of grain worker processes from the
-cores this process may use (`auto_workers`). Measured on this project's 2-core CI host
-(`python -m tcclip_jax.data.bench --formats video`): a worker decodes as many clips per
-CPU-second as a thread of the training process (21.5 against 22.3 for H.264 videos), but threads
-share one interpreter, so past a few cores only processes scale; on a small host the training
-process needs its cores, and a worker costs its start-up and a copy of every batch.
+cores this process may use (`auto_workers`). Measured on this project's 2-core host (shared with
+other jobs; `python -m tcclip_jax.data.bench`): per core, a worker process decodes as many
+training clips as a thread of the training process (H.264: 20.5-21.5 clips per CPU-second in 1
+worker against 22.3 in 1 thread; tfds shards: 31.8 against 33.8), so a worker costs little per
+clip; its start-up and the copy of every batch are what make workers not worth it on a small
+host, whose cores the training process needs. That threads of one interpreter stop scaling past a
+few cores (the Python parts of decoding and augmentation hold the GIL) is why a large host uses
+processes; 2 cores cannot show it (2 threads gave 15.6-23.0 clips/s, 2 workers 19.6-21.4).
 
 A Ctrl-C at a terminal goes to the whole process group: to the workers as well as to the command.
 Workers ignore it, and the command stops them once it has saved what it must, so no traceback
