@@ -97,9 +97,19 @@ def _explicit(env: Mapping[str, str]) -> Cluster | None:
 def _jax_clusters() -> list[type]:
     """JAX's cluster classes in the order `jax.distributed.initialize()` tries them (those that
     need opting in, such as mpi4py, left out)."""
-    from jax._src import clusters
+    try:
+        from jax._src import clusters
 
-    return [c for c in clusters.ClusterEnv._cluster_types if not c.opt_in_only_method]
+        found = clusters.ClusterEnv._cluster_types
+        return [c for c in found if not c.opt_in_only_method]
+    except (ImportError, AttributeError) as e:  # a JAX whose internals moved
+        logging.warning(
+            "JAX's cluster detection is not where this code looks for it (%s): only %s start a "
+            "multi-process run",
+            e,
+            ", ".join(EXPLICIT),
+        )
+        return []
 
 
 def _tasks_on_node(env: Mapping[str, str]) -> int | None:
