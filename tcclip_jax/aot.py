@@ -14,7 +14,8 @@ JAX's CUDA plugin: pip install "tcclip-jax[cuda-aot]".
 
 Without --per_chip_batch the step is the config's: `batch_size` clips over the topology's chips
 in `grad_accum_steps` micro-batches. The evaluation step follows (`config.eval.batch_size`
-videos of the test views; --noeval skips it). Config fields override as in training
+videos of the test views, rounded up to a multiple of the chips as the evaluator does; --noeval
+skips it). Config fields override as in training
 (--config.remat=True).
 """
 

@@ -30,11 +30,11 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from tcclip_jax.data.config import NORMALIZATIONS
-from tcclip_jax.runtime import allocator, cli, distributed
+from tcclip_jax.runtime import allocator, cli, compile_cache, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Protocol config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -51,6 +51,7 @@ _NORMALIZATION = flags.DEFINE_enum(
     ["checkpoint", *sorted(NORMALIZATIONS)],
     "Input normalisation: the one the checkpoint records, or this one.",
 )
+_COMPILE_CACHE = flags.DEFINE_string("compile_cache", None, compile_cache.FLAG_HELP)
 _DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "checkpoint"])
 
@@ -74,6 +75,7 @@ def main(argv: Sequence[str]) -> None:
 
     checkpoint = os.path.abspath(_CHECKPOINT.value)
     workdir = _WORKDIR.value or os.path.dirname(checkpoint)
+    compile_cache.configure(compile_cache.choose(_COMPILE_CACHE.value, workdir))
     model_config, params = load_model(checkpoint)
     config = resolve(_CONFIG.value, workdir)
     check_eval_lists(config)  # every list and folder exists (named by its config field)
@@ -97,6 +99,7 @@ def main(argv: Sequence[str]) -> None:
             record = {"checkpoint": checkpoint, "step": step}
             record["normalization"] = config.data.normalization
             json.dump({**metrics, **record}, f, indent=2)
+    logging.info("%s", compile_cache.LOG.summary())
 
 
 if __name__ == "__main__":

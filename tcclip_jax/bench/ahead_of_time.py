@@ -39,6 +39,7 @@ from tcclip_jax.config.resolve import run_model_config
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.evaluation.accuracy import eval_programs
+from tcclip_jax.evaluation.specs import eval_batch_size
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.vision import TCTransformer
 from tcclip_jax.ops import platform
@@ -542,11 +543,13 @@ def run(
     result = builder.compile(per_chip_batch, micro)
     print(describe(result, kind, figures), flush=True)
     if evaluation:
-        videos = config.eval.batch_size
-        if videos % len(devices):
-            raise AotError(
-                f"config.eval.batch_size {videos} is not a multiple of {len(devices)} chips "
-                "(the evaluator's requirement): set --config.eval.batch_size"
+        # The evaluator's batch on this slice (a slice's hosts divide its chips).
+        videos = eval_batch_size(config.eval.batch_size, len(devices))
+        if videos != config.eval.batch_size:
+            print(
+                f"config.eval.batch_size {config.eval.batch_size} rounded up to {videos} videos "
+                f"per evaluation step ({videos // len(devices)} per chip), as the evaluator does",
+                flush=True,
             )
         print(describe(builder.compile_eval(videos // len(devices)), kind, figures), flush=True)
     return result

@@ -185,7 +185,9 @@ def base_config(protocol: str) -> ml_collections.ConfigDict:
     # ... and the last (N = every_epochs; 0 = no validation, the last weights are kept) picks
     # the best checkpoint by top-1; the protocol's full-view test runs on it at the end.
     c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 16  # videos per evaluation step, all devices together
+    # Videos per evaluation step, all devices together, rounded up to a multiple of the device
+    # count (a log line says so): 16 on 8 devices, 32 on a 32-chip slice.
+    c.eval.batch_size = 16
     c.eval.every_epochs = 1
     # Views of that validation (temporal clips, spatial crops); None: the test views.
     c.eval.val_clips = placeholder(int)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
+from tcclip_jax.data import workers
 from tcclip_jax.data.classes import AnnotationError, ListSummary, check_list
 from tcclip_jax.data.pipeline import ClipSpec
 from tcclip_jax.data.readers import READERS
@@ -159,7 +160,6 @@ _RANGES = (
     ("data.color_jitter_p", 0, True, 1),
     ("data.grayscale_p", 0, True, 1),
     ("data.max_bad_videos", 0, True, None),
-    ("data.num_workers", 0, True, None),
     ("model.embed_dim", 1, True, None),
     ("model.vision_patch_size", 1, True, None),
     ("model.vision_width", 1, True, None),
@@ -195,6 +195,10 @@ def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(
             f"config.optim.min_lr {config.optim.min_lr} is above config.optim.lr {config.optim.lr}"
         )
+    try:
+        workers.num_workers(config.data.num_workers, 1)
+    except ValueError as e:
+        problems.append(f"config.data.{e}")
     try:  # the clip's geometry and views, as the pipeline checks them
         clip = ClipSpec.from_config(config.data, validate=False)
         problems += [f"config.data.{p}" for p in clip.problems()]
@@ -300,11 +304,6 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
     problem = StepPlan.from_config(config, num_videos=0).geometry_problem()
     if problem:
         raise ConfigError(problem)
-    if config.eval.batch_size % jax.device_count():
-        raise ConfigError(
-            f"config.eval.batch_size {config.eval.batch_size} must be a multiple of the "
-            f"{jax.device_count()} devices"
-        )
     problem = _model_problem(config)
     if problem:
         raise ConfigError(problem)

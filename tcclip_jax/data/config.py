@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import FieldReference
 
 # OpenAI CLIP's own normalisation: what CLIP's weights expect.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -76,7 +77,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # --- Throughput ------------------------------------------------------------------------
     # Shuffling is global (a fresh index permutation every epoch), so there is no shuffle
     # buffer to size.
-    c.num_workers = 0  # grain worker processes (mp_prefetch); 0 = decode in this process
+    # Grain worker processes (mp_prefetch); 0 = decode in this process; 'auto': from the cores
+    # this process may use (none below 8 cores, else one per `num_threads` cores beyond 2, at
+    # most 32: data/workers.py). `python -m tcclip_jax.data.bench` shows what a host needs.
+    c.num_workers = FieldReference("auto", field_type=object)  # 'auto' or a whole number
     c.num_threads = 2  # decoding threads per process (PyAV and PIL release the GIL)
     c.prefetch = 2  # batches buffered per worker process
     c.decode_threads = 1  # FFmpeg threads per video decoder (0 = FFmpeg's choice)

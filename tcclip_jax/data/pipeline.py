@@ -287,15 +287,21 @@ class TrainIterator(grain.DatasetIterator):
         self.skipped = [list(s) for s in state["skipped"]]
 
 
+def worker_count(cfg: ml_collections.ConfigDict) -> int:
+    """`cfg.num_workers` as a count ('auto': from this host's cores, `workers.auto_workers`)."""
+    return workers.num_workers(cfg.num_workers, cfg.get("num_threads", 1))
+
+
 def prefetch(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
     """Worker processes when configured, otherwise a thread assembling batches ahead."""
-    if cfg.num_workers > 0:
+    count = worker_count(cfg)
+    if count > 0:
         # grain reads its absl flags when starting workers and fails if they were never parsed
         # (as when not running under absl.app.run, e.g. in tests or notebooks).
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(
-            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch
+            num_workers=count, per_worker_buffer_size=cfg.prefetch
         )
         return ds.mp_prefetch(options, worker_init_fn=workers.leave_interrupts_to_the_parent)
     return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
@@ -425,7 +431,7 @@ def create_eval_dataset(
     ds = grain.MapDataset.source(batches).map(_EvalBatch(entries, reader, spec))
     # Elements are whole batches, so the reading threads already work ahead.
     ds = ds.to_iter_dataset(_read_options(cfg, cfg.num_threads))
-    return prefetch(ds, cfg) if cfg.num_workers > 0 else ds
+    return prefetch(ds, cfg) if worker_count(cfg) > 0 else ds
 
 
 def load_test_views(

@@ -8,13 +8,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 from jax.sharding import Mesh
 
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.evaluation.accuracy import Evaluator, place_params
 from tcclip_jax.evaluation.analysis import write_analysis
 from tcclip_jax.evaluation.results import Accuracy, Results, summarize
-from tcclip_jax.evaluation.specs import PLAIN, TEST, WISE_FT, EvalPlan, EvalSpec, eval_plan
+from tcclip_jax.evaluation.specs import (
+    PLAIN,
+    TEST,
+    WISE_FT,
+    EvalPlan,
+    EvalSpec,
+    eval_batch_size,
+    eval_plan,
+)
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
@@ -73,6 +82,23 @@ def evaluate_protocol(
     return Results(header, results).to_json()
 
 
+_ROUNDED: set[tuple[int, int]] = set()
+
+
+def run_eval_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
+    """The videos per evaluation step of this run on `mesh` (logged once when rounded up)."""
+    requested, devices = config.eval.batch_size, mesh.devices.size
+    batch = eval_batch_size(requested, devices, jax.process_count())
+    if batch != requested and (requested, batch) not in _ROUNDED:
+        _ROUNDED.add((requested, batch))
+        logging.info(
+            "config.eval.batch_size %d rounded up to %d videos per evaluation step (a multiple of "
+            "the %d devices, %d per device)",
+            requested, batch, devices, batch // devices,
+        )  # fmt: skip
+    return batch
+
+
 def spec_evaluator(
     config: ml_collections.ConfigDict,
     spec: EvalSpec,
@@ -81,15 +107,15 @@ def spec_evaluator(
     class_names: list[str] | None = None,
 ) -> Evaluator:
     """The evaluator of one evaluation of the run's plan: its list and views, the run's
-    evaluation batch, this process's share of the videos. `class_names` default to the
-    spec's class list."""
+    evaluation batch (`config.eval.batch_size` rounded up to the mesh: `eval_batch_size`), this
+    process's share of the videos. `class_names` default to the spec's class list."""
     return Evaluator(
         model,
         mesh,
         spec.data_config(config.data),
         annotation_file=spec.list_file,
         class_names=load_class_names(spec.class_list) if class_names is None else class_names,
-        batch_size=config.eval.batch_size,
+        batch_size=run_eval_batch(config, mesh),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

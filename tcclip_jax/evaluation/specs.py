@@ -17,6 +17,7 @@ variant of a protocol (e.g. starting from another checkpoint) is one config file
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -207,3 +208,14 @@ def validation_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if not selected:
         raise ValueError("config.eval.every_epochs is 0: the run has no validation")
     return selected[0].data_config(config.data)
+
+
+def eval_batch_size(requested: int, devices: int, processes: int = 1) -> int:
+    """Videos per evaluation step on `devices` devices of `processes` processes:
+    `config.eval.batch_size` rounded up to a multiple of both, so every device scores whole
+    videos and every process loads as many (16 on 8 devices stays 16; on a 32-chip slice it is
+    32, one video per chip). Scores do not depend on it: padding entries are left out."""
+    if requested < 1 or devices < 1 or processes < 1:
+        raise ValueError(f"eval batch {requested}, devices {devices}, processes {processes}")
+    multiple = math.lcm(devices, processes)
+    return -(-requested // multiple) * multiple

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import flags, logging
 from ml_collections import config_flags
 
-from tcclip_jax.runtime import allocator, cli, distributed
+from tcclip_jax.runtime import allocator, cli, compile_cache, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -37,6 +37,7 @@ _RESUME_CHANGED = flags.DEFINE_list(
     "Config fields allowed to differ from the work directory's config.json when resuming "
     "(only those that change neither shapes nor the recipe, e.g. num_epochs).",
 )
+_COMPILE_CACHE = flags.DEFINE_string("compile_cache", None, compile_cache.FLAG_HELP)
 _DEBUG = flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -53,8 +54,9 @@ def main(argv: Sequence[str]) -> None:
 
     if _DRY_RUN.value:
         print(dry_run(_CONFIG.value, _WORKDIR.value), flush=True)
-    else:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_changed=_RESUME_CHANGED.value)
+        return
+    compile_cache.configure(compile_cache.choose(_COMPILE_CACHE.value, _WORKDIR.value))
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume_changed=_RESUME_CHANGED.value)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ preemption or crash continues where it stopped, with the same batches and the sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -46,18 +47,21 @@ from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.params import split_frozen
 from tcclip_jax.models.prompts import prompt_tokens
-from tcclip_jax.runtime import diskspace, sharding
+from tcclip_jax.runtime import compile_cache, diskspace, sharding
 from tcclip_jax.runtime.errors import RunError, error_line
 from tcclip_jax.runtime.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.train import run_lock
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
 from tcclip_jax.train.checkpoints import TrainCheckpoints, export_model, with_shardings
+from tcclip_jax.train.feed import DeviceFeed
 from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.train.profile import StepProfiler
 from tcclip_jax.train.step import abstract_state, create_train_state
 from tcclip_jax.weights.checkpoint import CheckpointError, load_model
 
 MODEL_DIR = "model"
+# An interval whose steps waited for data this share of its time or more logs "input-bound: ...".
+INPUT_BOUND_LOG_SHARE = 0.05
 FINAL_METRICS_FILE = "final_metrics.json"
 
 
@@ -284,14 +288,21 @@ def _train_and_evaluate(
         jax.process_count(),
     )
 
-    data_iterator = create_train_iterator(
-        config.data,
-        batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        annotations=annotations,
-        clips_per_epoch=plan.clips_per_epoch,
+    # Step batches placed on the devices two ahead of the step (train/feed.py).
+    batch_sharding = sharding.batch_sharding(mesh, 1)
+    data_iterator = DeviceFeed(
+        create_train_iterator(
+            config.data,
+            batch_size=config.batch_size // jax.process_count(),
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            annotations=annotations,
+            clips_per_epoch=plan.clips_per_epoch,
+        ),
+        functools.partial(
+            _step_batch, accum=config.grad_accum_steps, batch_sharding=batch_sharding
+        ),
     )
     cleanup.callback(data_iterator.close)
     ckpt = TrainCheckpoints(
@@ -312,7 +323,6 @@ def _train_and_evaluate(
 
     writer = MetricWriter(workdir)
     rng = jax.random.key(config.seed)
-    batch_sharding = sharding.batch_sharding(mesh, 1)
     progress = tqdm.tqdm(
         total=total_steps,
         initial=start,
@@ -324,11 +334,16 @@ def _train_and_evaluate(
     log_start, log_step = time.perf_counter(), start
     profiler = StepProfiler(workdir, config.get("profile_steps", 0), start)
     cleanup.callback(profiler.stop)
+    in_flight = None  # the previous step's metrics
     for step in range(start + 1, total_steps + 1):
-        batch = _step_batch(_next_batch(data_iterator), config.grad_accum_steps, batch_sharding)
+        batch = _next_batch(data_iterator)
         profiler.step_started(step)
         state, metrics = step_fn(state, batch, tokens, rng)
         profiler.step_done(step, (state, metrics))
+        # At most two steps queued on the devices: the loop keeps their pace, so a step that
+        # finds no batch ready (feed.take_waits) means the devices wait for data.
+        jax.block_until_ready(in_flight)
+        in_flight = metrics
         progress.update(1)
         epoch_end = step % steps_per_epoch == 0
         epoch = step // steps_per_epoch
@@ -338,8 +353,16 @@ def _train_and_evaluate(
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - log_start
             clips_per_sec = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
+            if log_step == start:  # the first of this start: what compiling the step cost
+                logging.info("%s", compile_cache.LOG.summary())
             log_start, log_step = time.perf_counter(), step
-            writer.write(step, {**metrics, "clips_per_sec": clips_per_sec, "epoch": epoch})
+            waits = data_iterator.take_waits()
+            if waits.seconds >= INPUT_BOUND_LOG_SHARE * elapsed:  # not for a few ms of waiting
+                logging.info("%s", waits.line(elapsed))
+            input_bound = {"input_bound": waits.share, "input_wait_s": waits.seconds}
+            writer.write(
+                step, {**metrics, "clips_per_sec": clips_per_sec, **input_bound, "epoch": epoch}
+            )
             progress.set_postfix(
                 loss=f"{metrics['loss']:.4f}",
                 lr=f"{metrics['lr']:.3g}",
@@ -369,6 +392,7 @@ def _train_and_evaluate(
     data_iterator.close()
     ckpt.wait()
     if stopped:
+        logging.info("%s", compile_cache.LOG.summary())
         logging.warning("Stopped at step %d; run the same command to resume.", step)
         writer.close()
         return {}
@@ -387,6 +411,7 @@ def _train_and_evaluate(
             json.dump({**metrics, **final}, f, indent=2)
     writer.write(final["step"], flat_metrics(metrics), prefix="final/")
     writer.close()
+    logging.info("%s", compile_cache.LOG.summary())
     return metrics
 
 

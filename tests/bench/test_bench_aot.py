@@ -196,3 +196,14 @@ def test_unknown_gpu_is_one_line():
     assert res.stderr.strip().splitlines()[-1] == (
         "error: --gpu v100: unknown GPU 'v100'; known: a100, h100, h200, b200"
     )
+
+
+@needs_libtpu
+def test_a_32_chip_slice_compiles_the_eval_step_at_a_rounded_up_batch(capsys):
+    """v5e:4x8 (32 chips) with `config.eval.batch_size` 8: the evaluator's batch, rounded up to
+    one video per chip (`specs.eval_batch_size`), is what the check compiles."""
+    config = demo_config(batch_size=32, **{"eval.batch_size": 8})
+    ahead_of_time.run(config, "v5e:4x8", num_classes=4, evaluation=True)
+    out = capsys.readouterr().out
+    assert "config.eval.batch_size 8 rounded up to 32 videos per evaluation step" in out
+    assert re.search(r"eval step: 1 x 1 videos of \d views", out), out

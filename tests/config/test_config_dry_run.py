@@ -253,3 +253,45 @@ def test_dry_run_prints_the_published_lr_at_steps_0_1_w_and_last(name, arg, tmp_
     for step, lrs in printed.items():
         assert lrs == pytest.approx(want[step], rel=1e-11, abs=0), step
     assert printed[0] == (0.0, 0.0)  # the warm-up's start, as the scheduler's constructor sets
+
+
+# Every protocol preset of docs/tpu.md's table through the config check on 32 devices (v5e:4x8),
+# in a process that simulates them.
+_SLICE_CHECK = """
+import importlib.util, os, sys
+import jax
+from tcclip_jax.config.dry_run import dry_run
+
+repo, splits, workdir = sys.argv[1:4]
+assert jax.device_count() == 32
+for name, arg in [("fewshot", "hmdb51,16"), ("base2novel", "k400,1"), ("zeroshot", None),
+                  ("fully_supervised", None)]:
+    spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "configs", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(arg)
+    c.splits_dir, c.random_init = splits, True
+    if c.data.train_list == "datasets_splits/k400_splits/train.txt":  # absent from the copy
+        c.data.train_list = "datasets_splits/k400_splits/train_tiny.txt"
+    dry_run(c, os.path.join(workdir, name))
+    print("passed", name, c.batch_size, c.eval.batch_size, flush=True)
+"""
+
+
+def test_every_protocol_passes_the_config_check_on_a_32_chip_slice(tmp_path):
+    """The published batches on v5e:4x8's 32 chips: `config.eval.batch_size` 16 is rounded up
+    to a multiple of the devices by the evaluator (specs.eval_batch_size), not refused."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=32"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", _SLICE_CHECK, REPO, SPLITS, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    passed = [line.split()[1:] for line in run.stdout.splitlines() if line.startswith("passed")]
+    assert passed == [
+        ["fewshot", "64", "16"],
+        ["base2novel", "64", "16"],
+        ["zeroshot", "256", "16"],
+        ["fully_supervised", "512", "16"],
+    ]

@@ -323,6 +323,21 @@ def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path)
     assert (tmp_path / "analysis" / "synthetic" / "confusion_matrix.png").is_file()
 
 
+def test_cli_on_more_devices_than_the_eval_batch(data, checkpoint, reference, tmp_path):
+    """32 simulated devices (a v5e:4x8 slice's count) and `config.eval.batch_size=6`: the
+    evaluator rounds the batch up to 32 videos, one per device, says so, and scores as on 2."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=32"}
+    run = subprocess.run(
+        evaluate_command(data, checkpoint, tmp_path),
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "config.eval.batch_size 6 rounded up to 32 videos per evaluation step" in run.stderr
+    top1, top5 = expected_accuracy(data, reference)
+    row = next(line for line in run.stdout.splitlines() if line.startswith("synthetic"))
+    assert row.split() == ["synthetic", "16", f"{top1:.2f}", f"{top5:.2f}"]
+
+
 @pytest.mark.slow
 def test_two_processes_share_the_videos_and_agree(data, checkpoint, reference, tmp_path):
     """Two JAX processes on this host, one device each: every video is scored exactly once."""

@@ -21,6 +21,7 @@ from tcclip_jax.evaluation.specs import (
     SPLIT_MEAN,
     TEST,
     WISE_FT,
+    eval_batch_size,
     eval_plan,
 )
 from tests.config.test_config import get_config
@@ -221,3 +222,28 @@ def test_one_reader_per_format():
     with pytest.raises(ValueError, match="data format must be one of"):
         readers.make_reader(cfg, "val")
     assert readers.READERS["tfds"].carries_list and not readers.READERS["tfds"].uses_root
+
+
+@pytest.mark.parametrize(
+    "requested,devices,processes,batch",
+    [
+        (16, 1, 1, 16),
+        (16, 8, 1, 16),  # v5e-8: as configured
+        (16, 4, 1, 16),  # v4-8, v5p-8
+        (16, 16, 1, 16),
+        (16, 32, 1, 32),  # v5e:4x8: one video per chip
+        (16, 32, 4, 32),  # ... on its 4 hosts
+        (16, 64, 8, 64),
+        (33, 8, 1, 40),
+        (6, 2, 2, 6),
+        (5, 1, 2, 6),  # every process loads as many videos
+        (1, 6, 4, 12),  # a multiple of both
+    ],
+)
+def test_the_eval_batch_is_rounded_up_to_the_devices(requested, devices, processes, batch):
+    assert eval_batch_size(requested, devices, processes) == batch
+
+
+def test_an_eval_batch_needs_positive_counts():
+    with pytest.raises(ValueError):
+        eval_batch_size(0, 8)

@@ -104,11 +104,15 @@ def test_demo_run_writes_metrics_checkpoints_and_model(shared, reference):
     val = [r for r in records if "top1" in r]
     assert [r["step"] for r in train] == list(range(2, TOTAL + 1, 2))
     assert all(np.isfinite(r["loss"]) and r["lr"] >= 0 and r["clips_per_sec"] > 0 for r in train)
+    # Each interval's share of steps that found no batch placed ahead, and their wait.
+    assert all(0 <= r["input_bound"] <= 1 and r["input_wait_s"] >= 0 for r in train)
     assert [r["step"] for r in val] == list(range(STEPS_PER_EPOCH, TOTAL + 1, STEPS_PER_EPOCH))
     assert all(0 <= r["top1"] <= r["top5"] <= 100 and r["num_videos"] == 16 for r in val)
     final = records[-1]
     assert 0 <= final["synthetic/top1"] <= 100
     assert "protocol: demo" in reference["output"]
+    # The compile summary, with the compilation cache the environment names (JAX's own setting).
+    assert f"persistent cache {shared['env']['JAX_COMPILATION_CACHE_DIR']}: " in reference["output"]
     # The final test's predictions, one line per video, agree with its top-1.
     with open(workdir / "analysis" / "synthetic" / "predictions.jsonl") as f:
         correct = [json.loads(line)["correct"] for line in f]
@@ -152,7 +156,7 @@ def test_sigkill_then_resume_equals_uninterrupted(shared, reference, tmp_path):
         np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
     # The log reads as the uninterrupted run's (steps logged before the kill and again after
     # the resume appear once), with the same losses and accuracies.
-    drop = ("clips_per_sec",)
+    drop = ("clips_per_sec", "input_bound", "input_wait_s")  # timings
     clean = lambda w: [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(w)]
     assert clean(tmp_path) == clean(reference["workdir"])
 
