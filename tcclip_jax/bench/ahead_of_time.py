@@ -35,7 +35,7 @@ from tcclip_jax.apps.inference import prompt_tokens
 from tcclip_jax.bench.chips import Chip, chip
 from tcclip_jax.bench.gpus import gpu_devices
 from tcclip_jax.bench.steps import class_names
-from tcclip_jax.config.resolve import run_model_config
+from tcclip_jax.config.resolve import resolve_paths, run_model_config
 from tcclip_jax.data.classes import load_class_names
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.evaluation.accuracy import eval_programs
@@ -119,10 +119,8 @@ def class_tokens(
 ) -> np.ndarray:
     """Prompt tokens of the run's class names (its class list if readable here), or of
     `num_classes` made-up names of a typical length."""
-    path = config.data.class_list
     if num_classes is None:
-        if config.splits_dir and not os.path.isabs(path):
-            path = os.path.join(config.splits_dir, path)
+        path = resolve_paths(config).data.class_list  # as the trainer resolves it
         if not (path and os.path.isfile(path)):
             raise AotError(
                 f"config.data.class_list {path!r} is not here: set --config.splits_dir or pass "
