@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 from collections.abc import Callable
 
 import jax
@@ -21,6 +20,7 @@ from tcclip_jax.data.readers import READERS
 from tcclip_jax.evaluation.specs import SELECT, EvalPlan, eval_plan
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.variants import VARIANTS, variant_config
+from tcclip_jax.runtime import storage
 from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.weights.checkpoint import CheckpointError, load_config
@@ -34,9 +34,9 @@ class ConfigError(UserError):
 
 
 def _resolve(config: ml_collections.ConfigDict, path: str) -> str:
-    if not path or os.path.isabs(path) or not config.splits_dir:
+    if not path or storage.isabs(path) or not config.splits_dir:
         return path
-    return os.path.join(config.splits_dir, path)
+    return storage.join(config.splits_dir, path)
 
 
 def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -86,13 +86,22 @@ def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collec
     return config
 
 
+def _stored(path: str, field: str) -> str:
+    """`path`, if its storage can be read here (a ConfigError naming the field otherwise)."""
+    try:
+        storage.check(path)
+    except storage.StorageError as e:
+        raise ConfigError(f"config.{field}: {e}") from None
+    return path
+
+
 def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
     if not path:
         raise ConfigError(f"config.{field} is not set: the {what}")
-    if not os.path.isfile(path):
+    if not storage.isfile(_stored(path, field)):
         if splits_dir and path.startswith(splits_dir):
             hint = f" (under config.splits_dir={splits_dir!r})"
-        elif not os.path.isabs(path):
+        elif not storage.isabs(path):
             hint = (
                 " (relative list paths are taken from config.splits_dir: set it to the folder "
                 "holding datasets_splits/ and labels/)"
@@ -105,7 +114,7 @@ def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
 def _need_dir(path: str, field: str, what: str) -> None:
     if not path:
         raise ConfigError(f"config.{field} is not set: the {what}")
-    if not os.path.isdir(path):
+    if not storage.isdir(_stored(path, field)):
         raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
 
 
@@ -266,7 +275,7 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
         )
     if config.init_checkpoint:
         _need_dir(config.init_checkpoint, "init_checkpoint", "converted checkpoint directory")
-        if not os.path.isfile(os.path.join(config.init_checkpoint, "model_config.json")):
+        if not storage.isfile(storage.join(config.init_checkpoint, "model_config.json")):
             raise ConfigError(
                 f"config.init_checkpoint: {config.init_checkpoint!r} is not a converted "
                 "checkpoint (no model_config.json); convert weights with "
