@@ -269,7 +269,11 @@ def replace(source: str, target: str) -> None:
     rmtree(target)
     fs = _filesystem()
     fs.invalidate_cache()
-    fs.mv(source, target, recursive=True)
+    if fs.isdir(source):
+        fs.copy(source.rstrip("/") + "/", target, recursive=True)  # server-side copies
+    else:
+        fs.copy(source, target)
+    fs.rm(source, recursive=True)
     fs.invalidate_cache()
 
 
