@@ -254,7 +254,10 @@ class TrainCheckpoints:
             text = storage.read_text(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} does not exist") from None
-        state = json.loads(text)
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
         if not isinstance(state, dict) or not {"parent", "skipped"} <= state.keys():
             raise ValueError(f"{path}: not a data iterator position")
 
