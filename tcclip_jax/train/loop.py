@@ -234,18 +234,14 @@ def _has_checkpoints(directory: str) -> bool:
     return storage.isdir(directory) and any(n.isdigit() for n in storage.listdir(directory))
 
 
-def _check_data(data_iterator, writes=()) -> None:
-    """Stop every process (one line) if one met more unreadable training videos than allowed,
-    then make `writes` (process 0's metric writes), agreed too. A collective when there are
-    several processes (their iterators keep such errors until asked: see
-    `data.pipeline.TrainIterator`); with one the iterator has raised already."""
-    with agreement.agreed():
-        error = getattr(data_iterator, "error", None)
-        if error is not None:
-            logging.error("%s", error)
-            raise _data_error(error)
-        for write in writes:
-            write()
+def _check_data(data_iterator) -> None:
+    """Stop every process (one line) if one met more unreadable training videos than allowed.
+    A collective when there are several processes (their iterators keep such errors until
+    asked: see `data.pipeline.TrainIterator`); with one the iterator has raised already."""
+    error = getattr(data_iterator, "error", None)
+    if error is not None:
+        logging.error("%s", error)  # the full list of videos, on the process that met them
+    agreement.agree(None if error is None else _data_error(error))
 
 
 def _data_error(error: Exception) -> Exception:
@@ -418,6 +414,7 @@ def _train_and_evaluate(
         epoch = step // steps_per_epoch
         log_now = step % config.log_every_steps == 0 or step == total_steps
         if log_now:
+            _check_data(data_iterator)  # first: a process's zero batches may be what went wrong
             _check_finite(state, ckpt)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - log_start
@@ -430,7 +427,8 @@ def _train_and_evaluate(
                 logging.info("%s", waits.line(elapsed))
             input_bound = {"input_bound": waits.share, "input_wait_s": waits.seconds}
             record = {**metrics, "clips_per_sec": clips_per_sec, **input_bound, "epoch": epoch}
-            _check_data(source, [lambda: writer.write(step, record)])  # noqa: B023
+            with agreement.agreed():  # process 0 writes; a full disk there stops all
+                writer.write(step, record)
             progress.set_postfix(
                 loss=f"{metrics['loss']:.4f}",
                 lr=f"{metrics['lr']:.3g}",
