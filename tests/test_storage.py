@@ -79,6 +79,27 @@ def test_a_scheme_that_cannot_be_served_is_refused_in_one_line(gcs, path, messag
     assert str(e.value) == message
 
 
+def test_the_training_command_refuses_an_unsupported_scheme_at_start(shared, tmp_path):
+    proc = subprocess.run(
+        [*shared["command"], "--workdir", "s3://bucket/run"],
+        cwd=REPO, env=shared["env"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --workdir s3://bucket/run: s3:// is not supported (local paths, shared "
+        "filesystems and gs:// are; copy the data to one of them)"
+    )
+    proc = subprocess.run(
+        [*shared["command"], "--workdir", str(tmp_path / "run"), "--config.data.root=hf://x/y"],
+        cwd=REPO, env=shared["env"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config.data.root: hf://x/y: hf:// is not supported (local paths, shared "
+        "filesystems and gs:// are; copy the data to one of them)"
+    )
+
+
 def test_the_endpoint_follows_either_variable(monkeypatch):
     for name in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -131,6 +152,8 @@ def test_metrics_and_config_files_on_gs(gcs):
 
 
 def test_model_export_and_load_on_gs(gcs, tiny_config):
+    from test_evaluation_protocols import init_params
+
     from tcclip_jax.weights.checkpoint import (
         CheckpointError,
         check_new_directory,
@@ -139,7 +162,7 @@ def test_model_export_and_load_on_gs(gcs, tiny_config):
         save_model,
     )
 
-    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.ones(2)}}
+    params = init_params(tiny_config, 0)
     directory = uri(gcs, "models", str(time.time_ns()), "model")
     check_new_directory(directory)
     save_model(directory, tiny_config, params, info={"step": 7}, normalization="clip")
@@ -149,6 +172,14 @@ def test_model_export_and_load_on_gs(gcs, tiny_config):
     assert json.loads(storage.read_text(storage.join(directory, "info.json"))) == {"step": 7}
     with pytest.raises(CheckpointError, match="model_config"):
         load_model(storage.dirname(directory))  # not a model
+    config, loaded = load_model(directory)
+    assert config == tiny_config
+    np.testing.assert_array_equal(loaded["logit_scale"], params["logit_scale"])
+    # predict / embed load their model through the same reader.
+    from tcclip_jax.apps.inference import load_predictor
+
+    predictor = load_predictor(directory)
+    assert predictor.normalization == "clip"
 
 
 # The command end to end ------------------------------------------------------------------------

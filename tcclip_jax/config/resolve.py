@@ -71,12 +71,38 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
     problems = _range_problems(config)
     if problems:
         raise ConfigError("\n".join(problems))
+    _check_storage(config)  # before the data hook reads or writes anything
     plan(config)  # a protocol and evaluations that exist
     config = resolve_paths(config)
     if config.prepare_data:
         with config.unlocked():
             _data_hook(config)(config, workdir)
     return config
+
+
+_PATH_FIELDS = (
+    "splits_dir", "init_checkpoint", "clip_checkpoint", "data.root", "data.train_list",
+    "data.val_list", "data.class_list", "data.novel_val_list", "data.novel_class_list",
+    "data.tfds_dir",
+)  # fmt: skip
+
+
+def _check_storage(config: ml_collections.ConfigDict) -> None:
+    """A ConfigError naming the field of the first path on a storage this installation cannot
+    read (`runtime.storage.check`)."""
+    fields = []
+    for field in _PATH_FIELDS:
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if node is not None else None
+        fields.append((field, node))
+    for i, dataset in enumerate(config.eval.get("datasets", ())):
+        fields.append((f"eval.datasets[{i}].root", dataset.get("root")))
+        for j, split in enumerate(dataset.get("splits") or ()):
+            fields.append((f"eval.datasets[{i}].splits[{j}]", split))
+    for field, path in fields:
+        if isinstance(path, str) and path:
+            _stored(path, field)
 
 
 def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
