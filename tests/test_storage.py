@@ -197,8 +197,24 @@ def steps_in(workdir: str) -> list[int]:
     )
 
 
+def start(command, env, processes: int) -> list[subprocess.Popen]:
+    """`command` as `processes` processes of one run (collectives over loopback)."""
+    if processes == 1:
+        envs = [env]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        envs = [dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                     JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
+                for i in range(processes)]  # fmt: skip
+    return [subprocess.Popen(command, cwd=REPO, env=e, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for e in envs]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_train_kill_resume_export_and_evaluate_all_in_gs(gcs, shared):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_train_kill_resume_export_and_evaluate_all_in_gs(gcs, shared, processes):
     env = dict(shared["env"], **gcs["env"])
     data = uri(gcs, "data", str(time.time_ns()))
     storage.upload_tree(shared["root"], data)  # the videos and lists, read from gs:// too
@@ -208,25 +224,29 @@ def test_train_kill_resume_export_and_evaluate_all_in_gs(gcs, shared):
         f"--config.data.root={data}", "--config.progress_bar=False",
         "--workdir", workdir, "--config.num_epochs=5",
     ]  # fmt: skip
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = start(command, env, processes)
     deadline = time.monotonic() + 600
     while not steps_in(workdir):
-        assert first.poll() is None, first.communicate()[1][-5000:]
+        for proc in first:
+            assert proc.poll() is None, proc.communicate()[1][-5000:]
         assert time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    for proc in first:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
     killed_at = steps_in(workdir)[-1]
     assert killed_at < 20 and not storage.exists(storage.join(workdir, "model", "info.json"))
     assert storage.exists(storage.join(workdir, "run.lock"))  # left behind by the killed run
+    positions = storage.listdir(storage.join(workdir, "checkpoints", str(killed_at), "data"))
+    assert {f"process_{i}-of-{processes}.json" for i in range(processes)} <= set(positions)
 
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=900)  # fmt: skip
-    assert second.returncode == 0, second.stderr[-5000:]
-    assert "Traceback" not in second.stderr, second.stderr[-5000:]
-    assert f"Resuming from step {killed_at}" in second.stderr
-    assert re.search(rf"Taking over {workdir}/run.lock, left by a run that is gone", second.stderr)
+    second = start(command, env, processes)
+    errs = [proc.communicate(timeout=900)[1] for proc in second]
+    for proc, err in zip(second, errs, strict=True):
+        assert proc.returncode == 0, err[-5000:]
+        assert "Traceback" not in err, err[-5000:]
+    assert f"Resuming from step {killed_at}" in errs[0]
+    assert re.search(rf"Taking over {workdir}/run.lock, left by a run that is gone", errs[0])
     assert not storage.exists(storage.join(workdir, "run.lock"))
     records = read_metrics(workdir)  # as an uninterrupted run's: each step once, in order
     assert [r["step"] for r in records if "loss" in r] == list(range(2, 21, 2))
