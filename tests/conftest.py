@@ -86,9 +86,11 @@ def tiny(tiny_config):
     clips = jnp.asarray(clips, jnp.float32)
     tokens = jnp.asarray(tokenize_prompts(CLASSNAMES, context_length=cfg.context_length))
     return cfg, random_params(cfg, 0), clips, tokens, jnp.array([0, 2, 1])
+
+
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
-    """A GCS-compatible server on a free loopback port (`tests/gcs_emulator.py`: the PyPI
+    """A GCS-compatible server on a free loopback port (`tests/helpers/gcs_emulator.py`: the PyPI
     `gcp-storage-emulator`), with its bucket: {"url", "bucket", "env"} (`env`: this process's
     environment pointing Google's clients and tensorstore at it). Skips where the emulator or
     gcsfs is not installed."""
@@ -110,7 +112,7 @@ def gcs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gcs")
     log = open(folder / "server.log", "w")  # noqa: SIM115 - open while the server runs
     server = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_emulator.py"),
+        [sys.executable, os.path.join(os.path.dirname(__file__), "helpers", "gcs_emulator.py"),
          "--port", str(port), "--data-dir", str(folder / "data"), "--bucket", bucket],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

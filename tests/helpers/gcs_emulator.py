@@ -1,5 +1,5 @@
 """A GCS-compatible server on loopback for the tests: `gcp-storage-emulator` (PyPI), started as
-`python tests/gcs_emulator.py --port P --data-dir D --bucket B`.
+`python tests/helpers/gcs_emulator.py --port P --data-dir D --bucket B`.
 
 Two behaviours of Cloud Storage that tcclip_jax and tensorstore rely on are missing from the
 emulator (2026.7), and are added here, before its request table is built:

@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 import pytest
-from test_evaluation_protocols import init_params
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import read_annotations
 from tcclip_jax.runtime.metrics import read_metrics
 from tcclip_jax.weights.checkpoint import save_model
+from tests.evaluation.test_evaluation_protocols import init_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOUND_S = 420  # both processes must have ended by then (the runtime's own timeouts are 300 s+)
 
 

@@ -25,7 +25,7 @@ from tcclip_jax.runtime import storage
 from tcclip_jax.runtime.metrics import MetricWriter, drop_after, read_metrics
 from tcclip_jax.train import run_lock
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def uri(gcs, *parts) -> str:
@@ -152,8 +152,6 @@ def test_metrics_and_config_files_on_gs(gcs):
 
 
 def test_model_export_and_load_on_gs(gcs, tiny_config):
-    from test_evaluation_protocols import init_params
-
     from tcclip_jax.weights.checkpoint import (
         CheckpointError,
         check_new_directory,
@@ -161,6 +159,7 @@ def test_model_export_and_load_on_gs(gcs, tiny_config):
         load_normalization,
         save_model,
     )
+    from tests.evaluation.test_evaluation_protocols import init_params
 
     params = init_params(tiny_config, 0)
     directory = uri(gcs, "models", str(time.time_ns()), "model")
