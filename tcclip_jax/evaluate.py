@@ -71,20 +71,19 @@ def main(argv: Sequence[str]) -> None:
     from tcclip_jax.evaluation.tables import flat_metrics, format_results
     from tcclip_jax.runtime import sharding
     from tcclip_jax.runtime.metrics import MetricWriter
-    from tcclip_jax.weights.checkpoint import INFO_FILE, load_config, load_model
+    from tcclip_jax.weights.checkpoint import INFO_FILE, load_model
 
     storage.check(_CHECKPOINT.value, "--checkpoint")
     checkpoint = storage.abspath(_CHECKPOINT.value)
     workdir = _WORKDIR.value or storage.dirname(checkpoint)
     storage.check(workdir, "--workdir")
     compile_cache.configure(compile_cache.choose(_COMPILE_CACHE.value, workdir))
+    model_config, params = load_model(checkpoint)
     with agreement.agreed():  # one process's unreadable copy stops all, in one line
-        load_config(checkpoint)
         config = resolve(_CONFIG.value, workdir)
         check_eval_lists(config)  # every list and folder exists (named by its config field)
         check_lists(config, training=False)  # each test list against its class list, first
         config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
-    model_config, params = load_model(checkpoint)
     metrics = evaluate_protocol(
         config, params, sharding.create_mesh(), model_config=model_config,
         analysis_dir=storage.join(workdir, ANALYSIS_DIR),

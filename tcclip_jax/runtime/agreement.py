@@ -59,11 +59,17 @@ def _decode(row: np.ndarray) -> tuple[type[BaseException], str]:
     return cls, bytes(row[2:]).rstrip(b"\0").decode(errors="replace")
 
 
+def multi_process() -> bool:
+    """Whether this is one of several processes (without starting JAX's backends when the
+    distributed runtime was never started: a single-process command stays as lazy as before)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
 def gather(error: BaseException | None) -> tuple[type[BaseException], str] | None:
     """Every process calls this at the same point, with the error it met or None: None if no
     process met one, else the same (kind, one-line message) on every process, the message
     naming the process it came from. With one process: the error's own kind and line."""
-    if jax.process_count() == 1:
+    if not multi_process():
         return None if error is None else _decode(_encode(error))
     rows = np.asarray(multihost_utils.process_allgather(_encode(error)))
     failed = [int(i) for i in np.flatnonzero(rows[:, 0])]
@@ -80,7 +86,7 @@ def agree(error: BaseException | None) -> None:
     """Every process calls this at the same point, with the error it met or None; if any
     process met one, every process raises the same one (chained from its own, if it had one).
     With one process the error itself is raised."""
-    if jax.process_count() == 1:
+    if not multi_process():
         if error is not None:
             raise error
         return

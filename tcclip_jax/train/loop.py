@@ -203,7 +203,7 @@ def _check_shared(workdir: str) -> None:
     """In a multi-process run, refuse (every process, one line) a work directory that is not
     the same for all processes, e.g. a local folder on each host's own disk: process 0 writes a
     marker file there, and every process must read it back."""
-    if jax.process_count() == 1:
+    if not agreement.multi_process():
         return
     token = int(multihost_utils.broadcast_one_to_all(np.int64(secrets.randbits(62))))
     marker = storage.join(workdir, f".shared-{token:x}")
