@@ -234,11 +234,13 @@ def _has_checkpoints(directory: str) -> bool:
     return storage.isdir(directory) and any(n.isdigit() for n in storage.listdir(directory))
 
 
-def _check_data(data_iterator) -> None:
+def _check_data(source) -> None:
     """Stop every process (one line) if one met more unreadable training videos than allowed.
+    `source` is the training pipeline's own iterator (`data.pipeline.TrainIterator`, under the
+    device feed, which may have read ahead of the step: the check then stops early, never late).
     A collective when there are several processes (their iterators keep such errors until
-    asked: see `data.pipeline.TrainIterator`); with one the iterator has raised already."""
-    error = getattr(data_iterator, "error", None)
+    asked); with one the iterator has raised already."""
+    error = getattr(source, "error", None)
     if error is not None:
         logging.error("%s", error)  # the full list of videos, on the process that met them
     agreement.agree(None if error is None else _data_error(error))
@@ -414,7 +416,7 @@ def _train_and_evaluate(
         epoch = step // steps_per_epoch
         log_now = step % config.log_every_steps == 0 or step == total_steps
         if log_now:
-            _check_data(data_iterator)  # first: a process's zero batches may be what went wrong
+            _check_data(source)  # first: a process's zero batches may be what went wrong
             _check_finite(state, ckpt)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - log_start
@@ -436,7 +438,7 @@ def _train_and_evaluate(
             )
         val_metrics = None
         if validate is not None and epoch_end and epoch in val_epochs:
-            _check_data(data_iterator)
+            _check_data(source)
             _check_finite(state, ckpt)
             val_metrics = validate(state.params)
             with agreement.agreed():
@@ -448,13 +450,13 @@ def _train_and_evaluate(
             or step == total_steps
         ):
             if not log_now:  # (a logging step has just checked)
-                _check_data(data_iterator)
+                _check_data(source)
             _check_finite(state, ckpt)
             ckpt.save(step, state, data_iterator, metrics=val_metrics)
         # Processes agree on stopping at logging steps (a collective), one process each step.
         if (log_now or jax.process_count() == 1) and preemption.agreed():
             if ckpt.latest_step() != step:
-                _check_data(data_iterator)
+                _check_data(source)
                 _check_finite(state, ckpt)
                 ckpt.save(step, state, data_iterator)
             stopped = True
