@@ -21,20 +21,20 @@ with the checkpoint path and normalisation to `WORKDIR/eval_metrics.json` (what 
 tcclip_jax.report` reads), and the scalars appended to `WORKDIR/metrics.jsonl` under `eval/`;
 per evaluated list, `WORKDIR/analysis/<list>/` holds every video's predictions, the per-class
 accuracy and the confusion matrix (`tcclip_jax.evaluation.analysis`).
-WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`.
+WORKDIR defaults to the checkpoint's parent: the run directory of a run's `model/`. Both may be
+on object storage (`gs://...`, see docs/storage.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 from absl import flags, logging
 from ml_collections import config_flags
 
 from tcclip_jax.data.config import NORMALIZATIONS
-from tcclip_jax.runtime import allocator, cli, compile_cache, distributed
+from tcclip_jax.runtime import agreement, allocator, cli, compile_cache, distributed, storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Protocol config file, e.g. configs/fewshot.py:hmdb51,16.", lock_config=True
@@ -73,32 +73,37 @@ def main(argv: Sequence[str]) -> None:
     from tcclip_jax.runtime.metrics import MetricWriter
     from tcclip_jax.weights.checkpoint import INFO_FILE, load_model
 
-    checkpoint = os.path.abspath(_CHECKPOINT.value)
-    workdir = _WORKDIR.value or os.path.dirname(checkpoint)
+    storage.check(_CHECKPOINT.value, "--checkpoint")
+    checkpoint = storage.abspath(_CHECKPOINT.value)
+    workdir = _WORKDIR.value or storage.dirname(checkpoint)
+    storage.check(workdir, "--workdir")
     compile_cache.configure(compile_cache.choose(_COMPILE_CACHE.value, workdir))
     model_config, params = load_model(checkpoint)
-    config = resolve(_CONFIG.value, workdir)
-    check_eval_lists(config)  # every list and folder exists (named by its config field)
-    check_lists(config, training=False)  # each test list against its class list, first
-    config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
+    with agreement.agreed():  # one process's unreadable copy stops all, in one line
+        config = resolve(_CONFIG.value, workdir)
+        check_eval_lists(config)  # every list and folder exists (named by its config field)
+        check_lists(config, training=False)  # each test list against its class list, first
+        config.data.normalization = checkpoint_normalization(checkpoint, _NORMALIZATION.value)
     metrics = evaluate_protocol(
         config, params, sharding.create_mesh(), model_config=model_config,
-        analysis_dir=os.path.join(workdir, ANALYSIS_DIR),
+        analysis_dir=storage.join(workdir, ANALYSIS_DIR),
     )  # fmt: skip
 
-    step = 0
-    if os.path.isfile(os.path.join(checkpoint, INFO_FILE)):
-        with open(os.path.join(checkpoint, INFO_FILE)) as f:
-            step = int(json.load(f).get("step", 0))
-    writer = MetricWriter(workdir)
-    writer.write(step, flat_metrics(metrics), prefix="eval/")
-    writer.close()
-    if jax.process_index() == 0:
-        print(format_results(metrics), flush=True)
-        with open(os.path.join(workdir, METRICS_FILE), "w") as f:
+    with agreement.agreed():  # process 0 writes; a failure there stops all
+        step = 0
+        if storage.isfile(storage.join(checkpoint, INFO_FILE)):
+            step = int(json.loads(storage.read_text(storage.join(checkpoint, INFO_FILE)))
+                       .get("step", 0))  # fmt: skip
+        writer = MetricWriter(workdir)
+        writer.write(step, flat_metrics(metrics), prefix="eval/")
+        writer.close()
+        if jax.process_index() == 0:
+            print(format_results(metrics), flush=True)
             record = {"checkpoint": checkpoint, "step": step}
             record["normalization"] = config.data.normalization
-            json.dump({**metrics, **record}, f, indent=2)
+            storage.write_text(
+                storage.join(workdir, METRICS_FILE), json.dumps({**metrics, **record}, indent=2)
+            )
     logging.info("%s", compile_cache.LOG.summary())
 
 

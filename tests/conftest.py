@@ -86,3 +86,60 @@ def tiny(tiny_config):
     clips = jnp.asarray(clips, jnp.float32)
     tokens = jnp.asarray(tokenize_prompts(CLASSNAMES, context_length=cfg.context_length))
     return cfg, random_params(cfg, 0), clips, tokens, jnp.array([0, 2, 1])
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A GCS-compatible server on a free loopback port (`tests/helpers/gcs_emulator.py`: the PyPI
+    `gcp-storage-emulator`), with its bucket: {"url", "bucket", "env"} (`env`: this process's
+    environment pointing Google's clients and tensorstore at it). Skips where the emulator or
+    gcsfs is not installed."""
+    import importlib.util
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from gcs_emulator import INSTALL
+
+    for module in ("gcp_storage_emulator", "gcsfs"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}: {INSTALL}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bucket, url = "tcclip-tests", f"http://127.0.0.1:{port}"
+    folder = tmp_path_factory.mktemp("gcs")
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - open while the server runs
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "helpers", "gcs_emulator.py"),
+         "--port", str(port), "--data-dir", str(folder / "data"), "--bucket", bucket],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                with open(log.name) as f:
+                    pytest.fail(f"the GCS emulator did not start: {f.read()[-3000:]}")
+            time.sleep(0.2)
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {"url": url, "bucket": bucket, "env": env}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()

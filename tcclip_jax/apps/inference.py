@@ -26,6 +26,7 @@ from tcclip_jax.data.transforms import normalize
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
+from tcclip_jax.runtime import storage
 from tcclip_jax.weights.checkpoint import (
     MODEL_CONFIG_FILE,
     CheckpointError,
@@ -164,9 +165,11 @@ def class_probabilities(predictor: Predictor, views: np.ndarray, classnames: Seq
 
 def _not_a_model_hint(directory: str) -> str:
     """Where the model probably is, when `directory` is a training run or its state."""
-    run_model = os.path.join(directory, "model")
-    if os.path.isfile(os.path.join(run_model, MODEL_CONFIG_FILE)):
+    run_model = storage.join(directory, "model")
+    if storage.isfile(storage.join(run_model, MODEL_CONFIG_FILE)):
         return f"it is a training run directory, whose model is {run_model}"
+    if storage.is_remote(directory):
+        return ""
     parts = os.path.normpath(os.path.abspath(directory)).split(os.sep)
     if "checkpoints" in parts:
         run = os.sep.join(parts[: parts.index("checkpoints")]) or os.sep

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 from collections.abc import Callable
 
 import jax
@@ -21,6 +20,7 @@ from tcclip_jax.data.readers import READERS
 from tcclip_jax.evaluation.specs import SELECT, EvalPlan, eval_plan
 from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.variants import VARIANTS, variant_config
+from tcclip_jax.runtime import storage
 from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.train.optim import StepPlan
 from tcclip_jax.weights.checkpoint import CheckpointError, load_config
@@ -34,9 +34,9 @@ class ConfigError(UserError):
 
 
 def _resolve(config: ml_collections.ConfigDict, path: str) -> str:
-    if not path or os.path.isabs(path) or not config.splits_dir:
+    if not path or storage.isabs(path) or not config.splits_dir:
         return path
-    return os.path.join(config.splits_dir, path)
+    return storage.join(config.splits_dir, path)
 
 
 def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -71,12 +71,38 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
     problems = _range_problems(config)
     if problems:
         raise ConfigError("\n".join(problems))
+    _check_storage(config)  # before the data hook reads or writes anything
     plan(config)  # a protocol and evaluations that exist
     config = resolve_paths(config)
     if config.prepare_data:
         with config.unlocked():
             _data_hook(config)(config, workdir)
     return config
+
+
+_PATH_FIELDS = (
+    "splits_dir", "init_checkpoint", "clip_checkpoint", "data.root", "data.train_list",
+    "data.val_list", "data.class_list", "data.novel_val_list", "data.novel_class_list",
+    "data.tfds_dir",
+)  # fmt: skip
+
+
+def _check_storage(config: ml_collections.ConfigDict) -> None:
+    """A ConfigError naming the field of the first path on a storage this installation cannot
+    read (`runtime.storage.check`)."""
+    fields = []
+    for field in _PATH_FIELDS:
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if node is not None else None
+        fields.append((field, node))
+    for i, dataset in enumerate(config.eval.get("datasets", ())):
+        fields.append((f"eval.datasets[{i}].root", dataset.get("root")))
+        for j, split in enumerate(dataset.get("splits") or ()):
+            fields.append((f"eval.datasets[{i}].splits[{j}]", split))
+    for field, path in fields:
+        if isinstance(path, str) and path:
+            _stored(path, field)
 
 
 def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -86,13 +112,22 @@ def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collec
     return config
 
 
+def _stored(path: str, field: str) -> str:
+    """`path`, if its storage can be read here (a ConfigError naming the field otherwise)."""
+    try:
+        storage.check(path)
+    except storage.StorageError as e:
+        raise ConfigError(f"config.{field}: {e}") from None
+    return path
+
+
 def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
     if not path:
         raise ConfigError(f"config.{field} is not set: the {what}")
-    if not os.path.isfile(path):
+    if not storage.isfile(_stored(path, field)):
         if splits_dir and path.startswith(splits_dir):
             hint = f" (under config.splits_dir={splits_dir!r})"
-        elif not os.path.isabs(path):
+        elif not storage.isabs(path):
             hint = (
                 " (relative list paths are taken from config.splits_dir: set it to the folder "
                 "holding datasets_splits/ and labels/)"
@@ -105,7 +140,7 @@ def _need_file(path: str, field: str, what: str, splits_dir: str) -> None:
 def _need_dir(path: str, field: str, what: str) -> None:
     if not path:
         raise ConfigError(f"config.{field} is not set: the {what}")
-    if not os.path.isdir(path):
+    if not storage.isdir(_stored(path, field)):
         raise ConfigError(f"config.{field}: {what} {path!r} is not a directory")
 
 
@@ -266,7 +301,7 @@ def check_config(config: ml_collections.ConfigDict, *, need_videos: bool = True)
         )
     if config.init_checkpoint:
         _need_dir(config.init_checkpoint, "init_checkpoint", "converted checkpoint directory")
-        if not os.path.isfile(os.path.join(config.init_checkpoint, "model_config.json")):
+        if not storage.isfile(storage.join(config.init_checkpoint, "model_config.json")):
             raise ConfigError(
                 f"config.init_checkpoint: {config.init_checkpoint!r} is not a converted "
                 "checkpoint (no model_config.json); convert weights with "

@@ -10,13 +10,13 @@ the length of the run, the evaluation and the data's location may change when na
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
 
 from tcclip_jax.config.resolve import ConfigError
+from tcclip_jax.runtime import storage
 
 # Fields that change nothing a checkpoint means.
 FREE = (
@@ -88,8 +88,7 @@ def changed_fields(saved: dict, config: ml_collections.ConfigDict) -> dict[str, 
 def check_resume(path: str, config: ml_collections.ConfigDict, allowed: Iterable[str]) -> None:
     """Raise a ConfigError unless `config` may resume the run whose config is at `path`."""
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json.loads(storage.read_text(path))
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: unreadable ({e}); resume with the run's own config") from e
     changed = changed_fields(saved, config)
@@ -101,7 +100,7 @@ def check_resume(path: str, config: ml_collections.ConfigDict, allowed: Iterable
     def listing(fields):
         return ", ".join(f"{f} ({changed[f][0]!r} -> {changed[f][1]!r})" for f in fields)
 
-    workdir = os.path.dirname(path)
+    workdir = storage.dirname(path)
     if unsafe:
         raise ConfigError(
             f"{workdir} holds a run with another config; these fields change shapes or the "

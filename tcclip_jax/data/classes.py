@@ -3,7 +3,8 @@
 Class lists: CSV with an `id,name` header (extra columns are ignored, as `pandas.read_csv(usecols=)`
 does in the published code), or the LLM-rephrased JSON object `{"0": "Brush hair: ...", ...}`.
 Annotation lists: one video a line, `relative/path.ext LABEL`. Every problem is reported with the
-file and line it comes from, because these lists are edited by hand.
+file and line it comes from, because these lists are edited by hand. Lists may be local or on
+object storage (`gs://`, `runtime.storage`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import csv
 import dataclasses
 import io
 import json
-import os
 
 import numpy as np
 
+from tcclip_jax.runtime import storage
 from tcclip_jax.runtime.errors import UserError
 
 
@@ -60,8 +61,12 @@ def read_text(path: str) -> str:
     """A list file's text: UTF-8, with or without the byte-order mark Windows tools write (Excel's
     "CSV UTF-8", Notepad), or UTF-16 with its mark (Excel's "Unicode text"); CRLF or LF endings.
     Anything else is an AnnotationError naming the file and the byte."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        raw = storage.read_bytes(path)
+    except OSError as e:
+        raise AnnotationError(
+            f"{path}: cannot read ({getattr(e, 'strerror', None) or e})"
+        ) from None
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             return raw.decode("utf-16")
@@ -131,7 +136,7 @@ def _load_json(path: str) -> list[str]:
 
 def load_class_names(path: str) -> list[str]:
     """Class names ordered by id, from a CSV (`id,name` header) or JSON (`{"0": name}`) file."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise AnnotationError(f"class list {path} does not exist")
     if path.lower().endswith(".json"):
         return _load_json(path)
@@ -145,7 +150,7 @@ def read_annotation_entries(
 
     The label is the last whitespace-separated field, so paths may contain spaces.
     """
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise AnnotationError(f"annotation list {path} does not exist")
     out = []
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):

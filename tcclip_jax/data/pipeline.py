@@ -7,13 +7,17 @@ frame sampling and augmentation draw from an rng seeded by (seed, epoch, video i
 does not depend on the number of processes, workers or threads. Worker processes
 (`num_workers`) each decode every num_workers-th clip and assemble whole batches; unreadable videos
 are skipped there and reported with the batch, counted and logged here, and past `max_bad_videos`
-the run stops with an error listing them. The iterator's state (grain's positions plus the skipped
+the run stops with an error listing them (in a multi-process run the limit is counted per
+process, and a process past it feeds zero batches until the processes agree to stop at the next
+check; see `TrainIterator`). The iterator's state (grain's positions plus the skipped
 videos) is JSON, so `get_state`/`set_state` and orbax's `grain.checkpoint.CheckpointSave/Restore`
 resume exactly: the restored iterator yields the batches the uninterrupted one would have.
 
 Evaluation: every process gets videos p, p + P, ... padded with `valid=False` entries to the same
-number of full batches, so shapes are static for jit and no video is dropped; an unreadable
-evaluation video is an error naming it (never skipped: it would change the denominator).
+number of full batches, so shapes are static for jit and no video is dropped. An unreadable
+evaluation video is delivered as a row of zeros listed under the batch's `unreadable`
+((position, message) pairs): the evaluator counts it as a miss and names it
+(`evaluation.accuracy`), so the denominator stays the list's length.
 """
 
 from __future__ import annotations
@@ -254,29 +258,67 @@ def _too_many(failures: list, limit: int) -> VideoReadError:
 class _CountFailures(grain.IterDataset):
     """Removes '_failures' from batches, logs and counts them, and stops past the limit."""
 
-    def __init__(self, parent: grain.IterDataset, max_failures: int):
+    def __init__(self, parent: grain.IterDataset, max_failures: int, filler=None):
         super().__init__(parent)
         self._max_failures = max_failures
+        self._filler = filler
 
     def __iter__(self) -> TrainIterator:
-        return TrainIterator(self._parent.__iter__(), self._max_failures)
+        return TrainIterator(self._parent.__iter__(), self._max_failures, self._filler)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ZeroBatch:
+    """A batch of zeros shaped as the training batches (see TrainIterator)."""
+
+    batch_size: int
+    spec: ClipSpec
+
+    def __call__(self) -> dict:
+        s = self.spec
+        shape = (self.batch_size, s.num_frames, s.image_size, s.image_size, 3)
+        return {
+            "video": np.zeros(shape, s.output_dtype()),
+            "label": np.zeros(self.batch_size, np.int32),
+        }
 
 
 class TrainIterator(grain.DatasetIterator):
-    """Endless training batches; `skipped` lists [video index, message] of unreadable videos."""
+    """Endless training batches; `skipped` lists [video index, message] of unreadable videos.
 
-    def __init__(self, parent: grain.DatasetIterator, max_failures: int):
+    Past `max_failures` it raises a VideoReadError listing them, or, with a `filler` (a
+    multi-process run, where one process must not stop alone), keeps the error in `error` and
+    yields `filler()` batches (zeros) from then on, so that this process goes on taking part in
+    the training steps until the processes agree to stop (`train.loop`, before any save).
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, max_failures: int, filler=None):
         super().__init__(parent)
         self._max_failures = max_failures
+        self._filler = filler
         self.skipped: list[list] = []
+        self.error: Exception | None = None
 
     def __next__(self) -> dict:
-        batch = next(self._parent)
+        if self.error is not None:
+            return self._filler()
+        try:
+            batch = next(self._parent)
+        except StopIteration:
+            raise
+        except Exception as e:
+            if self._filler is None:
+                raise
+            self.error = e  # the reading stopped: nothing more comes from it
+            return self._filler()
         for index, message in batch.pop("_failures"):
             logging.warning("skipped unreadable training video %d: %s", index, message)
             self.skipped.append([index, message])
         if len(self.skipped) > self._max_failures:
-            raise _too_many(self.skipped, self._max_failures)
+            error = _too_many(self.skipped, self._max_failures)
+            if self._filler is None:
+                raise error
+            self.error = error
         return batch
 
     def get_state(self) -> dict:
@@ -328,7 +370,9 @@ def create_train_iterator(
     `batch_size` is per process. `annotations` ((path, label) pairs, e.g. a few-shot subset)
     replaces the configured training list. `clips_per_epoch` (all processes together; None: all
     the videos) is how many videos of each epoch's shuffle are read, the rest dropped
-    (`train.optim.StepPlan.clips_per_epoch`). Close the iterator (`.close()`) when done.
+    (`train.optim.StepPlan.clips_per_epoch`). With several processes, a reading failure does not
+    raise: it is kept in the iterator's `error` (see `TrainIterator`). Close the iterator
+    (`.close()`) when done.
     """
     spec = ClipSpec.from_config(cfg)
     reader = make_reader(cfg, "train")
@@ -345,7 +389,8 @@ def create_train_iterator(
     ds = ds.to_iter_dataset(_read_options(cfg, batch_size))
     ds = _SkipFailuresAndBatch(ds, batch_size, cfg.max_bad_videos)
     ds = prefetch(ds, cfg)
-    return iter(_CountFailures(ds, cfg.max_bad_videos))
+    filler = _ZeroBatch(batch_size, spec) if process_count > 1 else None
+    return iter(_CountFailures(ds, cfg.max_bad_videos, filler))
 
 
 def view_seed(path: str) -> int:
@@ -396,12 +441,19 @@ class _EvalBatch:
             (len(positions), spec.num_views, spec.num_frames, s, s, 3), spec.output_dtype()
         )
         label = np.full(len(positions), -1, np.int32)
+        unreadable = []
         for i, p in enumerate(positions):
             if p >= 0:
-                video[i] = spec.finish(eval_views(self.reader, self.entries[p], spec))
+                try:
+                    video[i] = spec.finish(eval_views(self.reader, self.entries[p], spec))
+                except VideoReadError as e:
+                    unreadable.append((int(p), str(e)))
                 label[i] = self.entries[p].label
         index = np.asarray(positions, np.int32)
-        return {"video": video, "label": label, "index": index, "valid": index >= 0}
+        return {
+            "video": video, "label": label, "index": index, "valid": index >= 0,
+            "unreadable": unreadable,
+        }  # fmt: skip
 
 
 def create_eval_dataset(
@@ -415,7 +467,8 @@ def create_eval_dataset(
     """Deterministic evaluation batches for this process; iterate it once per evaluation.
 
     Batches hold 'video' [b, V, T, S, S, 3], 'label' int32 (-1 for padding), 'index' int32 (the
-    video's position in the annotation list; -1 for padding) and 'valid' bool. Every process
+    video's position in the annotation list; -1 for padding), 'valid' bool and 'unreadable'
+    ((position, message) of each video that could not be read; its row is zeros). Every process
     yields the same number of batches. `annotation_file` replaces the configured `val_list`
     (formats 'video' and 'frames'; tfds records carry the list they were packed from).
     """

@@ -5,6 +5,8 @@ annotation line) and a frame picker `pick(num_frames) -> indices` to uint8 RGB f
 [K, H, W, 3], resized to a given short side (or as stored). `READERS` maps each
 `data.format` to its reader; `make_reader(cfg, split)` builds the one a data config names.
 Readers are pickled into grain worker processes, so they hold only paths and open files lazily.
+Video files, frame folders and lists may be on object storage (`gs://`, `runtime.storage`): a
+video is then read whole into memory and decoded from there.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import abc
 import collections.abc
 import dataclasses
 import io
-import os
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from PIL import Image
 from tcclip_jax.data.classes import AnnotationError, read_annotation_entries
 from tcclip_jax.data.transforms import resize_short_side
 from tcclip_jax.data.video_decode import VideoReadError, decode_frames
+from tcclip_jax.runtime import storage
 
 Picker = Callable[[int], np.ndarray]
 
@@ -114,7 +116,7 @@ class Reader(abc.ABC):
     @staticmethod
     def present(root: str, path: str) -> bool:
         """Whether the listed video `path` is stored under `root` (the dry run counts)."""
-        return os.path.isfile(os.path.join(root, path))
+        return storage.isfile(storage.join(root, path))
 
 
 def check_entries(entries: Entries, num_classes: int | None) -> Entries:
@@ -129,15 +131,15 @@ def check_entries(entries: Entries, num_classes: int | None) -> Entries:
 
 
 def _check_root(root: str) -> None:
-    if not os.path.isdir(root):
+    if not storage.isdir(root):
         raise AnnotationError(f"data root {root!r} is not a directory")
 
 
 def _existing_file(root: str, entry: Entry) -> str:
-    path = os.path.join(root, entry.path)
-    if not os.path.isfile(path):
+    path = storage.join(root, entry.path)
+    if not storage.isfile(path):
         raise VideoReadError(f"{path}: no such video file (listed at {entry.where})")
-    if os.path.getsize(path) == 0:
+    if storage.getsize(path) == 0:
         raise VideoReadError(f"{path}: empty file (listed at {entry.where})")
     return path
 
@@ -156,9 +158,17 @@ class VideoFileReader(Reader):
 
     def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
         path = _existing_file(self.root, entry)
+        source = path
+        if storage.is_remote(path):
+            try:
+                source = storage.read_bytes(path)
+            except OSError as e:
+                raise VideoReadError(
+                    f"{path}: cannot read: {e} (listed at {entry.where})"
+                ) from None
         try:
             return decode_frames(
-                path, pick, name=path, threads=self.decode_threads, short_side=short_side
+                source, pick, name=path, threads=self.decode_threads, short_side=short_side
             )
         except VideoReadError as e:
             raise VideoReadError(f"{e} (listed at {entry.where})") from None
@@ -197,22 +207,24 @@ class FrameFolderReader(Reader):
 
     @staticmethod
     def present(root: str, path: str) -> bool:
-        return os.path.isdir(os.path.join(root, path))
+        return storage.isdir(storage.join(root, path))
 
     def read(self, entry: Entry, pick: Picker, short_side: int | None = None) -> np.ndarray:
-        folder = os.path.join(self.root, entry.path)
+        folder = storage.join(self.root, entry.path)
         listed = f" (listed at {entry.where})"
-        if not os.path.isdir(folder):
+        if not storage.isdir(folder):
             raise VideoReadError(f"{folder}: no such frame folder{listed}")
-        count = sum(1 for name in os.listdir(folder) if self._pattern.match(name))
+        count = sum(1 for name in storage.listdir(folder) if self._pattern.match(name))
         if count == 0:
             raise VideoReadError(f"{folder}: no frames named like {self.template!r}{listed}")
         wanted = np.asarray(pick(count)).tolist()
         frames = {}
         for i in sorted(set(wanted)):
-            path = os.path.join(folder, self.template.format(self.start_index + i))
+            path = storage.join(folder, self.template.format(self.start_index + i))
             try:
-                frames[i] = load_image(path)
+                frames[i] = load_image(
+                    storage.read_bytes(path) if storage.is_remote(path) else path
+                )
             except (OSError, ValueError) as e:
                 raise VideoReadError(f"{path}: cannot read frame: {e}{listed}") from None
         shapes = {f.shape for f in frames.values()}

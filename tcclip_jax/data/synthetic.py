@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +39,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from PIL import Image, ImageDraw
+
+from tcclip_jax.runtime import agreement, storage
 
 CLASS_NAMES: tuple[str, ...] = (
     "shape moving left",
@@ -358,23 +360,27 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Generate the dataset `config.synthetic` describes into `config.data.root` (default
     WORKDIR/synthetic) unless it is there, and point the config's lists at it."""
     s = config.synthetic
-    root = os.path.abspath(config.data.root or os.path.join(workdir, "synthetic"))
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(root, "classes.csv")):
-        logging.info("Generating the synthetic dataset in %s", root)
-        generate(
-            root,
-            videos_per_class=s.videos_per_class,
-            val_per_class=s.val_per_class,
-            num_frames=s.num_frames,
-            size=(s.size, s.size),
-            seed=config.seed,
-            overwrite=True,
-        )
-    multihost_utils.sync_global_devices("synthetic data")
+    root = storage.abspath(config.data.root or storage.join(workdir, "synthetic"))
+    with agreement.agreed():  # process 0 writes; the others wait for it, or all stop
+        if jax.process_index() == 0 and not storage.isfile(storage.join(root, "classes.csv")):
+            logging.info("Generating the synthetic dataset in %s", root)
+            with tempfile.TemporaryDirectory() as staging:  # object storage: copied after
+                local = staging if storage.is_remote(root) else root
+                generate(
+                    local,
+                    videos_per_class=s.videos_per_class,
+                    val_per_class=s.val_per_class,
+                    num_frames=s.num_frames,
+                    size=(s.size, s.size),
+                    seed=config.seed,
+                    overwrite=True,
+                )
+                if local != root:
+                    storage.upload_tree(local, root)
     config.data.root = root
-    config.data.train_list = config.data.train_list or os.path.join(root, "train.txt")
-    config.data.val_list = config.data.val_list or os.path.join(root, "val.txt")
-    config.data.class_list = config.data.class_list or os.path.join(root, "classes.csv")
+    config.data.train_list = config.data.train_list or storage.join(root, "train.txt")
+    config.data.val_list = config.data.val_list or storage.join(root, "val.txt")
+    config.data.class_list = config.data.class_list or storage.join(root, "classes.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,13 @@ as the published code does. Padding rows (`valid` False) never count and every a
 must be scored exactly once, across all processes, or the call fails: a silently dropped video
 would change the accuracy without any sign.
 
+Unreadable videos (a truncated file, a missing frame folder) are counted as misses, never left
+out: the denominator stays the number of listed videos, so the accuracy is never inflated. Each
+is named in the log (by the process that met it) and listed in `Evaluator.unreadable` (the
+results file lists them per evaluated list). Past `data.max_bad_videos` of them in one list
+(all processes together) the evaluation stops with a `RunError` naming the first; every process
+stops with the same line (`runtime.agreement`).
+
 Accuracies are percentages, as the paper reports them.
 """
 
@@ -20,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -29,7 +37,8 @@ from tcclip_jax.data.pipeline import create_eval_dataset
 from tcclip_jax.data.readers import make_reader
 from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
-from tcclip_jax.runtime import sharding
+from tcclip_jax.runtime import agreement, sharding
+from tcclip_jax.runtime.errors import RunError
 
 TOP_K = 5
 
@@ -150,6 +159,8 @@ class Evaluator:
         self.videos = [e.path for e in entries]
         self.labels = np.asarray([e.label for e in entries])
         self.scores: np.ndarray | None = None  # [num_videos, C] of the last call
+        self.unreadable: list[str] = []  # the videos the last call could not read (misses)
+        self.unreadable_mask = np.zeros(self.num_videos, bool)
         self.class_names = list(class_names)
         self.tokens = prompt_tokens(model.config, self.class_names)
         self._batch_sharding = sharding.batch_sharding(mesh)
@@ -179,8 +190,12 @@ class Evaluator:
             )
         )
         pending = None  # the previous step's results, fetched once the next step is queued
+        bad: dict[int, str] = {}  # position -> message, of the videos this process met
         try:
             for batch in batches:
+                for position, message in batch.pop("unreadable"):
+                    logging.warning("unreadable evaluation video (counted as a miss): %s", message)
+                    bad[position] = message
                 valid = np.asarray(batch["valid"], bool)
                 labels = np.where(valid, batch["label"], 0)
                 inputs = sharding.put_process_batch(
@@ -194,16 +209,39 @@ class Evaluator:
             batches.close()  # stops worker processes, if any
         if pending is not None:
             self._tally(counts, scores, *pending)
+        unreadable = np.zeros(self.num_videos, bool)
+        unreadable[list(bad)] = True
+        counts[1:, unreadable] = 0  # a miss, whatever the zeros scored
+        scores[unreadable] = 0.0
         if self.process_count > 1:
             counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
             scores = np.asarray(multihost_utils.process_allgather(scores)).sum(axis=0)
+            unreadable = np.asarray(multihost_utils.process_allgather(unreadable)).any(axis=0)
         self.scores = scores
+        self.unreadable_mask = unreadable
+        self.unreadable = [self.videos[i] for i in np.flatnonzero(unreadable)]
+        self._check_unreadable(bad, int(unreadable.sum()))
         self._check_coverage(counts[0])
         return {
             "top1": float(100.0 * counts[1].sum() / self.num_videos),
             "top5": float(100.0 * counts[2].sum() / self.num_videos),
             "num_videos": self.num_videos,
         }
+
+    def _check_unreadable(self, mine: dict[int, str], total: int) -> None:
+        """Stop (every process, the same line) past `data.max_bad_videos` unreadable videos."""
+        limit = self.data_cfg.max_bad_videos
+        error = None
+        if total > limit and mine:
+            first = mine[min(mine)]
+            error = RunError(
+                f"{total} unreadable videos in {self.annotation_file}, more than "
+                f"data.max_bad_videos={limit} (each counts as a miss); the first: {first}"
+            )
+        if self.process_count > 1:
+            agreement.agree(error)
+        elif error is not None:
+            raise error
 
     def _tally(self, counts, scores, index: np.ndarray, valid: np.ndarray, outputs) -> None:
         top1, top5, probs = multihost_utils.global_array_to_host_local_array(

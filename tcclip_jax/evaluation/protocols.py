@@ -27,6 +27,7 @@ from tcclip_jax.evaluation.specs import (
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.video_clip import VideoCLIP
+from tcclip_jax.runtime import agreement, storage
 from tcclip_jax.weights.checkpoint import load_model
 
 
@@ -76,7 +77,7 @@ def evaluate_protocol(
     for name, w in weights.items():
         folder = analysis_dir
         if analysis_dir and name != PLAIN:
-            folder = os.path.join(analysis_dir, name)
+            folder = storage.join(analysis_dir, name)
         lists = _evaluate_lists(config, plan, place_params(w, mesh), model, mesh, folder)
         results[name] = summarize(plan, lists)
     return Results(header, results).to_json()
@@ -132,9 +133,16 @@ def _evaluate_lists(
     out = {}
     for spec in plan.role(TEST):
         evaluator = spec_evaluator(config, spec, model, mesh)
-        out[spec.key] = Accuracy(**evaluator(params), annotation_file=evaluator.annotation_file)
-        if analysis_dir and jax.process_index() == 0:
-            folder = os.path.join(analysis_dir, spec.key.replace("/", "_"))
-            write_analysis(folder, evaluator.videos, evaluator.labels, evaluator.scores,
-                           evaluator.class_names)  # fmt: skip
+        out[spec.key] = Accuracy(
+            **evaluator(params),
+            annotation_file=evaluator.annotation_file,
+            unreadable=evaluator.unreadable or None,
+        )
+        if analysis_dir:
+            folder = storage.join(analysis_dir, spec.key.replace("/", "_"))
+            with agreement.agreed():  # process 0 writes; a failure there stops all
+                if jax.process_index() == 0:
+                    write_analysis(folder, evaluator.videos, evaluator.labels, evaluator.scores,
+                                   evaluator.class_names,
+                                   unreadable=evaluator.unreadable_mask)  # fmt: skip
     return out

@@ -34,12 +34,14 @@ def summarize_splits(splits: Sequence[dict]) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Accuracy:
-    """Top-1 / top-5 (%) of one list."""
+    """Top-1 / top-5 (%) of one list; `unreadable`: the listed videos that could not be read,
+    counted as misses (None when every video was read)."""
 
     top1: float
     top5: float
     num_videos: int | None = None
     annotation_file: str | None = None
+    unreadable: list[str] | None = None
 
     def to_json(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

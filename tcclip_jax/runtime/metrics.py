@@ -3,7 +3,9 @@
 `metrics.jsonl` has one JSON object per logging step or evaluation, `{"step": int, name: value}`
 (e.g. `loss`, `lr`, `clips_per_sec`, `top1`, `top5`), easy to read back without TensorBoard.
 Only process 0 writes; the other processes get a writer that does nothing, so callers need not
-branch on the process index.
+branch on the process index. A work directory on object storage (`gs://`) gets the same files:
+objects have no append, so each write replaces `metrics.jsonl` and the events file whole (both
+stay small: one line, one event per logging step).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tcclip_jax.runtime import diskspace
+from tcclip_jax.runtime import diskspace, storage
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "config.json"
@@ -42,15 +45,31 @@ class MetricWriter:
 
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self._jsonl = os.path.join(workdir, METRICS_FILE)
+        self._jsonl = storage.join(workdir, METRICS_FILE)
         self._tb = None
+        # On object storage: the events are written to a local file, uploaded after each
+        # write; metrics.jsonl's text is kept here and uploaded whole.
+        self._remote = storage.is_remote(workdir)
+        self._upload: tuple[str, str] | None = None
+        self._lines = b""
         if self.enabled:
             from tensorboardX.event_file_writer import EventsWriter
 
-            os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
-            self._tb = EventsWriter(os.path.join(workdir, "tensorboard", "events"))
+            events = storage.join(workdir, "tensorboard")
+            if self._remote:
+                if storage.isfile(self._jsonl):
+                    self._lines = storage.read_bytes(self._jsonl)
+                self._staging = tempfile.TemporaryDirectory(prefix="tcclip-events-")
+                local = self._staging.name
+            else:
+                os.makedirs(events, exist_ok=True)
+                local = events
+            self._tb = EventsWriter(os.path.join(local, "events"))
             self._tb.flush()
             self._tb_path = self._tb._file_name  # noqa: SLF001 - tensorboardX names the file
+            if self._remote:
+                remote = storage.join(events, os.path.basename(self._tb_path))
+                self._upload = (self._tb_path, remote)
 
     def write(self, step: int, metrics: dict[str, Any], prefix: str = "") -> None:
         """Record scalar `metrics` at `step`; TensorBoard tags get `prefix` (e.g. "train/")."""
@@ -66,6 +85,14 @@ class MetricWriter:
         line = (json.dumps({"step": int(step), **values}) + "\n").encode()
         summary = Summary(value=[scalar(prefix + n, v).value[0] for n, v in values.items()])
         event = Event(wall_time=time.time(), step=int(step), summary=summary)
+        if self._remote:
+            storage.write_bytes(self._jsonl, self._lines + line)
+            self._lines += line
+            self._tb.write_event(event)
+            self._tb.flush()
+            with open(self._upload[0], "rb") as f:
+                storage.write_bytes(self._upload[1], f.read())
+            return
         self._undone_on_error(self._jsonl, lambda: _append(self._jsonl, line))
         self._undone_on_error(
             self._tb_path, lambda: (self._tb.write_event(event), self._tb.flush())
@@ -91,6 +118,8 @@ class MetricWriter:
         if self.enabled and self._tb is not None:
             self._tb.close()
             self._tb = None
+            if self._remote:
+                self._staging.cleanup()
 
 
 def _append(path: str, data: bytes) -> None:
@@ -99,28 +128,22 @@ def _append(path: str, data: bytes) -> None:
 
 
 def _write_whole(path: str, text: str) -> None:
-    """Write `path` through a temporary file: it holds the old text or the new, never a part."""
-    try:
-        with diskspace.writing(path), open(path + ".tmp", "w") as f:
-            f.write(text)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(path + ".tmp")
-        raise
-    os.replace(path + ".tmp", path)
+    """Write `path` whole: it holds the old text or the new, never a part."""
+    with diskspace.writing(path):
+        storage.write_text(path, text)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """The records of `workdir/metrics.jsonl` in order."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = storage.read_text(storage.join(str(workdir), METRICS_FILE))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def drop_after(workdir: str, step: int) -> None:
     """Forget the records past `step` (process 0 only): a run resumed from the checkpoint of
     `step` logs those steps again, and `metrics.jsonl` then reads as an uninterrupted run."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if jax.process_index() != 0 or not os.path.isfile(path):
+    path = storage.join(workdir, METRICS_FILE)
+    if jax.process_index() != 0 or not storage.isfile(path):
         return
     kept = [r for r in read_metrics(workdir) if r["step"] <= step]
     _write_whole(path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -130,7 +153,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """The resolved config as JSON (process 0 only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     _write_whole(
-        os.path.join(workdir, RUN_CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True)
+        storage.join(workdir, RUN_CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True)
     )

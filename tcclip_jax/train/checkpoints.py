@@ -10,6 +10,15 @@ A checkpoint that does not restore (files lost or cut short) is moved to
 with the fields TrainState gained since filled in (`ADDED_FIELDS`); one of another layout is
 refused in one line and left where it is.
 
+A work directory on object storage (`gs://`) holds the same files: orbax and tensorstore write
+there directly (orbax marks a finished step with `commit_success.txt` instead of a rename), and
+set-aside or exported folders are copied object by object (`runtime.storage`).
+
+In a multi-process run, every process first checks the files it alone reads (its data
+iterator's position, the state's metadata) and the processes agree on the result
+(`runtime.agreement`) before any of them restores: a checkpoint damaged on one host is set aside
+by all, never restored by some while others wait.
+
 Each save first checks the free space against the size of the last checkpoint: a save that cannot
 fit is not started, and one that fills the disk anyway (another writer) is removed; both stop the
 run with a `diskspace.DiskFullError`, the older checkpoints untouched.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import shutil
 from typing import Any
@@ -37,7 +47,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from tcclip_jax.models import ModelConfig
-from tcclip_jax.runtime import diskspace, sharding
+from tcclip_jax.runtime import agreement, diskspace, sharding, storage
 from tcclip_jax.runtime.errors import UserError, error_line
 from tcclip_jax.weights import checkpoint
 
@@ -75,10 +85,11 @@ class TrainCheckpoints:
                 ),
             ]
         )
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.abspath(directory)
+        self._remote = storage.is_remote(self.directory)
         self._in_flight: int | None = None  # the step of the save being written
         self._needed = 0  # the space it was expected to need
-        self.damaged = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        self.damaged = storage.join(storage.dirname(self.directory), "damaged_checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -103,8 +114,8 @@ class TrainCheckpoints:
         folder and the size of the last checkpoint, which the next one needs.
         """
         self.wait()
-        needed = self._next_size(state)
-        short = diskspace.free_bytes(self.directory) < needed
+        needed = 0 if self._remote else self._next_size(state)  # object storage: no free space
+        short = not self._remote and diskspace.free_bytes(self.directory) < needed
         if jax.process_count() > 1:  # every process stops, or none
             short = bool(np.max(multihost_utils.process_allgather(np.int32(short))))
         if short:
@@ -141,7 +152,7 @@ class TrainCheckpoints:
     def _failed(self, error: Exception) -> diskspace.DiskFullError:
         """The DiskFullError for a save that did not fit, after removing what it wrote."""
         step, self._in_flight = self._in_flight, None
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and not self._remote:
             for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
                 shutil.rmtree(partial, ignore_errors=True)
         self.manager.reload()
@@ -199,31 +210,63 @@ class TrainCheckpoints:
         """(step, state) of the newest checkpoint that restores, or None if there is none.
 
         A damaged checkpoint (a missing or truncated file) is moved to `damaged/STEP` beside
-        the checkpoints, kept for inspection, with a warning naming it and the reason.
+        the checkpoints, kept for inspection, with a warning naming it and the reason. Every
+        process first checks its own files (`_probe`), and all agree before restoring.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
+            error = None
             try:
-                return step, self.restore(step, abstract_state, data_iterator)
-            except CheckpointVersionError:
-                raise  # whole, but not this version's: nothing to set aside
-            except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are bad.
-                reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
-                self._set_aside(step)
-                logging.warning(
-                    "Checkpoint %d does not restore (%s); moved to %s, trying older ones",
-                    step,
-                    reason,
-                    os.path.join(self.damaged, str(step)),
-                )
+                self._probe(step, abstract_state, data_iterator)
+            except Exception as e:  # noqa: BLE001 - whatever it is, the files are bad here.
+                error = e
+            failure = agreement.gather(error)
+            if failure is not None and issubclass(failure[0], UserError):
+                # Whole, but not this version's: kept as it is.
+                if jax.process_count() == 1:
+                    raise error
+                raise failure[0](failure[1]) from error
+            if failure is None:
+                try:
+                    return step, self.restore(step, abstract_state, data_iterator)
+                except CheckpointVersionError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - whatever orbax raises, the files are bad.
+                    failure = (type(e), f"{type(e).__name__}: {str(e).strip()}")
+            reason = failure[1].strip().splitlines()[0][:300]
+            self._set_aside(step)
+            logging.warning(
+                "Checkpoint %d does not restore (%s); moved to %s, trying older ones",
+                step,
+                reason,
+                storage.join(self.damaged, str(step)),
+            )
         return None
+
+    def _probe(self, step: int, abstract_state: Any, data_iterator: Any | None) -> None:
+        """Read what this process alone reads of checkpoint `step` (the state's metadata, its
+        data iterator's position), raising whatever a damaged file raises."""
+        self._missing_fields(step, abstract_state)  # the state's metadata (and its version)
+        if data_iterator is None:
+            return
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path = storage.join(self.directory, str(step), "data", name)
+        try:
+            text = storage.read_text(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} does not exist") from None
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        if not isinstance(state, dict) or not {"parent", "skipped"} <= state.keys():
+            raise ValueError(f"{path}: not a data iterator position")
 
     def _set_aside(self, step: int) -> None:
         if jax.process_index() == 0:
-            os.makedirs(self.damaged, exist_ok=True)
-            target = os.path.join(self.damaged, str(step))
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(self.directory, str(step)), target)
+            storage.makedirs(self.damaged)
+            target = storage.join(self.damaged, str(step))
+            storage.rmtree(target)
+            storage.replace(storage.join(self.directory, str(step)), target)
         multihost_utils.sync_global_devices(f"checkpoints:set_aside:{step}")
         self.manager.reload()
 
@@ -263,24 +306,31 @@ def export_model(
     """Write `params` as a model checkpoint directory (`weights.checkpoint`), replacing any,
     recording the input `normalization` the weights were trained with.
 
-    Parameters sharded over several processes are gathered first; every process takes part.
+    Parameters sharded over several processes are gathered first; every process takes part,
+    and the processes agree on every step that one of them could fail alone (process 0's
+    clean-up and move, each process's look at the new directory, the small files process 0
+    writes), so a failure stops all of them with the same message.
     """
     params = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(params)
     tmp = directory + ".tmp"
-    if jax.process_index() == 0 and os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    multihost_utils.sync_global_devices("export_model:clean")
+    primary = jax.process_index() == 0
+    with agreement.agreed():
+        if primary:
+            storage.rmtree(tmp)
+    with agreement.agreed():  # every process sees it gone before any writes into it
+        checkpoint.check_new_directory(tmp)
     try:
-        checkpoint.save_model(tmp, config, params, info=info, normalization=normalization)
+        with agreement.agreed():
+            checkpoint.save_model(
+                tmp, config, params, info=info, normalization=normalization, primary=primary
+            )
     except Exception as e:
-        if jax.process_index() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if diskspace.is_disk_full(e):
-            raise diskspace.disk_full(os.path.dirname(tmp), f"the exported model {tmp}") from e
+        if primary:
+            storage.rmtree(tmp)
+        if diskspace.is_disk_full(e) and not isinstance(e, diskspace.DiskFullError):
+            folder = storage.dirname(tmp)
+            raise diskspace.disk_full(folder, f"the exported model {tmp}") from e
         raise
-    multihost_utils.sync_global_devices("export_model:written")
-    if jax.process_index() == 0:
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    multihost_utils.sync_global_devices("export_model:done")
+    with agreement.agreed():
+        if primary:
+            storage.replace(tmp, directory)

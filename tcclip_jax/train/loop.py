@@ -11,6 +11,13 @@
 
 A run resumes from the latest checkpoint in its workdir: rerunning the same command after a
 preemption or crash continues where it stopped, with the same batches and the same result.
+
+The work directory may be on object storage (`--workdir gs://bucket/run`, `runtime.storage`).
+A multi-process run checks at start that every process sees the same work directory, and the
+processes agree on every failure one of them can meet alone (`runtime.agreement`): reading the
+config's lists, unreadable training videos past the limit (checked at each logging step and
+before each save or validation), a checkpoint that does not restore, the export, process 0's
+writes. Every process then stops with the same one-line message.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import signal
+import socket
 import time
 from collections.abc import Sequence
 
@@ -47,7 +56,7 @@ from tcclip_jax.models import ModelConfig
 from tcclip_jax.models.initialization import adapt_params, random_params
 from tcclip_jax.models.params import split_frozen
 from tcclip_jax.models.prompts import prompt_tokens
-from tcclip_jax.runtime import compile_cache, diskspace, sharding
+from tcclip_jax.runtime import agreement, compile_cache, diskspace, sharding, storage
 from tcclip_jax.runtime.errors import RunError, error_line
 from tcclip_jax.runtime.metrics import RUN_CONFIG_FILE, MetricWriter, drop_after, save_config
 from tcclip_jax.train import run_lock
@@ -179,6 +188,9 @@ def _step_batch(batch: dict, accum: int, batch_sharding) -> dict:
 
 
 def _make_workdir(workdir: str) -> None:
+    storage.check(workdir, "--workdir")
+    if storage.is_remote(workdir):
+        return  # nothing to create; the first write shows whether it may be written
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
@@ -187,8 +199,57 @@ def _make_workdir(workdir: str) -> None:
         raise ConfigError(f"--workdir {workdir}: not writable")
 
 
+def _check_shared(workdir: str) -> None:
+    """In a multi-process run, refuse (every process, one line) a work directory that is not
+    the same for all processes, e.g. a local folder on each host's own disk: process 0 writes a
+    marker file there, and every process must read it back."""
+    if not agreement.multi_process():
+        return
+    token = int(multihost_utils.broadcast_one_to_all(np.int64(secrets.randbits(62))))
+    marker = storage.join(workdir, f".shared-{token:x}")
+    text = f"{socket.gethostname()}\n"
+    try:
+        with agreement.agreed():  # process 0 could not write it: said by all
+            if jax.process_index() == 0:
+                storage.write_text(marker, text)
+        error = None
+        try:
+            seen = storage.isfile(marker)
+        except OSError:
+            seen = False
+        if not seen:
+            error = ConfigError(
+                f"--workdir {workdir} is not shared by all hosts: host {socket.gethostname()} "
+                "does not see the file process 0 wrote there; put the work directory on "
+                "storage every host reads (gs://BUCKET/PATH or a shared filesystem)"
+            )
+        agreement.agree(error)
+    finally:
+        if jax.process_index() == 0:
+            with contextlib.suppress(OSError):
+                storage.remove(marker)
+
+
 def _has_checkpoints(directory: str) -> bool:
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+    return storage.isdir(directory) and any(n.isdigit() for n in storage.listdir(directory))
+
+
+def _check_data(source) -> None:
+    """Stop every process (one line) if one met more unreadable training videos than allowed.
+    `source` is the training pipeline's own iterator (`data.pipeline.TrainIterator`, under the
+    device feed, which may have read ahead of the step: the check then stops early, never late).
+    A collective when there are several processes (their iterators keep such errors until
+    asked); with one the iterator has raised already."""
+    error = getattr(source, "error", None)
+    if error is not None:
+        logging.error("%s", error)  # the full list of videos, on the process that met them
+    agreement.agree(None if error is None else _data_error(error))
+
+
+def _data_error(error: Exception) -> Exception:
+    if isinstance(error, VideoReadError):
+        return RunError(error_line(error).rstrip(":") + " (listed above)")
+    return error
 
 
 def _check_finite(state, ckpt: TrainCheckpoints) -> None:
@@ -212,7 +273,8 @@ def _start_state(ckpt, workdir, abstract, state_shardings, data_iterator):
         return None, 0
     step, state = found
     logging.info("Resuming from step %d", step)
-    drop_after(workdir, step)
+    with agreement.agreed():  # process 0 rewrites metrics.jsonl
+        drop_after(workdir, step)
     return state, int(step)
 
 
@@ -222,7 +284,7 @@ def _next_batch(data_iterator) -> dict:
     except VideoReadError as e:
         # The full list of unreadable videos goes to the log; the error is its first line.
         logging.error("%s", e)
-        raise RunError(error_line(e).rstrip(":") + " (listed above)") from e
+        raise _data_error(e) from e
 
 
 def train_and_evaluate(
@@ -244,19 +306,21 @@ def _train_and_evaluate(
     resume_changed: Sequence[str],
     cleanup: contextlib.ExitStack,
 ) -> dict:
-    workdir = os.path.abspath(workdir)
-    _make_workdir(workdir)
+    workdir = storage.abspath(workdir)
+    with agreement.agreed():
+        _make_workdir(workdir)
+    _check_shared(workdir)
     cleanup.enter_context(run_lock.hold(workdir))  # one run per workdir, released last
-    config = prepare_config(config, workdir)
-    check_lists(config)  # every list against its class list, before anything compiles
-    if _has_checkpoints(os.path.join(workdir, "checkpoints")) and os.path.isfile(
-        os.path.join(workdir, RUN_CONFIG_FILE)
-    ):
-        check_resume(os.path.join(workdir, RUN_CONFIG_FILE), config, resume_changed)
-    save_config(workdir, config)
-
-    class_names, annotations = training_set(config)
-    num_videos = _count_training_videos(config, annotations)
+    with agreement.agreed():  # what one process reads (its copy of the lists) stops all
+        config = prepare_config(config, workdir)
+        check_lists(config)  # every list against its class list, before anything compiles
+        if _has_checkpoints(storage.join(workdir, "checkpoints")) and storage.isfile(
+            storage.join(workdir, RUN_CONFIG_FILE)
+        ):
+            check_resume(storage.join(workdir, RUN_CONFIG_FILE), config, resume_changed)
+        save_config(workdir, config)
+        class_names, annotations = training_set(config)
+        num_videos = _count_training_videos(config, annotations)
     plan = StepPlan.from_config(config, num_videos)  # steps per epoch, lr schedule, dropped tail
     if plan.problem():
         raise ConfigError(f"config.data.train_list / config.batch_size: {plan.problem()}")
@@ -290,8 +354,8 @@ def _train_and_evaluate(
 
     # Step batches placed on the devices two ahead of the step (train/feed.py).
     batch_sharding = sharding.batch_sharding(mesh, 1)
-    data_iterator = DeviceFeed(
-        create_train_iterator(
+    with agreement.agreed():
+        source = create_train_iterator(
             config.data,
             batch_size=config.batch_size // jax.process_count(),
             seed=config.seed,
@@ -299,14 +363,16 @@ def _train_and_evaluate(
             process_count=jax.process_count(),
             annotations=annotations,
             clips_per_epoch=plan.clips_per_epoch,
-        ),
+        )
+    data_iterator = DeviceFeed(
+        source,
         functools.partial(
             _step_batch, accum=config.grad_accum_steps, batch_sharding=batch_sharding
         ),
     )
     cleanup.callback(data_iterator.close)
     ckpt = TrainCheckpoints(
-        os.path.join(workdir, "checkpoints"),
+        storage.join(workdir, "checkpoints"),
         keep_last=config.checkpoint.keep_last,
         keep_best=config.checkpoint.keep_best,
     )
@@ -321,7 +387,8 @@ def _train_and_evaluate(
     for spec in eval_plan(config).role(SELECT):  # the validation the best checkpoint is kept by
         validate = spec_evaluator(config, spec, model, mesh, class_names)
 
-    writer = MetricWriter(workdir)
+    with agreement.agreed():
+        writer = MetricWriter(workdir)
     rng = jax.random.key(config.seed)
     progress = tqdm.tqdm(
         total=total_steps,
@@ -349,6 +416,7 @@ def _train_and_evaluate(
         epoch = step // steps_per_epoch
         log_now = step % config.log_every_steps == 0 or step == total_steps
         if log_now:
+            _check_data(source)  # first: a process's zero batches may be what went wrong
             _check_finite(state, ckpt)
             metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - log_start
@@ -360,9 +428,9 @@ def _train_and_evaluate(
             if waits.seconds >= INPUT_BOUND_LOG_SHARE * elapsed:  # not for a few ms of waiting
                 logging.info("%s", waits.line(elapsed))
             input_bound = {"input_bound": waits.share, "input_wait_s": waits.seconds}
-            writer.write(
-                step, {**metrics, "clips_per_sec": clips_per_sec, **input_bound, "epoch": epoch}
-            )
+            record = {**metrics, "clips_per_sec": clips_per_sec, **input_bound, "epoch": epoch}
+            with agreement.agreed():  # process 0 writes; a full disk there stops all
+                writer.write(step, record)
             progress.set_postfix(
                 loss=f"{metrics['loss']:.4f}",
                 lr=f"{metrics['lr']:.3g}",
@@ -370,20 +438,25 @@ def _train_and_evaluate(
             )
         val_metrics = None
         if validate is not None and epoch_end and epoch in val_epochs:
+            _check_data(source)
             _check_finite(state, ckpt)
             val_metrics = validate(state.params)
-            writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
+            with agreement.agreed():
+                writer.write(step, {**val_metrics, "epoch": epoch}, prefix="val/")
             logging.info("Epoch %d validation: %s", epoch, val_metrics)
         if (
             val_metrics is not None
             or step % config.checkpoint.every_steps == 0
             or step == total_steps
         ):
+            if not log_now:  # (a logging step has just checked)
+                _check_data(source)
             _check_finite(state, ckpt)
             ckpt.save(step, state, data_iterator, metrics=val_metrics)
         # Processes agree on stopping at logging steps (a collective), one process each step.
         if (log_now or jax.process_count() == 1) and preemption.agreed():
             if ckpt.latest_step() != step:
+                _check_data(source)
                 _check_finite(state, ckpt)
                 ckpt.save(step, state, data_iterator)
             stopped = True
@@ -401,15 +474,16 @@ def _train_and_evaluate(
     params = final.pop("params")
     metrics = evaluate_protocol(
         config, params, mesh, model_config=model_config, clip_params=clip_params,
-        analysis_dir=os.path.join(workdir, "analysis"),
+        analysis_dir=storage.join(workdir, "analysis"),
     )  # fmt: skip
     table = format_results(metrics)
-    if jax.process_index() == 0:
-        print(table, flush=True)
-        path = os.path.join(workdir, FINAL_METRICS_FILE)
-        with diskspace.writing(path), open(path, "w") as f:
-            json.dump({**metrics, **final}, f, indent=2)
-    writer.write(final["step"], flat_metrics(metrics), prefix="final/")
+    with agreement.agreed():  # process 0 writes; a failure there stops all
+        if jax.process_index() == 0:
+            print(table, flush=True)
+            path = storage.join(workdir, FINAL_METRICS_FILE)
+            with diskspace.writing(path):
+                storage.write_text(path, json.dumps({**metrics, **final}, indent=2))
+        writer.write(final["step"], flat_metrics(metrics), prefix="final/")
     writer.close()
     logging.info("%s", compile_cache.LOG.summary())
     return metrics
@@ -427,12 +501,12 @@ def _finish(config, workdir, ckpt, abstract, state_shardings, model_config, mesh
         "init_checkpoint": config.init_checkpoint,
     }
     export_model(
-        os.path.join(workdir, MODEL_DIR),
+        storage.join(workdir, MODEL_DIR),
         model_config,
         state.params,
         mesh,
         info,
         normalization=config.data.normalization,  # what the weights were trained with
     )
-    logging.info("Exported the weights of step %d to %s", step, os.path.join(workdir, MODEL_DIR))
+    logging.info("Exported the weights of step %d to %s", step, storage.join(workdir, MODEL_DIR))
     return {"params": state.params, "step": int(step)}

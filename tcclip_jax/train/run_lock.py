@@ -11,6 +11,11 @@ A second training command in the same directory stops at start, in one line nami
 
 Only process 0 of a multi-process run takes the lock; the others learn from it whether it did.
 `--dry_run` never takes it.
+
+On object storage (`--workdir gs://...`), which has no file locks, the lock is created with the
+store's create-if-absent precondition (`runtime.storage.create_new`: one of two runs starting
+together wins), and the heartbeat rewrites the object (its update time is the heartbeat) only
+while it still holds this run's record.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from tcclip_jax.runtime import storage
 from tcclip_jax.runtime.errors import UserError
 
 LOCK_FILE = "run.lock"
@@ -43,6 +49,8 @@ class WorkdirBusy(UserError):
 
 def _read(path: str) -> str | None:
     try:
+        if storage.is_remote(path):
+            return storage.read_text(path)
         with open(path) as f:
             return f.read()
     except FileNotFoundError:
@@ -108,7 +116,7 @@ class RunLock:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = storage.join(workdir, LOCK_FILE)
         self._text = json.dumps(_this_process(), indent=1) + "\n"
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -116,13 +124,9 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock, or raise WorkdirBusy naming the live run holding it."""
         for _ in range(3):  # a stale lock removed, or a holder gone between two looks
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
+            if not storage.create_new(self.path, self._text.encode()):
                 self._clear_stale()
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self._text)
             self._heartbeat = threading.Thread(target=self._beat, name="run-lock", daemon=True)
             self._heartbeat.start()
             return
@@ -131,7 +135,7 @@ class RunLock:
     def _clear_stale(self) -> None:
         text = _read(self.path)
         try:
-            age_s = time.time() - os.stat(self.path).st_mtime
+            age_s = time.time() - storage.mtime(self.path)
         except FileNotFoundError:
             return  # released meanwhile
         try:
@@ -160,15 +164,17 @@ class RunLock:
             self.path,
             _describe(holder) if holder else "unreadable",
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path)
+        storage.remove(self.path)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                os.utime(self.path)
+                if not storage.is_remote(self.path):
+                    os.utime(self.path)
+                elif _read(self.path) == self._text:  # not taken over meanwhile
+                    storage.write_text(self.path, self._text)
             except OSError as e:
-                logging.warning("Cannot refresh %s (%s)", self.path, e.strerror)
+                logging.warning("Cannot refresh %s (%s)", self.path, e.strerror or e)
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock if it is still this process's."""
@@ -176,7 +182,7 @@ class RunLock:
         if self._heartbeat is not None:
             self._heartbeat.join()
         if _read(self.path) == self._text:
-            os.remove(self.path)
+            storage.remove(self.path)
 
 
 @contextlib.contextmanager

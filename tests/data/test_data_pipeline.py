@@ -1,6 +1,7 @@
 """grain pipelines on tiny grey-coded videos, whose decoded frames reveal the sampled indices."""
 
 import os
+import re
 import shutil
 import zlib
 
@@ -227,13 +228,17 @@ def test_eval_views_take_random_offsets_seeded_per_video(root):
     assert offsets != uniform
 
 
-def test_an_unreadable_eval_video_is_an_error(root, bad_list):
+def test_an_unreadable_eval_video_is_a_named_row_of_zeros(root, bad_list):
     cfg = small_config(root)
-    ds = pipeline.create_eval_dataset(cfg, batch_size=4, annotation_file=bad_list)
-    with pytest.raises(
-        VideoReadError, match=r"missing.mp4: no such video file \(listed at .*with_bad.txt:4\)"
-    ):
-        list(ds)
+    batches = list(pipeline.create_eval_dataset(cfg, batch_size=4, annotation_file=bad_list))
+    unreadable = [u for b in batches for u in b["unreadable"]]
+    assert [p for p, _ in unreadable] == [3, 4]  # list positions (lines 4 and 5)
+    assert re.search(r"missing.mp4: no such video file \(listed at .*with_bad.txt:4\)",
+                     unreadable[0][1])  # fmt: skip
+    assert re.search(r"junk.mp4: .*\(listed at .*with_bad.txt:5\)", unreadable[1][1])
+    rows = {int(i): v for b in batches for i, v in zip(b["index"], b["video"], strict=True)}
+    assert not rows[3].any() and not rows[4].any() and rows[2].any()
+    assert all(b["valid"][list(b["index"]).index(p)] for b in batches for p, _ in b["unreadable"])
 
 
 def test_load_test_views_matches_evaluation(root):

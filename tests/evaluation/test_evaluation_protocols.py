@@ -26,6 +26,7 @@ from tcclip_jax.evaluation.protocols import evaluate_protocol
 from tcclip_jax.evaluation.wise_ft import wise_ft
 from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.tokenizer import tokenize_prompts
+from tcclip_jax.runtime.errors import RunError
 from tcclip_jax.runtime.sharding import create_mesh
 from tcclip_jax.weights.checkpoint import save_model
 
@@ -158,6 +159,46 @@ def test_a_video_the_loader_never_delivers_is_an_error(data, model_config, param
     )
     write_list(listing, annotations[:-1])  # the list loses its last line after construction
     with pytest.raises(RuntimeError, match=r"1 never scored \(\['.*list.txt:16'\]\)"):
+        evaluator(params)
+
+
+def test_unreadable_videos_count_as_misses_up_to_the_limit(
+    data, model_config, params, reference, tmp_path
+):
+    """Policy: an unreadable video stays in the denominator as a miss, is named, and past
+    data.max_bad_videos the evaluation stops in one line naming the first."""
+    annotations = read_annotations(data.val_list)
+    labels = [y for _, y in annotations]
+    scores = fused(reference)
+    hits = [int(np.argmax(s) == y) for s, y in zip(scores, labels, strict=True)]
+    broken = [i for i in range(len(hits)) if hits[i]][:1] + [i for i in range(2, 4) if not hits[i]]
+    entries = list(annotations)
+    for i in broken:  # truncated copies, in place of the videos
+        path = tmp_path / f"cut{i}.mp4"
+        path.write_bytes(b"\0" * 64)
+        entries[i] = (str(path), labels[i])
+    listing = write_list(tmp_path / "list.txt", entries)
+    cfg = data.copy_and_resolve_references()
+    cfg.max_bad_videos = len(broken)
+    evaluator = Evaluator(
+        VideoCLIP(model_config), create_mesh(), cfg, annotation_file=listing,
+        class_names=load_class_names(data.class_list), batch_size=6,
+    )  # fmt: skip
+    result = evaluator(params)
+    expected = 100.0 * (sum(hits) - sum(hits[i] for i in broken)) / len(hits)
+    assert result["num_videos"] == 16 and result["top1"] == pytest.approx(expected)
+    assert evaluator.unreadable == [str(tmp_path / f"cut{i}.mp4") for i in sorted(broken)]
+    assert evaluator.unreadable_mask.sum() == len(broken)
+
+    cfg.max_bad_videos = len(broken) - 1
+    evaluator.data_cfg = cfg
+    first = min(broken)
+    with pytest.raises(
+        RunError,
+        match=rf"^{len(broken)} unreadable videos in .*list.txt, more than "
+        rf"data.max_bad_videos={len(broken) - 1} \(each counts as a miss\); the first: "
+        rf".*cut{first}.mp4: .*\(listed at .*list.txt:{first + 1}\)$",
+    ):
         evaluator(params)
 
 
