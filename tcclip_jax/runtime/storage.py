@@ -287,21 +287,6 @@ def upload_tree(local: str, remote: str) -> None:
                 write_bytes(target, f.read())
 
 
-def tree_bytes(path: str) -> int:
-    """The bytes of the files under `path` (object sizes on object storage)."""
-    if not is_remote(path):
-        total = 0
-        for folder, _, files in os.walk(path):
-            for name in files:
-                st = os.lstat(os.path.join(folder, name))
-                total += max(st.st_size, getattr(st, "st_blocks", 0) * 512)
-        return total
-    check(path)
-    fs = _filesystem()
-    fs.invalidate_cache()
-    return int(fs.du(path)) if fs.exists(path) else 0
-
-
 @contextlib.contextmanager
 def open_write(path: str, binary: bool = False) -> Iterator[io.IOBase]:
     """A file object whose content becomes `path`, whole, when the block ends without error."""

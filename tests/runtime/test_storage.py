@@ -79,24 +79,22 @@ def test_a_scheme_that_cannot_be_served_is_refused_in_one_line(gcs, path, messag
     assert str(e.value) == message
 
 
-def test_the_training_command_refuses_an_unsupported_scheme_at_start(shared, tmp_path):
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--workdir", "s3://bucket/run"], "--workdir s3://bucket/run: s3://"),
+        (["--config.data.root=hf://x/y"], "config.data.root: hf://x/y: hf://"),
+    ],
+)
+def test_the_training_command_refuses_an_unsupported_scheme_at_start(shared, tmp_path, args, named):
     proc = subprocess.run(
-        [*shared["command"], "--workdir", "s3://bucket/run"],
+        [*shared["command"], "--workdir", str(tmp_path / "run"), *args],
         cwd=REPO, env=shared["env"], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --workdir s3://bucket/run: s3:// is not supported (local paths, shared "
-        "filesystems and gs:// are; copy the data to one of them)"
-    )
-    proc = subprocess.run(
-        [*shared["command"], "--workdir", str(tmp_path / "run"), "--config.data.root=hf://x/y"],
-        cwd=REPO, env=shared["env"], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: config.data.root: hf://x/y: hf:// is not supported (local paths, shared "
-        "filesystems and gs:// are; copy the data to one of them)"
+        f"error: {named} is not supported (local paths, shared filesystems and gs:// are; copy "
+        "the data to one of them)"
     )
 
 
