@@ -3,7 +3,13 @@
 import os
 import sys
 
-import jax.numpy as jnp
+from xla_env import FAST_COMPILE, xla_flags
+
+# Before JAX starts its CPU backend: see tests/helpers/xla_env.py.
+if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+
+import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import pytest
 from model_helpers import CLASSNAMES, random_params
@@ -67,7 +73,7 @@ def shared(tmp_path_factory):
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [
         sys.executable, "-m", "tcclip_jax.train",

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from xla_env import xla_flags
 
 from tcclip_jax.config import resolve
 from tcclip_jax.config.dry_run import dry_run
@@ -282,7 +283,7 @@ def test_every_protocol_passes_the_config_check_on_a_32_chip_slice(tmp_path):
     """The published batches on v5e:4x8's 32 chips: `config.eval.batch_size` 16 is rounded up
     to a multiple of the devices by the evaluator (specs.eval_batch_size), not refused."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=32"}  # fmt: skip
+           "XLA_FLAGS": xla_flags(32)}  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-c", _SLICE_CHECK, REPO, SPLITS, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=300,

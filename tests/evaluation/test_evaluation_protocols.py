@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from xla_env import xla_flags
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import AnnotationError, load_class_names, read_annotations
@@ -335,7 +336,7 @@ def expected_accuracy(data, reference) -> tuple[float, float]:
 
 def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path):
     """`python -m tcclip_jax.evaluate` on 2 devices: the table, eval_metrics.json, metrics.jsonl."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     run = subprocess.run(
         evaluate_command(data, checkpoint, tmp_path),
         cwd=REPO,
@@ -367,7 +368,7 @@ def test_cli_evaluates_a_saved_checkpoint(data, checkpoint, reference, tmp_path)
 def test_cli_on_more_devices_than_the_eval_batch(data, checkpoint, reference, tmp_path):
     """32 simulated devices (a v5e:4x8 slice's count) and `config.eval.batch_size=6`: the
     evaluator rounds the batch up to 32 videos, one per device, says so, and scores as on 2."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=32"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(32)}
     run = subprocess.run(
         evaluate_command(data, checkpoint, tmp_path),
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,

@@ -25,6 +25,7 @@ import sys
 import golden_recipe
 import numpy as np
 import train_golden
+from xla_env import xla_flags
 
 REPO = train_golden.REPO
 ENV = "TCCLIP_RUN_GOLDEN"
@@ -193,10 +194,7 @@ def run_worker(
 ) -> dict:
     """`compute` in a fresh process (x64 and the CPU device count are process-wide)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = " ".join(
-        [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-        + [f"--xla_force_host_platform_device_count={devices}"]
-    )
+    env["XLA_FLAGS"] = xla_flags(devices)
     res = subprocess.run(
         [
             sys.executable, os.path.abspath(__file__), "--checkpoint", checkpoint,

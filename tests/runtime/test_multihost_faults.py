@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from xla_env import xla_flags
 
 from tcclip_jax.data import synthetic
 from tcclip_jax.data.classes import read_annotations
@@ -109,7 +110,7 @@ def test_a_corrupt_test_video_on_one_process_stops_both_in_one_line(evaluation, 
         "--config.data.max_bad_videos=0",
     ]  # fmt: skip
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     line = one_line_each(run_two([command, command], env), 1)
     assert line == (
         f"error: 1 unreadable videos in {listing}, more than data.max_bad_videos=0 (each counts "

@@ -19,6 +19,7 @@ import time
 
 import pytest
 from jax._src.clusters import cloud_tpu_cluster
+from xla_env import xla_flags
 
 from tcclip_jax.runtime import distributed
 from tcclip_jax.runtime.errors import RunError, UserError
@@ -242,7 +243,7 @@ _TPU_WORKER = textwrap.dedent(
 
 def _clean_subprocess_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_PREFIXES)}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     env.pop("KUBERNETES_SERVICE_HOST", None)
     return {**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, **extra}
 

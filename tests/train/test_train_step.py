@@ -19,8 +19,10 @@ BATCH, FRAMES, SIZE, CLASSES, STEPS = 16, 4, 32, 4, 2
 
 
 def _env(devices: int) -> dict:
+    from xla_env import xla_flags  # the test process only (this file also runs as a script)
+
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
