@@ -6,7 +6,8 @@ checkpoint's normalisation, the vision tower and (TC-CLIP) VP against the class 
 export, whose text embeddings are baked in, to `video_embedding` [B, E] (L2-normalised) and
 `logits` [B, C] (exp(logit_scale) * cosine). The batch size is symbolic. TC's context
 summarisation is traced in its matrix-product form (`ModelConfig.merge="dense"`, equal in value
-to the gather form): no sort, gather or scatter-add, so it lowers to plain ONNX operators.
+to the gather form): no sort, gather or scatter-add, so it lowers to plain ONNX operators; the
+ONNX file also computes attention as einsums (`attention="explicit"`, equal in value).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,10 +66,12 @@ def export_hub(
     )
 
 
-def serving_function(predictor: Predictor, classnames: Sequence[str]) -> Callable:
+def serving_function(predictor: Predictor, classnames: Sequence[str], **forms: str) -> Callable:
     """uint8 clips [B, T, H, W, 3] -> {"video_embedding", "logits"}, with the predictor's
-    normalisation, parameters and the class text embeddings of `classnames` as constants."""
-    config = dataclasses.replace(predictor.config, merge="dense")
+    normalisation, parameters and the class text embeddings of `classnames` as constants; TC's
+    summarisation in its dense form, `forms` overriding other ModelConfig fields of equal value
+    (e.g. `attention`)."""
+    config = dataclasses.replace(predictor.config, merge="dense", **forms)
     model = VideoCLIP(config, dtype=predictor.dtype)
     params, text = predictor.params, predictor.encode_classes(classnames)
     shift = jnp.asarray(255.0 * np.asarray(predictor.mean, np.float32), jnp.float32)
@@ -119,30 +123,36 @@ def export_onnx(predictor: Predictor, classnames: Sequence[str], output: str) ->
     """The serving function as an ONNX model (float32, opset 23, batch dimension "b") in one
     self-contained file `output`; returns its size in bytes. A primitive the converter lacks is
     refused in one line naming it."""
+    if predictor.dtype != jnp.float32:
+        raise ExportError(f"ONNX export is float32 only, not {jnp.dtype(predictor.dtype).name}")
+    # Attention as einsums: jax2onnx 0.12.5 lacks jax.nn.dot_product_attention with a bias.
+    fn = serving_function(predictor, classnames, attention="explicit")
+    spec = jax.ShapeDtypeStruct((BATCH, *input_shape(predictor)), jnp.uint8)
+    model = onnx_model(
+        lambda clips: tuple(fn(clips)[k] for k in OUTPUTS), spec, predictor.config.model
+    )
+    data = model.SerializeToString()
+    _write(output, data)
+    return len(data)
+
+
+def onnx_model(fn: Callable, spec: jax.ShapeDtypeStruct, name: str) -> Any:
+    """jax2onnx's ONNX ModelProto of `fn` (one input named `clips`, outputs named `OUTPUTS`);
+    what the converter refuses (a primitive it lacks) becomes an ExportError, in one line."""
     with _quiet(*CONVERTER_LOGGERS):
         try:
             import jax2onnx
         except ImportError as e:
             raise ExportError(f"--format onnx needs jax2onnx ({EXPORT_INSTALL})") from e
-    if predictor.dtype != jnp.float32:
-        raise ExportError(f"ONNX export is float32 only, not {jnp.dtype(predictor.dtype).name}")
-    fn = serving_function(predictor, classnames)
-    spec = jax.ShapeDtypeStruct((BATCH, *input_shape(predictor)), jnp.uint8)
     try:
         with _quiet(*CONVERTER_LOGGERS):
-            model = jax2onnx.to_onnx(
-                lambda clips: tuple(fn(clips)[k] for k in OUTPUTS),
-                [spec],
-                model_name=f"tcclip_jax_{predictor.config.model}",
-                input_names=[INPUT_NAME],
+            return jax2onnx.to_onnx(
+                fn, [spec], model_name=f"tcclip_jax_{name}", input_names=[INPUT_NAME],
                 output_names=list(OUTPUTS),
-            )
+            )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the converter's refusals have no common type.
         reason = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
         raise ExportError(f"cannot convert the model to ONNX: {reason}") from e
-    data = model.SerializeToString()
-    _write(output, data)
-    return len(data)
 
 
 @contextlib.contextmanager
