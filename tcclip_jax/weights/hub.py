@@ -27,6 +27,7 @@ import numpy as np
 from tcclip_jax.data.config import normalization_stats
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
+from tcclip_jax.runtime import storage
 from tcclip_jax.weights.checkpoint import MODEL_CONFIG_FILE, CheckpointError, check_new_directory
 from tcclip_jax.weights.hf import read_safetensors
 from tcclip_jax.weights.layout import ConversionError
@@ -112,6 +113,13 @@ def is_hub_source(source: str) -> bool:
         has = [os.path.isfile(os.path.join(source, n)) for n in (CONFIG_FILE, WEIGHTS_FILE)]
         return any(has) and not os.path.isfile(os.path.join(source, MODEL_CONFIG_FILE))
     return not os.path.exists(source) and _REPO_ID.fullmatch(source) is not None
+
+
+def source_name(source: str) -> str:
+    """How records name a model source: a path made absolute, a Hub repo id as given."""
+    if os.path.exists(source) or storage.is_remote(source) or not _REPO_ID.fullmatch(source):
+        return storage.abspath(source)
+    return source
 
 
 def resolve(source: str) -> str:

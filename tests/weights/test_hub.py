@@ -153,6 +153,9 @@ def test_a_repo_id_reads_from_the_cache_offline(tiny, tmp_path, capsys, monkeypa
     assert {f.file_name for r in repo.revisions for f in r.files} == set(hub.FILES)
 
     _, loaded, _ = hub.load_pretrained("owner/tcclip-tiny")
+    # Records (predict --json, embedding folders) name it as given; a folder by its path.
+    assert hub.source_name("owner/tcclip-tiny") == "owner/tcclip-tiny"
+    assert hub.source_name(os.path.relpath(folder)) == folder
     _assert_same_params(loaded, params)
     want = Predictor.from_checkpoint(checkpoint).logits(clips, CLASSNAMES)
     np.testing.assert_array_equal(
