@@ -131,7 +131,7 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-def test_onnx_of_a_config_asking_for_dot_product_attention(tiny_xla, capsys):
+def test_onnx_of_a_config_asking_for_dot_product_attention(tiny_xla):
     """The ONNX file computes attention as einsums, whatever the config asks for."""
     pytest.importorskip("jax2onnx", reason="pip install 'tcclip-jax[export]'")
     onnxruntime = pytest.importorskip("onnxruntime", reason="pip install 'tcclip-jax[export]'")
