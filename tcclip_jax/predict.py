@@ -53,8 +53,9 @@ from tcclip_jax.apps.inference import (
     view_config,
 )
 from tcclip_jax.apps.timeline import format_segments, output_stem, score_timeline, write_timeline
-from tcclip_jax.runtime import allocator, cli, storage
+from tcclip_jax.runtime import allocator, cli
 from tcclip_jax.runtime.errors import UsageError
+from tcclip_jax.weights import hub
 
 # Default timeline window: 0.5 s per model frame (8 s for 16 frames, close to a Kinetics clip's
 # 10 s, which the published models sample 16 frames from); default stride: half a window.
@@ -308,7 +309,7 @@ def predict(args: argparse.Namespace) -> int:
         print(f"{len(todo) - failed} videos classified, {failed} unreadable: {args.output}")
     elif args.json:
         document = {
-            "checkpoint": storage.abspath(args.checkpoint),
+            "checkpoint": hub.source_name(args.checkpoint),
             "model": predictor.config.model,
             "num_classes": len(classnames),
             "views": {"clips": args.clips, "crops": args.crops},

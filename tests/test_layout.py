@@ -23,6 +23,7 @@ CLI = {
     "tcclip_jax.bench.__main__",
     "tcclip_jax.bench.demo",
     "tcclip_jax.aot",
+    "tcclip_jax.export",
     "tcclip_jax.data.bench",
 }
 # Layers, lowest first: a module never imports from a layer above its own.

@@ -1,4 +1,8 @@
-"""One-call inference: `Predictor.from_checkpoint(DIR).logits(clips, classnames)`.
+"""One-call inference: `Predictor.from_pretrained(DIR_OR_REPO_ID).logits(clips, classnames)`.
+
+`from_pretrained` reads an orbax model directory (`weights.checkpoint`, what training and
+conversion write), a Hugging Face Hub model folder or a Hub repo id (`weights.hub`);
+`save_pretrained` writes the folder.
 
 Also what the command lines share (predict, visualize, bench): dtype names, loading a
 predictor with a one-line error, the normalisation to use with a checkpoint, and the test-time
@@ -21,12 +25,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tcclip_jax.apps.model_card import model_card
 from tcclip_jax.data.config import NORMALIZATIONS, default_data_config, normalization_stats
 from tcclip_jax.data.transforms import normalize
 from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.prompts import prompt_tokens, text_encoder
 from tcclip_jax.models.video_clip import VideoCLIP
 from tcclip_jax.runtime import storage
+from tcclip_jax.weights import hub
 from tcclip_jax.weights.checkpoint import (
     MODEL_CONFIG_FILE,
     CheckpointError,
@@ -104,6 +110,28 @@ class Predictor:
         config, params = load_model(directory)
         normalization = checkpoint_normalization(directory, normalization)
         return cls(config, params, dtype=dtype, normalization=normalization)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str, dtype: Any = jnp.float32, normalization: str = "checkpoint"
+    ) -> Predictor:
+        """The model of an orbax model directory, a Hub model folder or a Hub repo id (fetched
+        into the Hugging Face cache; only the cache with `HF_HUB_OFFLINE=1`), normalised as it
+        records (or as `normalization` names)."""
+        if not hub.is_hub_source(source):
+            return cls.from_checkpoint(source, dtype, normalization)
+        config, params, recorded = hub.load_pretrained(source)
+        if normalization == "checkpoint":
+            normalization = recorded
+        normalization_stats(normalization)  # a ValueError naming the choices
+        return cls(config, params, dtype=dtype, normalization=normalization)
+
+    def save_pretrained(self, directory: str, overwrite: bool = False) -> list[str]:
+        """Write this model as a Hub model folder (`weights.hub`); returns the files written."""
+        card = model_card(self.config, self.normalization)
+        return hub.save_pretrained(
+            directory, self.config, self.params, self.normalization, card, overwrite=overwrite
+        )
 
     def normalize(self, frames: np.ndarray) -> np.ndarray:
         """uint8 RGB frames [..., 3] -> the float32 input these weights expect."""
@@ -183,9 +211,10 @@ def _not_a_model_hint(directory: str) -> str:
 def load_predictor(
     directory: str, dtype: str = "float32", normalization: str = "checkpoint"
 ) -> Predictor:
-    """A Predictor for a model checkpoint directory; CheckpointError naming the problem."""
+    """A Predictor for an orbax model directory, a Hub model folder or a Hub repo id
+    (`Predictor.from_pretrained`); CheckpointError naming the problem."""
     try:
-        return Predictor.from_checkpoint(directory, DTYPES[dtype], normalization)
+        return Predictor.from_pretrained(directory, DTYPES[dtype], normalization)
     except CheckpointError:
         hint = _not_a_model_hint(directory)
         if not hint:

@@ -34,6 +34,7 @@ import numpy as np
 from tcclip_jax.apps import collection
 from tcclip_jax.apps.inference import Predictor
 from tcclip_jax.runtime.errors import UsageError
+from tcclip_jax.weights import hub
 
 META_FILE, INDEX_FILE, CLASSES_FILE = "meta.json", "index.jsonl", "classes.npz"
 
@@ -43,7 +44,7 @@ META_FILE, INDEX_FILE, CLASSES_FILE = "meta.json", "index.jsonl", "classes.npz"
 
 def store_meta(predictor: Predictor, checkpoint: str, clips: int, crops: int) -> dict:
     return {
-        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint": hub.source_name(checkpoint),
         "model": predictor.config.model,
         "normalization": predictor.normalization,
         "views": {"clips": clips, "crops": crops},

@@ -220,7 +220,7 @@ def read_hf_config(directory: str) -> tuple[dict, dict, dict]:
     return config, text, vision
 
 
-def _read_safetensors(path: str) -> StateDict:
+def read_safetensors(path: str) -> StateDict:
     try:
         import safetensors
         from safetensors import safe_open
@@ -258,7 +258,7 @@ def _read_torch_bin(path: str) -> StateDict:
 
 def read_hf_weights(directory: str) -> StateDict:
     """The state dict in `model.safetensors` or `pytorch_model.bin` (or their shards)."""
-    for name, reader in ((SAFETENSORS_FILE, _read_safetensors), (TORCH_FILE, _read_torch_bin)):
+    for name, reader in ((SAFETENSORS_FILE, read_safetensors), (TORCH_FILE, _read_torch_bin)):
         path, index = os.path.join(directory, name), os.path.join(directory, name + INDEX_SUFFIX)
         if os.path.isfile(path):
             return reader(path)

@@ -71,3 +71,18 @@ def write_torch_files(fixture: dict, clip_path: str, tcclip_path: str) -> None:
     ft = state_dict(fixture["manifest_ft"], case["ft_seed"], np.float64, strip="module.")
     model = {k: torch.from_numpy(v) for k, v in ft.items()}
     torch.save({"model": model, "epoch": 10}, tcclip_path)
+
+
+def golden_model(fixture: dict):
+    """(ModelConfig, params) of the fixture's TC-CLIP, converted from the recipe's state dicts
+    in memory (what tools/convert_torch_weights.py gives from the files, without torch)."""
+    from tcclip_jax.models.config import ModelConfig
+    from tcclip_jax.weights.pytorch import clip_architecture, clip_params, finetuned_params
+
+    case = fixture["case"]
+    clip_sd = state_dict(fixture["manifest_clip"], case["clip_seed"], np.float16)
+    ft = state_dict(fixture["manifest_ft"], case["ft_seed"], np.float64, strip="module.")
+    cfg = ModelConfig(**clip_architecture(clip_sd), num_frames=case["num_frames"])
+    params = finetuned_params(ft, cfg)
+    params["token_embedding"] = clip_params(clip_sd, cfg)["token_embedding"]
+    return cfg, params
