@@ -35,13 +35,13 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from tcclip_jax.apps import collection
 from tcclip_jax.apps.collection import (
     check_prompts,
     class_names,
+    top_classes,
     warn,
 )
 from tcclip_jax.apps.inference import (
@@ -52,13 +52,16 @@ from tcclip_jax.apps.inference import (
     load_predictor,
     view_config,
 )
-from tcclip_jax.apps.timeline import format_segments, output_stem, score_timeline, write_timeline
+from tcclip_jax.apps.timeline import (
+    SECONDS_PER_FRAME,
+    format_segments,
+    output_stem,
+    score_timeline,
+    window_and_stride,
+    write_timeline,
+)
 from tcclip_jax.runtime import allocator, cli, storage
 from tcclip_jax.runtime.errors import UsageError
-
-# Default timeline window: 0.5 s per model frame (8 s for 16 frames, close to a Kinetics clip's
-# 10 s, which the published models sample 16 frames from); default stride: half a window.
-SECONDS_PER_FRAME = 0.5
 
 
 @dataclasses.dataclass
@@ -68,14 +71,6 @@ class VideoResult:
     error: str | None = None
     duration: float | None = None  # seconds, from the container (None for frame folders)
     views: int | None = None
-
-
-def top_classes(probs: np.ndarray, classnames: Sequence[str], k: int) -> list[dict]:
-    order = np.argsort(-probs, kind="stable")[: min(k, len(classnames))]
-    return [
-        {"rank": r + 1, "index": int(i), "class": classnames[i], "probability": float(probs[i])}
-        for r, i in enumerate(order)
-    ]
 
 
 def format_predictions(results: Sequence[VideoResult]) -> str:
@@ -244,8 +239,7 @@ def timelines(
 ) -> int:
     """The timeline of every video into `args.output` (with `args.resume`, videos whose
     timeline is there are skipped); segments printed. Returns the number of unreadable ones."""
-    window = args.window if args.window is not None else SECONDS_PER_FRAME * cfg.num_frames
-    stride = args.stride if args.stride is not None else window / 2
+    window, stride = window_and_stride(cfg.num_frames, args.window, args.stride)
     failed = 0
     for video in videos:
         if args.resume and os.path.isfile(output_stem(args.output, video) + ".timeline.json"):
