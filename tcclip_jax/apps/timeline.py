@@ -163,12 +163,12 @@ def format_segments(timeline: Timeline) -> str:
     lines = [timeline.video, f"  {'start':>9}  {'end':>9}  {'prob':>6}  class"]
     for s in timeline.segments:
         lines.append(
-            f"  {_clock(s['start']):>9}  {_clock(s['end']):>9}  {s['mean_probability']:6.3f}  "
+            f"  {clock(s['start']):>9}  {clock(s['end']):>9}  {s['mean_probability']:6.3f}  "
             f"{s['class']}"
         )
     return "\n".join(lines)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, s = divmod(seconds, 60)
     return f"{int(minutes)}:{s:05.2f}"
