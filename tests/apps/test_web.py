@@ -170,7 +170,8 @@ def test_bad_inputs_get_one_line_and_the_app_keeps_serving(site, tmp_path):
 
 
 def test_the_page_in_chromium(site, tmp_path):
-    """Upload the long video in the page, classify it, wait for every result, screenshot."""
+    """Upload the long video in the page, classify it, wait for every result, screenshot; then
+    Chromium's fake camera on the webcam tab: windows classified as they come, with latency."""
     playwright = pytest.importorskip("playwright.sync_api", reason=BROWSER_INSTALL)
     if not shutil.which(CHROMIUM):
         pytest.skip(f"no {CHROMIUM}: {BROWSER_INSTALL}")
@@ -183,8 +184,9 @@ def test_the_page_in_chromium(site, tmp_path):
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--use-fake-device-for-media-stream",  # a test pattern as the webcam
+        "--use-fake-ui-for-media-stream",
     ]
-    # fmt: skip
     write = os.environ.get("TCCLIP_WRITE_SCREENSHOT") == "1"
     shot = os.path.join(REPO, "docs", "app.png") if write else str(tmp_path / "app.png")
     with playwright.sync_playwright() as p:
@@ -194,6 +196,7 @@ def test_the_page_in_chromium(site, tmp_path):
             args=flags,
             headless=True,
             viewport={"width": 1280, "height": 900},
+            permissions=["camera"],
         )  # a fresh profile
         page = browser.new_page()
         page.goto(site["url"], timeout=60_000)
@@ -203,6 +206,24 @@ def test_the_page_in_chromium(site, tmp_path):
         playwright.expect(status).to_have_value(re.compile("^10.0 s video"), timeout=60_000)
         page.get_by_text("CLS attention").first.wait_for(timeout=10_000)
         page.screenshot(path=shot, full_page=True)
+
+        page.get_by_role("tab", name="Webcam").click()
+        record = page.get_by_role("button", name="capture photo")
+        for _ in range(10):  # a click before the component is ready is lost
+            page.get_by_role("button", name="Click to Access Webcam").click()
+            try:
+                record.wait_for(timeout=3_000)
+                break
+            except playwright.Error:
+                continue
+        record.click()  # starts streaming
+        live = page.get_by_label("Window and latency")
+        window = re.compile(r"^window (\d+) \((0:\d\d\.\d\d)-(0:\d\d\.\d\d)\): latency \d+ ms$")
+        playwright.expect(live).to_have_value(window, timeout=30_000)
+        first = window.match(live.input_value())
+        playwright.expect(live).not_to_have_value(live.input_value(), timeout=30_000)
+        later = window.match(live.input_value())
+        assert later and int(later[1]) > int(first[1])  # the next windows, in order
         browser.close()
     from PIL import Image
 
