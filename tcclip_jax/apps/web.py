@@ -52,7 +52,7 @@ from tcclip_jax.visualization.render import render_attention, render_context, re
 
 TOP_K = 5
 SEARCH_RESULTS = 4
-TIMELINE_BATCH = 8  # windows per model call
+TIMELINE_BATCH = 4  # windows per model call
 SEGMENT_HEADERS = ["start", "end", "probability", "class"]
 
 
@@ -126,18 +126,16 @@ class WebApp:
         return cfg
 
     def warm_up(self, clips: int = 2, crops: int = 1) -> None:
-        """Compile what the default views run: the video's views, timeline windows, a webcam
-        window."""
+        """Compile what the default views run: a video's views (with attention), a batch of
+        timeline windows, a webcam window."""
         names = self.default_classes or ["something"]
         cfg = self.view_config(clips, crops)
-        size = cfg.image_size
-        views = np.zeros((clips * crops, cfg.num_frames, size, size, 3), np.uint8)
-        self._forward(views, names)
+        size, views = cfg.image_size, clips * crops
+        self._forward(np.zeros((views, cfg.num_frames, size, size, 3), np.uint8), names)
+        batch = np.zeros((TIMELINE_BATCH, views, cfg.num_frames, size, size, 3), np.uint8)
+        class_probabilities(self.predictor, self.predictor.normalize(batch), names)
         side = decode_short_side(cfg)
         blank = np.zeros((clips * cfg.num_frames, side, side, 3), np.uint8)
-        for b in (1, TIMELINE_BATCH):
-            windows = np.zeros((b, clips * crops, cfg.num_frames, size, size, 3), np.uint8)
-            class_probabilities(self.predictor, self.predictor.normalize(windows), names)
         classify_window(self.predictor, Window(0, 0.0, 0.0, blank, time.monotonic()), names, cfg)
 
     def _forward(self, views: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, dict]:
