@@ -55,8 +55,9 @@ def write_inputs(model: str, workdir: str, seconds: float) -> tuple[str, str]:
     if not os.path.isdir(checkpoint):
         save_model(checkpoint, config, random_params(config, 0), normalization="imagenet")
     video = os.path.join(workdir, "clip.mp4")
-    per_class = int(seconds * FPS) // 4
-    synthetic.write_long_video(video, [(c, per_class) for c in (0, 3, 6, 1)], size=(128, 160))
+    parts = np.array_split(np.arange(round(seconds * FPS)), 4)  # four actions
+    segments = [(c, len(p)) for c, p in zip((0, 3, 6, 1), parts, strict=True)]
+    synthetic.write_long_video(video, segments, size=(128, 160))
     return checkpoint, video
 
 

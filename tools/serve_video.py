@@ -20,9 +20,10 @@ import av
 def serve(path: str, port: int, realtime: bool = False, drop_after: float | None = None) -> None:
     """One client on tcp://127.0.0.1:`port`, sent `path`'s video packets."""
     print(f"listening on tcp://127.0.0.1:{port}", flush=True)
-    with av.open(path) as src, av.open(
-        f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts"
-    ) as out:
+    with (
+        av.open(path) as src,
+        av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts") as out,
+    ):
         video = src.streams.video[0]
         stream = out.add_stream_from_template(video)
         start = time.monotonic()
