@@ -52,7 +52,7 @@ from tcclip_jax.visualization.render import render_attention, render_context, re
 
 TOP_K = 5
 SEARCH_RESULTS = 4
-TIMELINE_BATCH = 4  # windows per model call
+TIMELINE_BATCH = 1  # windows per model call: no padded windows (a CPU gains nothing from more)
 SEGMENT_HEADERS = ["start", "end", "probability", "class"]
 
 
