@@ -30,6 +30,11 @@ CLASSES = list(synthetic.CLASS_NAMES)
 ALL_CLASSES = "\n".join(CLASSES)
 QUERY = "a shape moving left"
 CHROMIUM = "/usr/bin/chromium"
+# The page's pictures served by the app (not its icons), all loaded: the timeline and TC's three.
+LOADED_PICTURES = """() => {
+  const pictures = [...document.images].filter((i) => i.src.includes("file="));
+  return pictures.length >= 4 && pictures.every((i) => i.complete && i.naturalWidth > 0);
+}"""
 BROWSER_INSTALL = "apt-get install chromium && pip install playwright"
 
 
@@ -204,7 +209,8 @@ def test_the_page_in_chromium(site, tmp_path):
         page.get_by_role("button", name="Classify").click()
         status = page.get_by_label("Status")
         playwright.expect(status).to_have_value(re.compile("^10.0 s video"), timeout=60_000)
-        page.get_by_text("CLS attention").first.wait_for(timeout=10_000)
+        page.get_by_text("CLS attention").first.scroll_into_view_if_needed(timeout=10_000)
+        page.wait_for_function(LOADED_PICTURES, timeout=30_000)  # the timeline and TC's three
         page.screenshot(path=shot, full_page=True)
 
         page.get_by_role("tab", name="Webcam").click()
