@@ -26,7 +26,7 @@ def serve(path: str, port: int, realtime: bool = False, drop_after: float | None
     ):
         video = src.streams.video[0]
         stream = out.add_stream_from_template(video)
-        start = time.monotonic()
+        start = None  # when the first packet went out: a client is connected
         t0 = video.start_time or 0
         for packet in src.demux(video):
             if packet.dts is None:
@@ -34,10 +34,11 @@ def serve(path: str, port: int, realtime: bool = False, drop_after: float | None
             t = float((packet.pts - t0) * video.time_base) if packet.pts is not None else 0.0
             if drop_after is not None and t >= drop_after:
                 return
-            if realtime:
+            if realtime and start is not None:
                 time.sleep(max(0.0, start + t - time.monotonic()))
             packet.stream = stream
             out.mux(packet)
+            start = time.monotonic() - t if start is None else start
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -152,6 +153,11 @@ class StreamSource:
         self.ended: str | None = None
         self.reconnects = 0
         self.duration = 0.0  # seconds played, set at the end (`stream_windows`)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """End the iteration at the next frame (from any thread)."""
+        self._stop.set()
 
     def _open(self) -> av.container.InputContainer:
         local = self.local and self.format is None
@@ -179,7 +185,7 @@ class StreamSource:
                     last, gave = item[::2], True
                     yield item
             failures = 0 if gave else failures + 1
-            if self.local or last is None or failures >= self.reconnect:
+            if self.local or last is None or failures >= self.reconnect or self._stop.is_set():
                 break
             if gave:
                 what = f"dropped ({self.ended})" if self.ended else "ended"
@@ -214,7 +220,7 @@ class StreamSource:
                         self.ended = _reason(e)
                     frames = iter(stream.codec_context.decode(None))  # what the decoder holds
                     continue
-                if frame is None:
+                if frame is None or self._stop.is_set():
                     break
                 if frame.pts is not None:  # frame.time is NaN for the flushed frames
                     t = float(frame.pts * stream.time_base)
@@ -300,10 +306,14 @@ def run_stream(
     if not as_json:
         print(f"{'window':>6}  {'start':>9}  {'end':>9}  {'prob':>6}  class  (latency)", flush=True)
     count = 0
-    for win in in_thread(stream_windows(source, cfg, window, stride), 2):
-        result = classify_window(predictor, win, classnames, cfg)
-        print(format_result(result, classnames, top_k, as_json), flush=True)
-        count += 1
+    windows = in_thread(stream_windows(source, cfg, window, stride), 2, on_stop=source.stop)
+    try:
+        for win in windows:
+            result = classify_window(predictor, win, classnames, cfg)
+            print(format_result(result, classnames, top_k, as_json), flush=True)
+            count += 1
+    finally:
+        windows.close()  # on Ctrl-C: the decoding thread stopped before the process exits
     note = "" if count else f", shorter than one window ({window:g} s)"
     print(f"end of stream {source.url}: {count} windows in {source.duration:.2f} s{note}",
           file=sys.stderr, flush=True)  # fmt: skip

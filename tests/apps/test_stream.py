@@ -5,9 +5,11 @@ dropped stream reconnects, then ends in one line."""
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -109,16 +111,16 @@ def test_a_served_video_gets_the_timelines_windows_and_classes(served):
         assert 0 <= record["latency_ms"] < 10_000
 
 
-def test_a_dropped_stream_reconnects_then_ends_in_one_line(served):
+def test_a_dropped_stream_reconnects_then_ends_in_one_line_and_ctrl_c_stops_it(served):
     """Cut at 2.5 s and served again: with --reconnect the windows go on in order through the
-    gap; when the server is gone for good, one error line. Without it, the cut ends the run."""
-    port, once = _port(), _port()
+    gap; when the server is gone for good, one error line. Ctrl-C on a stream played at its
+    pace stops the run at once, in one line."""
+    port, paced = _port(), _port()
     server = _serve(served["video"], port, "--drop-after", "2.5", "--connections", "2")
-    cut = _serve(served["video"], once, "--drop-after", "2.5")
+    live = _serve(served["video"], paced, "--realtime")
     again = _predict(served["checkpoint"], "--stream", f"tcp://127.0.0.1:{port}",
                      "--reconnect", "1", "--timeout", "20")  # fmt: skip
-    single = _predict(served["checkpoint"], "--stream", f"tcp://127.0.0.1:{once}",
-                      "--timeout", "20")  # fmt: skip
+    stopped = _predict(served["checkpoint"], "--stream", f"tcp://127.0.0.1:{paced}")
     out, err = again.communicate(timeout=300)
     assert again.returncode == 1, err
     lines = err.strip().splitlines()
@@ -127,9 +129,14 @@ def test_a_dropped_stream_reconnects_then_ends_in_one_line(served):
     assert sum(line.startswith("error") for line in lines) == 1
     numbers = [int(line.split()[0]) for line in out.splitlines()[1:]]
     assert numbers == list(range(len(numbers))) and len(numbers) >= 6  # 2.5 s + gap + 6 s
-    out, err = single.communicate(timeout=300)
-    assert single.returncode == 0, err
-    assert len(out.splitlines()) == 1 + 1  # header, window 0 (2 s of 2.5 s)
-    assert err.strip().splitlines()[-1].startswith("end of stream")
     server.wait(timeout=30)
-    cut.wait(timeout=30)
+
+    stopped.stdout.readline()  # the header
+    assert stopped.stdout.readline().split()[0] == "0"  # window 0, at about 2 s of the video
+    stopped.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = stopped.communicate(timeout=60)
+    assert time.monotonic() - sent < 5 and stopped.returncode == 130
+    assert err.strip().splitlines() == ["error: interrupted"]
+    live.kill()
+    live.wait(timeout=30)
