@@ -151,7 +151,6 @@ class StreamSource:
         if self.local and format is None:  # follow the file as it grows (FFmpeg's file protocol)
             self.options.setdefault("follow", "1")
         self.ended: str | None = None
-        self.reconnects = 0
         self.duration = 0.0  # seconds played, set at the end (`stream_windows`)
         self._stop = threading.Event()
 
@@ -190,7 +189,6 @@ class StreamSource:
             if gave:
                 what = f"dropped ({self.ended})" if self.ended else "ended"
                 warn(f"{self.url}: the stream {what} at {clock(last[0])}; reconnecting")
-            self.reconnects += 1
             time.sleep(min(0.5 * 2**failures, 5.0))
         what = "ended" if self.ended is None else "dropped"
         if self.reconnect and failures >= self.reconnect and last is not None:
@@ -218,7 +216,7 @@ class StreamSource:
                     timed_out = isinstance(e, av.error.ExitError | TimeoutError)
                     if not (self.local and timed_out):  # else: a followed file stopped growing
                         self.ended = _reason(e)
-                    frames = iter(stream.codec_context.decode(None))  # what the decoder holds
+                    frames = iter(_flushed(stream))
                     continue
                 if frame is None or self._stop.is_set():
                     break
@@ -234,6 +232,14 @@ def _decoded(container: av.container.InputContainer, stream) -> Iterator[av.Vide
             yield from packet.decode()
         except av.error.InvalidDataError:
             continue  # a damaged packet: its frames stay the one before
+
+
+def _flushed(stream) -> list[av.VideoFrame]:
+    """The frames the decoder still holds after the stream broke off."""
+    try:
+        return stream.codec_context.decode(None)
+    except av.error.FFmpegError:
+        return []
 
 
 def _reason(error: BaseException) -> str:
