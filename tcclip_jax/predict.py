@@ -21,6 +21,12 @@ window of long videos instead (`tcclip_jax.apps.timeline`):
   python -m tcclip_jax.predict --checkpoint DIR --video match.mp4 --labels classes.csv \
       --timeline --output timelines/ [--window 8 --stride 4]
 
+`--stream` classifies a live stream as it plays, a line per window with its latency
+(`tcclip_jax.apps.stream`; `tools/serve_video.py` serves a file as one):
+
+  python -m tcclip_jax.predict --checkpoint DIR --stream rtsp://camera/live --labels classes.csv \
+      [--window 8 --stride 4 --reconnect 3 --json]
+
 Exit status: 0 when every video was classified; 1 when some could not be read (each is named on
 stderr, the others are still classified); 2 for unusable arguments (no class names, a path that is
 not a model checkpoint, a folder without videos, an output file that exists without --resume).
@@ -35,13 +41,13 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
-from tcclip_jax.apps import collection
+from tcclip_jax.apps import collection, stream
 from tcclip_jax.apps.collection import (
     check_prompts,
     class_names,
+    top_classes,
     warn,
 )
 from tcclip_jax.apps.inference import (
@@ -52,14 +58,17 @@ from tcclip_jax.apps.inference import (
     load_predictor,
     view_config,
 )
-from tcclip_jax.apps.timeline import format_segments, output_stem, score_timeline, write_timeline
+from tcclip_jax.apps.timeline import (
+    SECONDS_PER_FRAME,
+    format_segments,
+    output_stem,
+    score_timeline,
+    window_and_stride,
+    write_timeline,
+)
 from tcclip_jax.runtime import allocator, cli
 from tcclip_jax.runtime.errors import UsageError
 from tcclip_jax.weights import hub
-
-# Default timeline window: 0.5 s per model frame (8 s for 16 frames, close to a Kinetics clip's
-# 10 s, which the published models sample 16 frames from); default stride: half a window.
-SECONDS_PER_FRAME = 0.5
 
 
 @dataclasses.dataclass
@@ -69,14 +78,6 @@ class VideoResult:
     error: str | None = None
     duration: float | None = None  # seconds, from the container (None for frame folders)
     views: int | None = None
-
-
-def top_classes(probs: np.ndarray, classnames: Sequence[str], k: int) -> list[dict]:
-    order = np.argsort(-probs, kind="stable")[: min(k, len(classnames))]
-    return [
-        {"rank": r + 1, "index": int(i), "class": classnames[i], "probability": float(probs[i])}
-        for r, i in enumerate(order)
-    ]
 
 
 def format_predictions(results: Sequence[VideoResult]) -> str:
@@ -102,11 +103,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Classify videos with a TC-CLIP / ViFi-CLIP / CLIP checkpoint.",
     )
     parser.add_argument("--checkpoint", required=True, help="Model checkpoint directory.")
-    parser.add_argument(
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument(
         "--video",
-        required=True,
         nargs="+",
         help="Video files, frame folders, folders (searched recursively) or list files.",
+    )
+    inputs.add_argument(
+        "--stream",
+        metavar="URL",
+        help="Classify a live stream as it plays, a window every --stride: rtsp://, http://, "
+        "tcp://, udp://, a capture device (with --format, e.g. v4l2 /dev/video0) or a file "
+        "still being written.",
     )
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument("--classes", nargs="*", help="Class names.")
@@ -166,6 +174,27 @@ def _parser() -> argparse.ArgumentParser:
         help="Segments along the most probable class sequence when a change of class costs "
         "this many nats (e.g. 2; default 0: each window's top class).",
     )
+    live = parser.add_argument_group("live streams (--stream; --window and --stride as above)")
+    live.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        help="Open a stream that ends or drops again, up to this many times in a row.",
+    )
+    live.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="Seconds without data before a stream counts as ended (default 10).",
+    )
+    live.add_argument("--format", help="FFmpeg input format (e.g. v4l2, mpegts, rtsp).")
+    live.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FFmpeg input option, repeatable (e.g. rtsp_transport=tcp, video_size=640x480).",
+    )
     parser.add_argument("--debug", action="store_true", help=cli.DEBUG_HELP)
     return parser
 
@@ -220,10 +249,18 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output (the file to carry on)")
-    if args.timeline:
+    if args.stream is not None:
+        _check_stream_args(args)
+    elif args.timeline:
         _check_timeline_args(args)
     elif args.json and args.output:
         raise UsageError("--json prints results held in memory; with --output use a .jsonl file")
+
+
+def _check_windows(args: argparse.Namespace) -> None:
+    for flag, seconds in (("--window", args.window), ("--stride", args.stride)):
+        if seconds is not None and not seconds > 0:
+            raise UsageError(f"{flag} must be positive, got {seconds}")
 
 
 def _check_timeline_args(args: argparse.Namespace) -> None:
@@ -231,13 +268,25 @@ def _check_timeline_args(args: argparse.Namespace) -> None:
         raise UsageError("--timeline needs --output, the folder to write the timelines to")
     if os.path.isfile(args.output):
         raise UsageError(f"--output {args.output}: with --timeline, a folder, not a file")
-    for flag, seconds in (("--window", args.window), ("--stride", args.stride)):
-        if seconds is not None and not seconds > 0:
-            raise UsageError(f"{flag} must be positive, got {seconds}")
+    _check_windows(args)
     if args.smooth < 1 or args.smooth % 2 == 0:
         raise UsageError(f"--smooth must be an odd number of windows, got {args.smooth}")
     if not args.switch_cost >= 0:
         raise UsageError(f"--switch-cost must be >= 0 nats, got {args.switch_cost}")
+
+
+def _check_stream_args(args: argparse.Namespace) -> None:
+    if args.timeline or args.output:
+        raise UsageError("--stream prints a line per window; it takes no --timeline or --output")
+    _check_windows(args)
+    if args.reconnect < 0 or not args.timeout > 0:
+        raise UsageError(
+            f"--reconnect must be 0 or more and --timeout positive, got {args.reconnect}, "
+            f"{args.timeout}"
+        )
+    bad = [o for o in args.option if "=" not in o]
+    if bad:
+        raise UsageError(f"--option takes KEY=VALUE, got {bad[0]!r}")
 
 
 def timelines(
@@ -245,8 +294,7 @@ def timelines(
 ) -> int:
     """The timeline of every video into `args.output` (with `args.resume`, videos whose
     timeline is there are skipped); segments printed. Returns the number of unreadable ones."""
-    window = args.window if args.window is not None else SECONDS_PER_FRAME * cfg.num_frames
-    stride = args.stride if args.stride is not None else window / 2
+    window, stride = window_and_stride(cfg.num_frames, args.window, args.stride)
     failed = 0
     for video in videos:
         if args.resume and os.path.isfile(output_stem(args.output, video) + ".timeline.json"):
@@ -274,6 +322,14 @@ def predict(args: argparse.Namespace) -> int:
     check_prompts(predictor, classnames, origin)
     cfg = view_config(predictor.config, args.clips, args.crops, predictor.normalization)
     cfg.uint8_output = True  # normalised here, after the batch is stacked
+    if args.stream is not None:
+        source = stream.StreamSource(
+            args.stream, format=args.format, timeout=args.timeout, reconnect=args.reconnect,
+            options=dict(o.split("=", 1) for o in args.option),
+        )  # fmt: skip
+        window, stride = window_and_stride(cfg.num_frames, args.window, args.stride)
+        return stream.run_stream(predictor, source, classnames, cfg, window, stride,
+                                 top_k=args.top_k, as_json=args.json)  # fmt: skip
     videos = collection.find_videos(args.video, cfg.frame_template)
     if args.timeline:
         return 1 if timelines(predictor, videos, classnames, cfg, args) else 0

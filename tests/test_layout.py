@@ -19,6 +19,7 @@ CLI = {
     "tcclip_jax.predict",
     "tcclip_jax.embed",
     "tcclip_jax.search",
+    "tcclip_jax.app",
     "tcclip_jax.visualize",
     "tcclip_jax.bench.__main__",
     "tcclip_jax.bench.demo",

@@ -230,6 +230,15 @@ def view_batches(
 # Result rows -------------------------------------------------------------------------------
 
 
+def top_classes(probs: np.ndarray, classnames: Sequence[str], k: int) -> list[dict]:
+    """The `k` most probable classes: [{"rank", "index", "class", "probability"}], best first."""
+    order = np.argsort(-probs, kind="stable")[: min(k, len(classnames))]
+    return [
+        {"rank": r + 1, "index": int(i), "class": classnames[i], "probability": float(probs[i])}
+        for r, i in enumerate(order)
+    ]
+
+
 def _csv_header(top_k: int) -> list[str]:
     ranks = [f"{name}_{r}" for r in range(1, top_k + 1) for name in ("class", "probability")]
     return ["video", "duration_s", "views", *ranks, "error"]

@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -23,6 +23,10 @@ from tcclip_jax.data import transforms
 from tcclip_jax.data.video_decode import duration_seconds
 from tcclip_jax.data.video_windows import in_thread, window_frames
 from tcclip_jax.visualization.plots import timeline_figure
+
+# Default window: 0.5 s per model frame (8 s for 16 frames, close to a Kinetics clip's 10 s, which
+# the published models sample 16 frames from); default stride: half a window.
+SECONDS_PER_FRAME = 0.5
 
 
 @dataclasses.dataclass
@@ -49,6 +53,28 @@ class Timeline:
         return segments
 
 
+def window_and_stride(
+    num_frames: int, window: float | None = None, stride: float | None = None
+) -> tuple[float, float]:
+    """(window, stride) seconds: as given, else SECONDS_PER_FRAME per model frame and half that."""
+    window = window if window is not None else SECONDS_PER_FRAME * num_frames
+    return window, stride if stride is not None else window / 2
+
+
+def decode_short_side(cfg: ml_collections.ConfigDict) -> int:
+    """The short side windows are decoded at: what the test views crop from."""
+    return cfg.resize_size if cfg.test_crops == 1 else cfg.image_size
+
+
+def window_views(frames: np.ndarray, cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """A window's uint8 frames [C * T, h, w, 3] (C temporal views, decoded at
+    `decode_short_side`) -> its test views [C * crops, T, S, S, 3]."""
+    return np.concatenate([
+        transforms.test_crops(view, cfg.test_crops, cfg.image_size, cfg.resize_size)
+        for view in frames.reshape(cfg.test_clips, cfg.num_frames, *frames.shape[1:])
+    ])  # fmt: skip
+
+
 def score_timeline(
     predictor: Predictor,
     path: str,
@@ -59,22 +85,19 @@ def score_timeline(
     batch_size: int,
     smooth: int = 1,
     switch_cost: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Timeline:
-    """Every window of `path` classified, `batch_size` windows per model call."""
+    """Every window of `path` classified, `batch_size` windows per model call; `progress(done,
+    total)` after each call."""
     duration = duration_seconds(path)
     bounds = windows(duration, window, stride)
     times = sample_times(bounds, cfg.num_frames, cfg.test_clips)
-    short_side = cfg.resize_size if cfg.test_crops == 1 else cfg.image_size
     probs = np.zeros((len(bounds), len(classnames)), np.float32)
 
     def batches():
         batch = []
-        for w, frames in window_frames(path, times, short_side):
-            crops = np.concatenate([
-                transforms.test_crops(view, cfg.test_crops, cfg.image_size, cfg.resize_size)
-                for view in frames.reshape(cfg.test_clips, cfg.num_frames, *frames.shape[1:])
-            ])  # fmt: skip
-            batch.append((w, crops))
+        for w, frames in window_frames(path, times, decode_short_side(cfg)):
+            batch.append((w, window_views(frames, cfg)))
             if len(batch) == batch_size:
                 yield batch
                 batch = []
@@ -86,6 +109,8 @@ def score_timeline(
         views[: len(batch)] = [crops for _, crops in batch]
         p = class_probabilities(predictor, predictor.normalize(views), classnames)
         probs[[w for w, _ in batch]] = p[: len(batch)]
+        if progress is not None:
+            progress(batch[-1][0] + 1, len(bounds))
     return Timeline(
         path, duration, window, stride, list(classnames), bounds, probs, smooth, switch_cost
     )
@@ -138,12 +163,12 @@ def format_segments(timeline: Timeline) -> str:
     lines = [timeline.video, f"  {'start':>9}  {'end':>9}  {'prob':>6}  class"]
     for s in timeline.segments:
         lines.append(
-            f"  {_clock(s['start']):>9}  {_clock(s['end']):>9}  {s['mean_probability']:6.3f}  "
+            f"  {clock(s['start']):>9}  {clock(s['end']):>9}  {s['mean_probability']:6.3f}  "
             f"{s['class']}"
         )
     return "\n".join(lines)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, s = divmod(seconds, 60)
     return f"{int(minutes)}:{s:05.2f}"

@@ -9,9 +9,10 @@ it) ahead of its consumer.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import av
 import numpy as np
@@ -93,22 +94,37 @@ def window_frames(
             j += 1
 
 
-def in_thread(items: Iterator, size: int) -> Iterator:
+def in_thread(items: Iterator, size: int, on_stop: Callable[[], None] | None = None) -> Iterator:
     """`items` produced by a thread, up to `size` ahead (decoding overlaps whatever consumes
-    them, e.g. the model); an exception there is raised here."""
+    them, e.g. the model); an exception there is raised here. A consumer that stops early
+    (an exception, Ctrl-C, `close()`) calls `on_stop` (which should make `items` end soon) and
+    waits for the thread to end, so that no decoder is left running as the process exits."""
     buffer: queue.Queue = queue.Queue(size)
     done = object()
+    stop = threading.Event()
 
     def produce():
         try:
             for item in items:
+                if stop.is_set():
+                    break
                 buffer.put(item)
         except BaseException as e:  # handed to the consumer, raised there
             buffer.put(e)
         buffer.put(done)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := buffer.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if thread.is_alive():
+            stop.set()
+            if on_stop is not None:
+                on_stop()
+            while thread.is_alive():  # make room for a producer waiting to put
+                with contextlib.suppress(queue.Empty):
+                    buffer.get(timeout=0.1)

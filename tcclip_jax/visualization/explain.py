@@ -1,7 +1,8 @@
 """What a TC-CLIP model looks at, as arrays: seed tokens, context tokens and CLS attention of one
 clip through one summarising vision block, on the patch grid (paper Figs. 6, 7, 9).
 
-`explain(predictor, clip) -> Explanation`; `tcclip_jax.visualization.render` draws it.
+`explain(predictor, clip) -> Explanation` (`explanation` for vision outputs already computed);
+`tcclip_jax.visualization.render` draws it.
 """
 
 from __future__ import annotations
@@ -78,20 +79,26 @@ def summary_block(config: ModelConfig, block: int) -> int:
 
 def explain(predictor: Predictor, clip: np.ndarray, block: int = -1) -> Explanation:
     """Seeds, context tokens and CLS attention of a normalised clip [T, H, W, 3]."""
-    cfg = predictor.config
-    layer = summary_block(cfg, block)
     out = predictor.encode_video(np.asarray(clip)[None], return_attention=True)
-    j = cfg.summary_layers.index(layer)
-    seed_index = np.asarray(out["seed_index"][0, j])  # [T, n_s], row-major patch indices.
-    assignment = np.asarray(out["assignment"][0, j])
-    attention = np.asarray(out["cls_attention"][0, layer - 1], np.float32)  # [T, P]
-    t, g = seed_index.shape[0], cfg.grid_size
-    context_id = np.full((t, cfg.num_patches), -1, np.int32)
+    return explanation(predictor.config, out, block)
+
+
+def explanation(config: ModelConfig, out: dict, block: int = -1, row: int = 0) -> Explanation:
+    """The Explanation of clip `row` from vision outputs computed with attention
+    (`Predictor.encode_video(clips, return_attention=True)`): one forward pass can both
+    classify and explain."""
+    layer = summary_block(config, block)
+    j = config.summary_layers.index(layer)
+    seed_index = np.asarray(out["seed_index"][row, j])  # [T, n_s], row-major patch indices.
+    assignment = np.asarray(out["assignment"][row, j])
+    attention = np.asarray(out["cls_attention"][row, layer - 1], np.float32)  # [T, P]
+    t, g = seed_index.shape[0], config.grid_size
+    context_id = np.full((t, config.num_patches), -1, np.int32)
     np.put_along_axis(context_id, seed_index, assignment.astype(np.int32), axis=1)
     context_id = context_id.reshape(t, g, g)
     return Explanation(
         layer=layer,
-        num_context=cfg.context_tokens,
+        num_context=config.context_tokens,
         seed_mask=context_id >= 0,
         context_id=context_id,
         attention=attention.reshape(t, g, g),
