@@ -19,7 +19,8 @@ its calls, the process CPU time per call split into user and kernel time, and th
 faults per call (`timing`). The command applies the CLIs' malloc settings
 (`tcclip_jax.runtime.allocator`; `TCCLIP_MALLOC=0` turns them off, to measure what they save)
 and prints which are in force.
-`--compare-published PATH` times the published PyTorch code alternately with ours (`published`).
+`--compare-published PATH` times the published PyTorch code alternately with ours (`published`);
+`--merge gather|dense` picks the form of TC's summarisation (default: the backend's own).
 
 Example (the CPU figures in the README):
   python -m tcclip_jax.bench --mode infer --batch 2 --classes 400
@@ -48,6 +49,7 @@ from tcclip_jax.bench.steps import Reporter, class_tokens, matmul_rate, prepare_
 from tcclip_jax.bench.timing import timed
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
+from tcclip_jax.ops.token_merging import MERGE_FORMS, choose_form
 from tcclip_jax.runtime import allocator, cli
 
 
@@ -66,6 +68,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed calls per measurement")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after compilation")
     p.add_argument("--remat", action="store_true", help="rematerialise blocks in the backward")
+    p.add_argument(
+        "--merge",
+        choices=MERGE_FORMS,
+        help="TC's summarisation form (default: the model's choice for this backend, "
+        "gather on CPU, dense on TPU and GPU)",
+    )
     p.add_argument(
         "--compare-published",
         metavar="PATH",
@@ -86,7 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    overrides = {"model": args.model, "num_frames": args.frames}
+    overrides = {"model": args.model, "num_frames": args.frames, "merge": args.merge}
     if args.depth is not None:
         overrides.update(vision_layers=args.depth, text_layers=args.depth)
     return arch_config(args.arch, **overrides)
@@ -106,11 +114,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak, peak_source = peak_flops(device, args.dtype)
     matmul = matmul_rate(args.dtype)
     report = Reporter(peak, show_rss=device.platform == "cpu", matmul_flops=matmul)
+    merge_note = f", TC summarisation {choose_form(cfg.merge)}" if cfg.is_temporal else ""
     print(
         f"backend {device.platform} ({jax.device_count()} x {device.device_kind}), jax "
         f"{jax.__version__}; {args.model} {args.arch} depth {cfg.vision_layers}/"
         f"{cfg.text_layers}, {args.frames} frames, batch {args.batch}, {args.classes} classes, "
-        f"{args.dtype}{', remat' if args.remat else ''}; peak "
+        f"{args.dtype}{', remat' if args.remat else ''}{merge_note}; peak "
         f"{f'{peak / 1e12:.3f} TFLOP/s' if peak else ''} ({peak_source}); matmul rate "
         f"{matmul / 1e9:.1f} GFLOP/s (one square {args.dtype} product); malloc settings: "
         f"{allocator.status()}",

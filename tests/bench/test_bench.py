@@ -78,9 +78,10 @@ def test_published_packages_are_taken_from_the_checkout(tmp_path, monkeypatch):
 def test_every_phase_runs_and_states_its_share_of_the_matmul_rate(capsys):
     """Inference (class set, then videos) and the train step, end to end with --remat; every
     measurement states its FLOP rate as a share of one plain matrix product's rate on this
-    backend, which the header prints."""
-    main([*ARGS, "--mode", "both", "--remat"])
+    backend, which the header prints (with the TC summarisation form asked for)."""
+    main([*ARGS, "--mode", "both", "--remat", "--merge", "dense"])
     out = capsys.readouterr().out
+    assert "TC summarisation dense;" in out.splitlines()[0]
     phases = re.findall(r"^(\w+): .*?([\d.]+) GFLOP/call .*?memory ([\d.]+) GiB", out, re.M)
     assert [phase for phase, _, _ in phases] == ["infer", "infer", "train"]
     assert all(float(gflop) > 0 and float(gib) > 0 for _, gflop, gib in phases)
