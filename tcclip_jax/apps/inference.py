@@ -16,7 +16,9 @@ the last text block.
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +44,8 @@ from tcclip_jax.weights.checkpoint import (
 
 # Compute dtypes by name, for command-line flags.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Class lists whose text embeddings a Predictor keeps (the least recently used dropped first).
+TEXT_CACHE_SIZE = 16
 # --normalization choices: the checkpoint's record, or a name overriding it.
 NORMALIZATION_CHOICES = ("checkpoint", *sorted(NORMALIZATIONS))
 
@@ -100,7 +104,10 @@ class Predictor:
         self._without_vp = jax.jit(
             lambda p, t: self.model.apply({"params": p}, t, method="text_embeddings_without_vp")
         )
-        self._text_cache: dict[tuple[str, ...], Any] = {}
+        # The class lists' text embeddings, most recently used last (a web app's users each
+        # bring their own lists: the oldest are dropped beyond TEXT_CACHE_SIZE).
+        self._text_cache: collections.OrderedDict[tuple[str, ...], Any] = collections.OrderedDict()
+        self._text_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(
@@ -142,12 +149,18 @@ class Predictor:
         return prompt_tokens(self.config, classnames, trim=False)
 
     def encode_classes(self, classnames: Sequence[str]) -> Any:
+        """The text side of `classnames` (see `models.prompts.text_encoder`), cached per list."""
         key = tuple(classnames)
-        if key not in self._text_cache:
-            self._text_cache[key] = self._encode_text(
-                self.params, prompt_tokens(self.config, classnames)
-            )
-        return self._text_cache[key]
+        with self._text_lock:  # a web app's handlers run in threads
+            if key in self._text_cache:
+                self._text_cache.move_to_end(key)
+                return self._text_cache[key]
+        text = self._encode_text(self.params, prompt_tokens(self.config, classnames))
+        with self._text_lock:
+            self._text_cache[key] = text
+            while len(self._text_cache) > TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+        return text
 
     def encode_video(self, clips: np.ndarray, return_attention: bool = False) -> dict:
         """clips [B, T, H, W, 3] normalised (`normalize`) -> the vision outputs (see
