@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any
 
 import numpy as np
 
@@ -189,16 +190,21 @@ def resolve(source: str) -> str:
         ) from e
 
 
+def read_json(path: str, error: type[Exception]) -> Any:
+    """The JSON value in `path` (a config.json); `error` naming the file if it cannot be read."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
 def read_hf_config(directory: str) -> tuple[dict, dict, dict]:
     """(config.json, its text config, its vision config), defaults filled in; CLIPModel only."""
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
         raise ConversionError(f"{directory}: not a Hugging Face model directory (no {CONFIG_FILE})")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    config = read_json(path, ConversionError)
     if not isinstance(config, dict):
         raise ConversionError(f"{path}: not a JSON object")
     model_type = config.get("model_type")

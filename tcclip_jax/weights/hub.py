@@ -29,7 +29,7 @@ from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
 from tcclip_jax.runtime import storage
 from tcclip_jax.weights.checkpoint import MODEL_CONFIG_FILE, CheckpointError, check_new_directory
-from tcclip_jax.weights.hf import read_safetensors
+from tcclip_jax.weights.hf import read_json, read_safetensors
 from tcclip_jax.weights.layout import ConversionError
 from tcclip_jax.weights.pytorch import finetuned_params, released_state_dict
 
@@ -151,11 +151,7 @@ def read_record(directory: str) -> tuple[ModelConfig, str]:
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{directory}: not a tcclip_jax model folder (no {CONFIG_FILE})")
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    record = read_json(path, CheckpointError)
     if not isinstance(record, dict) or "model_config" not in record:
         raise CheckpointError(
             f"{path}: not a tcclip_jax model config (no 'model_config'; a Hugging Face CLIP "
