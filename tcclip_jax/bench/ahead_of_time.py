@@ -228,6 +228,12 @@ def _cost(stage) -> dict:
     return cost[0] if isinstance(cost, list) else cost  # older jax: one dict per computation.
 
 
+def _countable(model: VideoCLIP) -> VideoCLIP:
+    """The model with the explicit attention, for counting its FLOPs on a CPU lowering: the
+    same maths as a kernel's, with no interpreter loop (whose body XLA counts once)."""
+    return model.clone(config=model.config.replace(attention="explicit"))
+
+
 def _abstract(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
@@ -295,7 +301,7 @@ class StepBuilder:
     def model_flops(self, per_chip_batch: int, micro_batches: int) -> float:
         """Per chip per step: XLA's count of one global micro-batch without loops, lowered for
         one host CPU (the count is of the program before partitioning; see above)."""
-        model = self.model.clone(remat=False, scan=False)
+        model = _countable(self.model.clone(remat=False, scan=False))
         mesh = sharding.create_mesh(jax.devices("cpu")[:1])
         step, shardings = self._step(model, mesh)
         lowered = step.trace(*self._inputs(shardings, per_chip_batch, 1, mesh)).lower()
@@ -336,7 +342,7 @@ class StepBuilder:
         with platform.traced_for(self.devices[0].platform):
             compiled = step.trace(*inputs).lower().compile()
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-        flat = model.clone(scan=False)
+        flat = _countable(model.clone(scan=False))
         cpu_mesh = sharding.create_mesh(jax.devices("cpu")[:1])
         unrolled = self._eval_step(flat, cpu_mesh, videos_per_chip * self.chips)
         flops = float(_cost(unrolled[0].trace(*unrolled[1]).lower())["flops"]) / self.chips
@@ -511,7 +517,8 @@ def run(
     kind, figures = chip_figures(devices)
     builder = StepBuilder(config, devices, num_classes)
     cfg = builder.model_config
-    with platform.traced_for(devices[0].platform):
+    mesh = jax.sharding.use_abstract_mesh(builder.mesh.abstract_mesh)  # as the steps trace
+    with platform.traced_for(devices[0].platform), mesh:
         attention = choose(cfg.attention, jnp.dtype(config.dtype), builder.attention_shapes)
         merge = choose_form(cfg.merge)
     print(

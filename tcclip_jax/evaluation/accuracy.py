@@ -113,7 +113,9 @@ def eval_programs(model: VideoCLIP, mesh: Mesh, mean: tuple, std: tuple) -> tupl
     return (
         text_encoder(model, out_shardings=replicated),
         jax.jit(
-            step, in_shardings=(None, replicated, batch_sharding), out_shardings=batch_sharding
+            sharding.traced_under(mesh, step),
+            in_shardings=(None, replicated, batch_sharding),
+            out_shardings=batch_sharding,
         ),
     )
 

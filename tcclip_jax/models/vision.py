@@ -26,6 +26,7 @@ from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.layers import MLP, Dtype, Projections, layer_norm, softmax, stat_dtype
 from tcclip_jax.ops.attention import choose, fused_attention
 from tcclip_jax.ops.dense import flat_dot_general
+from tcclip_jax.ops.tc_attention import tc_attention
 from tcclip_jax.ops.token_merging import (
     CHOICES,
     choose_form,
@@ -54,8 +55,8 @@ class TCBlock(nn.Module):
     # The last block: only the CLS tokens (and the context tokens) are used after it, so only
     # the CLS queries and the seeds' queries are computed, and the FFN runs on those tokens.
     cls_only: bool = False
-    # "explicit" (einsums; every probability kept), or a fused kernel ("xla", "cudnn"; only the
-    # CLS row's probabilities computed): `ops.attention`.
+    # "explicit" (einsums; every probability kept), or a fused kernel ("xla", "cudnn", TC's
+    # "pallas"; only the CLS row's probabilities computed): `ops.attention`.
     attention: str = "explicit"
     dtype: Dtype = jnp.float32
 
@@ -73,24 +74,30 @@ class TCBlock(nn.Module):
         attn = Projections(self.width, self.heads, self.dtype, with_bias, name="attn")
         ln_1 = layer_norm(self.dtype, "ln_1")
         head_major = lambda a: jnp.swapaxes(a, -3, -2)  # [..., L, heads, H] -> [..., heads, L, H]
-        fused = self.attention != "explicit"
-        # The explicit form runs head-major, the fused kernel takes token-major operands.
+        # The explicit form and TC's kernel run head-major, jax's fused attention takes
+        # token-major operands.
+        pallas = self.attention == "pallas"
+        fused = self.attention in ("xla", "cudnn")
         layout = (lambda a: a) if fused else head_major
         key_axis = -3 if fused else -2
         h = ln_1(x)
         k, v = map(layout, attn.kv(h))  # [B, T, heads, N, H] (fused: [B, T, N, heads, H])
+        k_ctx = v_ctx = None
         if self.use_context:
             # [B, heads, k, H] (fused: [B, k, heads, H])
-            context_tokens = map(layout, attn.kv(ln_1(context)))
-            k_ctx, v_ctx = (
-                jnp.broadcast_to(a[:, None], (b, t, *a.shape[1:])) for a in context_tokens
-            )
-            k = jnp.concatenate([k, k_ctx], axis=key_axis)  # N + k keys along `key_axis`
-            v = jnp.concatenate([v, v_ctx], axis=key_axis)
-        bias = None
+            k_ctx, v_ctx = map(layout, attn.kv(ln_1(context)))
+            if not pallas:  # TC's kernel reads them per clip; the others, appended per frame.
+                k, v = (
+                    jnp.concatenate(
+                        [a, jnp.broadcast_to(c[:, None], (b, t, *c.shape[1:]))], axis=key_axis
+                    )  # N + k keys along `key_axis`
+                    for a, c in ((k, k_ctx), (v, v_ctx))
+                )
+        num_keys = n + (k_ctx.shape[key_axis] if self.use_context else 0)
+        bias = table = None
         if with_bias:  # local (the frame's own keys) / global (context keys), per head.
             table = attn.local_global_bias_table[:, 0]  # [heads, 2]
-            is_global = jnp.arange(k.shape[key_axis]) >= n  # [N + k]
+            is_global = jnp.arange(num_keys) >= n  # [N + k]
             # A select, not an indexed read: no gather forward, no scatter backward.
             bias = jnp.where(is_global, table[:, None, 1:], table[:, None, :1])  # [heads, 1, N + k]
 
@@ -102,7 +109,13 @@ class TCBlock(nn.Module):
             16-bit compute dtype."""
             q_axes = "BTQNH" if token_major else "BTNQH"
             spec = f"{q_axes},{'BTKNH' if fused else 'BTNKH'}->BTNQK"
-            logits = jnp.einsum(spec, q, k, preferred_element_type=stat if exact else None)
+            precision = stat if exact else None
+            logits = jnp.einsum(spec, q, k, preferred_element_type=precision)
+            if pallas and k_ctx is not None:  # the context keys' scores after the frame's
+                ctx = jnp.einsum(
+                    f"{q_axes},BNKH->BTNQK", q, k_ctx, preferred_element_type=precision
+                )
+                logits = jnp.concatenate([logits, ctx], axis=-1)
             if bias is not None:
                 logits = logits + bias.astype(logits.dtype)
             return softmax(logits, self.dtype)
@@ -112,6 +125,10 @@ class TCBlock(nn.Module):
             LayerNormed) over all keys of their frame, and the CLS query's (the first row's)
             probabilities [B, T, heads, N (+ k)] in >= float32."""
             q = attn.q(rows)  # [B, T, R, heads, H]
+            if pallas:
+                out = tc_attention(head_major(q), k, v, k_ctx, v_ctx, table)
+                cls_row = probabilities(q[:, :, :1], token_major=True, exact=True)
+                return attn.out(head_major(out)), cls_row[:, :, :, 0]
             if fused:
                 out = fused_attention(q, k, v, bias, self.attention)
                 return attn.out(out), probabilities(q[:, :, :1], exact=True)[:, :, :, 0]

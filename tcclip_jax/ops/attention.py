@@ -1,4 +1,4 @@
-"""Attention through `jax.nn.dot_product_attention`: a fused kernel where the backend has one.
+"""How the vision blocks attend: a fused kernel where the backend has one.
 
 The explicit form (einsum, softmax, einsum; `models.vision.TCBlock`) keeps every block's
 [Q, K] probabilities for the backward pass, in float32: about 44 MB per clip per ViT-B/16
@@ -8,14 +8,18 @@ seeds), so a fused block computes that row on its own from the CLS queries and t
 of the score work, the same maths as the explicit row.
 
 Implementations (`ModelConfig.attention`):
-  "explicit": the einsum form, where intermediates are needed and on CPU and TPU (no kernel);
+  "explicit": the einsum form, where intermediates are needed and on CPU;
   "xla": jax's XLA form of `dot_product_attention` (its softmax is float32 even for float64
          inputs, so it is not the float64 reference);
   "cudnn": cuDNN's kernel (GPU only; with a bias in training it needs even query and key
            lengths, so both are padded: padded queries are zero rows whose outputs are dropped,
            padded keys are masked by the bias).
-None picks "cudnn" when the program is traced for a GPU in bfloat16 or float16 and jax accepts
-the kernel for the block's shapes there (`cudnn_accepts`), else "explicit".
+  "pallas": TC's own Pallas TPU kernel (`ops.tc_attention`): the context keys read per clip,
+            the bias inside; run by Pallas's interpreter off TPU (exact, slow: for tests).
+None picks "pallas" when the program is traced for a TPU (where the kernel's blocks fit VMEM and
+the batch can be split: one device, or a mesh in context), "cudnn" when it is traced for a GPU
+in bfloat16 or float16 and jax accepts the kernel for the block's shapes there
+(`cudnn_accepts`), else "explicit".
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from tcclip_jax.ops import platform
+from tcclip_jax.ops import platform, tc_attention
 
-IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
+IMPLEMENTATIONS = ("explicit", "xla", "cudnn", "pallas")
 # Bias of padded keys: exp(-1e4) is 0 in every float type, so they take no weight.
 MASKED = -1e4
 
@@ -42,6 +46,8 @@ def choose(implementation: str | None, dtype, shapes: tuple[int, int, int, int])
             raise ValueError(f"attention must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         return implementation
     dtype = jnp.dtype(dtype)
+    if platform.current() == "tpu":
+        return _tpu_choice(dtype, shapes)
     if platform.current() != "gpu" or dtype not in (
         jnp.dtype(jnp.bfloat16),
         jnp.dtype(jnp.float16),
@@ -51,6 +57,27 @@ def choose(implementation: str | None, dtype, shapes: tuple[int, int, int, int])
         return "cudnn"
     _fall_back_once(dtype, shapes)
     return "explicit"
+
+
+def _tpu_choice(dtype, shapes: tuple[int, int, int, int]) -> str:
+    """TC's kernel where its blocks fit VMEM and it can be placed: one device, or a mesh in
+    context to split the batch over (XLA does not partition a Mosaic kernel)."""
+    queries, keys, heads, dim = shapes
+    if not tc_attention.head_group(queries, queries, keys - queries, heads, dim, dtype.itemsize):
+        _explicit_on_tpu_once(f"one head of {queries} x {keys} does not fit its VMEM budget")
+        return "explicit"
+    if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
+        _explicit_on_tpu_once(
+            "no mesh in context to split the batch over (trace under jax.set_mesh; the "
+            "train, evaluate and aot commands do)"
+        )
+        return "explicit"
+    return "pallas"
+
+
+@functools.cache
+def _explicit_on_tpu_once(why: str) -> None:
+    logging.info("TC's Pallas attention is not used: %s; using the explicit attention", why)
 
 
 @functools.cache

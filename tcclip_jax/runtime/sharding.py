@@ -8,6 +8,8 @@ reduce-scatters. The same code runs on one CPU, one GPU, a TPU slice or several 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,6 +26,18 @@ def create_mesh(devices: list | None = None) -> Mesh:
     """
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def traced_under(mesh: Mesh, fn: Callable) -> Callable:
+    """`fn` traced with `mesh` in context (inside jit too): ops that XLA cannot split, TC's
+    Pallas attention kernel, split the batch themselves over it (`shard_map`)."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

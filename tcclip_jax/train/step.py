@@ -178,7 +178,7 @@ def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: TrainState
     class tokens and rng replicated, metrics replicated."""
     replicated = sharding.replicated(mesh)
     return jax.jit(
-        train_step,
+        sharding.traced_under(mesh, train_step),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh, 1), replicated, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),

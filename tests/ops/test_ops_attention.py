@@ -108,7 +108,8 @@ def test_cudnn_pads_odd_lengths_and_masks_the_padded_keys(monkeypatch):
         ("cuda", jnp.bfloat16, "cudnn"),
         ("gpu", jnp.float16, "cudnn"),
         ("cuda", jnp.float32, "explicit"),  # cuDNN's flash attention is for 16-bit floats
-        ("tpu", jnp.bfloat16, "explicit"),  # no kernel in jax.nn.dot_product_attention
+        ("tpu", jnp.bfloat16, "pallas"),  # TC's kernel (one device here)
+        ("tpu", jnp.float32, "pallas"),
         ("cpu", jnp.bfloat16, "explicit"),
     ],
 )
@@ -121,6 +122,19 @@ def test_automatic_choice_follows_the_platform_and_dtype(monkeypatch, target, dt
         attention.choose("flash", jnp.float32, (197, 293, 12, 64))
     with pytest.raises(ValueError, match="attention must be one of"):
         ModelConfig(attention="flash")
+
+
+def test_automatic_choice_on_tpu_needs_a_mesh_on_several_devices_and_vmem(monkeypatch):
+    """On several devices TC's kernel is chosen only under a mesh (XLA cannot split it); a
+    head too large for VMEM gets the explicit attention."""
+    shapes = (197, 293, 12, 64)
+    monkeypatch.setattr(attention.jax, "device_count", lambda: 8)
+    with platform.traced_for("tpu"):
+        assert attention.choose(None, jnp.bfloat16, shapes) == "explicit"
+        mesh = jax.sharding.AbstractMesh((8,), ("data",))
+        with jax.sharding.use_abstract_mesh(mesh):
+            assert attention.choose(None, jnp.bfloat16, shapes) == "pallas"
+            assert attention.choose(None, jnp.bfloat16, (577, 673, 16, 64)) == "explicit"
 
 
 def test_automatic_choice_is_explicit_where_jax_refuses_the_kernel():
@@ -157,12 +171,13 @@ def explicit_run(tiny_config):
     return run_step(cfg.replace(attention="explicit"), *case)
 
 
-@pytest.mark.parametrize("implementation", ["xla", "cudnn"])
+@pytest.mark.parametrize("implementation", ["xla", "cudnn", "pallas"])
 def test_tc_clip_on_the_fused_path_equals_the_explicit_one_in_float64(
     tiny_config, explicit_run, monkeypatch, implementation
 ):
     """Logits, the CLS attention, seeds, merges and every gradient as on the explicit path
-    ('cudnn' pads the odd lengths)."""
+    ('cudnn' pads the odd lengths; 'pallas', TC's own kernel, run by Pallas's interpreter,
+    never calls jax's)."""
     query_lengths = []
 
     def kernel(query, *args, **kw):
@@ -175,7 +190,8 @@ def test_tc_clip_on_the_fused_path_equals_the_explicit_one_in_float64(
         cfg.replace(attention=implementation), *case
     )
     # blocks 1, 2: all 17 queries; block 3: the CLS query, then the 4 seeds'
-    assert query_lengths == ([18, 18, 2, 4] if implementation == "cudnn" else [17, 17, 1, 4])
+    want = {"xla": [17, 17, 1, 4], "cudnn": [18, 18, 2, 4], "pallas": []}[implementation]
+    assert query_lengths == want
     (_, (logits, video)), grads = explicit_run
     np.testing.assert_allclose(fused_logits, logits, rtol=1e-12, atol=1e-12)
     for key in ("seed_index", "assignment"):

@@ -91,18 +91,31 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
     _assert_same(p0, _load(tmp_path / "reference.npz"), "2 processes vs 1 device")
 
 
+def test_tc_clip_with_its_pallas_attention_on_8_devices_equals_the_explicit_one_on_1(tmp_path):
+    """The train step traces under its mesh, so TC's kernel (run by Pallas's interpreter here)
+    splits the batch over 8 devices with FSDP; two steps give what the explicit attention gives
+    on one device."""
+    _finish(_run_worker(["pallas", str(tmp_path)], devices=8))
+    pallas, explicit = _load(tmp_path / "pallas.npz"), _load(tmp_path / "explicit.npz")
+    assert "visual/transformer/resblocks_1/attn/local_global_bias_table" in explicit["params"]
+    _assert_same(pallas, explicit, "pallas on 8 devices vs explicit on 1")
+    # each attention call (2 blocks, and the last block's seed queries) inside a shard_map
+    assert json.loads((tmp_path / "pallas.json").read_text())["kernel_shard_maps"] >= 3
+
+
 # The worker (runs in a subprocess) ---------------------------------------------------------
 
 
-def _setup():
+def _setup(model: str = "vifi_clip", attention: str | None = None):
     import jax.numpy as jnp
 
     from tcclip_jax.models import ModelConfig, VideoCLIP, initialization
     from tcclip_jax.models.tokenizer import tokenize_prompts
 
     cfg = ModelConfig(
-        model="vifi_clip",
-        vision_layers=1,
+        model=model,
+        attention=attention,
+        vision_layers=1 if model == "vifi_clip" else 2,  # TC: a summarising and a reading block
         text_layers=1,
         num_frames=FRAMES,
         vision_width=32,
@@ -113,6 +126,7 @@ def _setup():
         image_resolution=SIZE,
         vision_patch_size=8,
         context_length=16,
+        context_tokens=4,
     )
     params = initialization.random_params(cfg, 0)
     tokens = tokenize_prompts(["run", "jump", "swim", "climb"], context_length=16)
@@ -122,8 +136,9 @@ def _setup():
     return VideoCLIP(cfg, dtype=jnp.float32), params, tokens, video, labels
 
 
-def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None)) -> dict:
-    """STEPS steps over `devices` with this process's `rows` of every global batch."""
+def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None), model: tuple = ()) -> dict:
+    """STEPS steps over `devices` with this process's `rows` of every global batch; `model`:
+    `_setup`'s arguments."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -132,7 +147,7 @@ def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None)) -> dict:
     from tcclip_jax.train import losses, optim
     from tcclip_jax.train import step as train_state
 
-    model, params, tokens, video, labels = _setup()
+    model, params, tokens, video, labels = _setup(*model)
     schedule = optim.cosine_schedule(1e-3, 1e-5, 1, 10)
     tx = optim.create_optimizer(schedule, weight_decay=0.01)
     mesh = sharding.create_mesh(devices)
@@ -160,12 +175,11 @@ def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None)) -> dict:
             "video": video[i].reshape(accum, -1, *video.shape[2:])[:, rows],
             "label": labels[i].reshape(accum, -1)[:, rows],
         }
-        state, metrics = step(
-            state,
-            sharding.put_process_batch(local, batch_sharding),
-            tokens,
-            jax.random.key(1),
-        )
+        args = (state, sharding.put_process_batch(local, batch_sharding), tokens, jax.random.key(1))
+        if i == 0:  # how the step splits TC's kernel over the devices
+            jaxpr = str(step.trace(*args).jaxpr)
+            split_kernel = jaxpr.count("shard_map[") if "pallas_call[" in jaxpr else 0
+        state, metrics = step(*args)
         history.append(float(metrics["loss"]))
     local = all(d.process_index == jax.process_index() for d in mesh.devices.flat)
     full = state.params if local else multihost_utils.process_allgather(state.params, tiled=True)
@@ -179,6 +193,7 @@ def _train(devices, fsdp: bool, accum: int, rows: slice = slice(None)) -> dict:
         "params": flat,
         "sharded_params": split(shardings.params),
         "sharded_moments": split(shardings.opt_state),
+        "kernel_shard_maps": split_kernel,
     }
 
 
@@ -210,6 +225,18 @@ def _devices_worker(out: str) -> None:
         json.dump(info, f)
 
 
+def _pallas_worker(out: str) -> None:
+    import jax
+
+    devices = jax.devices()
+    tc = lambda attention: ("tc_clip", attention)
+    pallas = _train(devices, True, 1, model=tc("pallas"))
+    _save(os.path.join(out, "pallas.npz"), pallas)
+    with open(os.path.join(out, "pallas.json"), "w") as f:
+        json.dump({"kernel_shard_maps": pallas["kernel_shard_maps"]}, f)
+    _save(os.path.join(out, "explicit.npz"), _train(devices[:1], False, 1, model=tc("explicit")))
+
+
 def _process_worker(out: str, port: str, index: str) -> None:
     import jax
 
@@ -224,4 +251,5 @@ def _process_worker(out: str, port: str, index: str) -> None:
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"devices": _devices_worker, "process": _process_worker}[mode](*args)
+    workers = {"devices": _devices_worker, "process": _process_worker, "pallas": _pallas_worker}
+    workers[mode](*args)
