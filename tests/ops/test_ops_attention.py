@@ -158,9 +158,9 @@ def tc_clip_case(tiny_config):
     return cfg, params, clips, rng.integers(1, 400, (3, cfg.context_length)), np.array([0, 2])
 
 
-def run_step(cfg, params, clips, tokens, labels):
+def run_step(cfg, params, clips, tokens, labels, **stack):
     with jax.enable_x64(True):
-        model = VideoCLIP(cfg, jnp.float64)
+        model = VideoCLIP(cfg, jnp.float64, **stack)
         args = jax.tree.map(jnp.asarray, (params, clips, tokens, labels))
         return jax.device_get(cross_entropy_step(model)(*args))
 
@@ -200,3 +200,22 @@ def test_tc_clip_on_the_fused_path_equals_the_explicit_one_in_float64(
     flat_fused = traverse_util.flatten_dict(fused_grads, sep="/")
     for path, g in traverse_util.flatten_dict(grads, sep="/").items():
         np.testing.assert_allclose(flat_fused[path], g, rtol=1e-9, atol=1e-12, err_msg=path)
+
+
+def test_tc_kernel_in_the_scanned_rematerialised_stack_in_float64(tiny_config):
+    """The accelerator default: blocks 2..3 of 4 one `lax.scan` under `jax.checkpoint`, with TC's
+    kernel (recomputed in the backward pass, its custom VJP inside the scan's) against the
+    unrolled explicit stack."""
+    cfg, params, *case = tc_clip_case(tiny_config)
+    cfg = cfg.replace(vision_layers=4, vp_context_layer=4)
+    params = jax.tree.map(lambda p: np.asarray(p, np.float64), random_params(cfg, 4))
+    (_, (logits, video)), grads = run_step(cfg.replace(attention="explicit"), params, *case)
+    (_, (got_logits, got_video)), got_grads = run_step(
+        cfg.replace(attention="pallas"), params, *case, remat=True, scan=True
+    )
+    np.testing.assert_allclose(got_logits, logits, rtol=1e-12, atol=1e-12)
+    for key in ("seed_index", "assignment"):
+        np.testing.assert_array_equal(got_video[key], video[key])
+    flat = traverse_util.flatten_dict(got_grads, sep="/")
+    for path, g in traverse_util.flatten_dict(grads, sep="/").items():
+        np.testing.assert_allclose(flat[path], g, rtol=1e-9, atol=1e-12, err_msg=path)
