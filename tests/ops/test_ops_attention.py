@@ -202,6 +202,7 @@ def test_tc_clip_on_the_fused_path_equals_the_explicit_one_in_float64(
         np.testing.assert_allclose(flat_fused[path], g, rtol=1e-9, atol=1e-12, err_msg=path)
 
 
+@pytest.mark.slow  # ~20 s: the kernel and the scan/remat are each proven in the suite
 def test_tc_kernel_in_the_scanned_rematerialised_stack_in_float64(tiny_config):
     """The accelerator default: blocks 2..3 of 4 one `lax.scan` under `jax.checkpoint`, with TC's
     kernel (recomputed in the backward pass, its custom VJP inside the scan's) against the

@@ -93,8 +93,8 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
 
 def test_tc_clip_with_its_pallas_attention_on_8_devices_equals_the_explicit_one_on_1(tmp_path):
     """The train step traces under its mesh, so TC's kernel (run by Pallas's interpreter here)
-    splits the batch over 8 devices with FSDP; two steps give what the explicit attention gives
-    on one device."""
+    splits the batch over 8 devices; two steps give what the explicit attention gives on one
+    device."""
     _finish(_run_worker(["pallas", str(tmp_path)], devices=8))
     pallas, explicit = _load(tmp_path / "pallas.npz"), _load(tmp_path / "explicit.npz")
     assert "visual/transformer/resblocks_1/attn/local_global_bias_table" in explicit["params"]
@@ -230,7 +230,7 @@ def _pallas_worker(out: str) -> None:
 
     devices = jax.devices()
     tc = lambda attention: ("tc_clip", attention)
-    pallas = _train(devices, True, 1, model=tc("pallas"))
+    pallas = _train(devices, False, 1, model=tc("pallas"))
     _save(os.path.join(out, "pallas.npz"), pallas)
     with open(os.path.join(out, "pallas.json"), "w") as f:
         json.dump({"kernel_shard_maps": pallas["kernel_shard_maps"]}, f)
