@@ -11,7 +11,8 @@ context tokens s [B, k, W] summarised by the previous block:
 4. the block's FFN on frame and context tokens alike.
 
 As in the published code, the context tokens' keys and values are appended to every frame's
-own (they are computed once, then broadcast). Attention runs head-major ([B, T, heads, N, H])
+own (they are computed once, then broadcast); TC's Pallas kernel on TPU (`ops.tc_attention`)
+reads them once per clip instead, the same maths. Attention runs head-major ([B, T, heads, N, H])
 so that the batched matmuls read contiguous rows (docs/performance.md has the measurements).
 """
 

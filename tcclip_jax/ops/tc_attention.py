@@ -67,7 +67,7 @@ def _probabilities(q, keys, bias_ref, h, stat):
     precision, returned per group [Q, K_g]."""
     scores = []
     for g, key in enumerate(keys):
-        s = jax.lax.dot_general(q, key, _NT, preferred_element_type=stat)
+        s = _dot(q, key, _NT, stat)
         scores.append(s if bias_ref is None else s + bias_ref[h, g].astype(stat))
     m = functools.reduce(jnp.maximum, [s.max(axis=-1, keepdims=True) for s in scores])
     e = [jnp.exp(s - m) for s in scores]
@@ -75,16 +75,24 @@ def _probabilities(q, keys, bias_ref, h, stat):
     return [x * inv for x in e]
 
 
+def _precision(dtype) -> jax.lax.Precision | None:
+    """Full float32 products for float32 operands unless the model asked for JAX's fast default
+    (`ModelConfig.matmul_precision`, through `jax.default_matmul_precision`), as XLA's products
+    around the kernel; Mosaic has no middle ("high") setting, so that one is full too."""
+    fast = jax.config.jax_default_matmul_precision in (None, "default", "bfloat16", "fastest")
+    return None if jnp.dtype(dtype).itemsize < 4 or fast else jax.lax.Precision.HIGHEST
+
+
+def _dot(a, b, dims, stat):
+    return jax.lax.dot_general(
+        a, b, dims, precision=_precision(a.dtype), preferred_element_type=stat
+    )
+
+
 def _sum_products(pairs, dtype, stat, dims=None):
     """sum_g a_g @ b_g (a_g cast to `dtype`, products accumulated in `stat`)."""
     dims = dims or (((1,), (0,)), ((), ()))
-    return functools.reduce(
-        jnp.add,
-        [
-            jax.lax.dot_general(a.astype(dtype), b, dims, preferred_element_type=stat)
-            for a, b in pairs
-        ],
-    )
+    return functools.reduce(jnp.add, [_dot(a.astype(dtype), b, dims, stat) for a, b in pairs])
 
 
 def _forward_kernel(*refs, has_ctx: bool, has_bias: bool):
@@ -116,7 +124,7 @@ def _backward_kernel(*refs, has_ctx: bool, has_bias: bool):
         keys = [_frame(r, h) for r in k_refs]
         values = [_frame(r, h) for r in v_refs]
         probs = _probabilities(q, keys, bias_ref, first + h, stat)
-        dprobs = [jax.lax.dot_general(do, v, _NT, preferred_element_type=stat) for v in values]
+        dprobs = [_dot(do, v, _NT, stat) for v in values]
         delta = functools.reduce(
             jnp.add,
             [(p * dp).sum(axis=-1, keepdims=True) for p, dp in zip(probs, dprobs, strict=True)],

@@ -68,6 +68,9 @@ def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
     # (the dense form, the default off CPUs): none left from the vision tower's files.
     places = {p for counts in result.sources.values() for p in counts}
     assert not any(p.startswith(("token_merging.py", "vision.py")) for p in places), places
+    # TC's attention is its Pallas kernel (the TPU default), forward and backward, split over
+    # the 4 chips inside the step's mesh (XLA refuses to partition a Mosaic kernel itself).
+    assert "tc_attention_fwd" in result.hlo and "tc_attention_bwd" in result.hlo
 
 
 @needs_libtpu
@@ -100,6 +103,7 @@ def test_eval_step_compiles_for_tpu_with_the_test_views(fsdp_step):
     # a forward pass: fewer FLOPs than the train step of as many clips per chip
     assert 0 < result.model_flops < train.model_flops * views
     assert "eval step: 1 x 1 videos of" in ahead_of_time.describe(result, "TPU v5 lite", figures)
+    assert "tc_attention_fwd" in result.hlo and "tc_attention_bwd" not in result.hlo
 
 
 @needs_libtpu

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 BATCH, FRAMES, SIZE, CLASSES, STEPS = 16, 4, 32, 4, 2
 
@@ -91,6 +92,7 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
     _assert_same(p0, _load(tmp_path / "reference.npz"), "2 processes vs 1 device")
 
 
+@pytest.mark.slow  # ~25 s; on TPU the split is compiled in tests/bench/test_bench_aot.py
 def test_tc_clip_with_its_pallas_attention_on_8_devices_equals_the_explicit_one_on_1(tmp_path):
     """The train step traces under its mesh, so TC's kernel (run by Pallas's interpreter here)
     splits the batch over 8 devices; two steps give what the explicit attention gives on one
