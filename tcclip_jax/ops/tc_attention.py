@@ -3,16 +3,16 @@ clip's context keys, with the local/global bias, without the probabilities ever 
 
 The explicit form writes every block's [Q, N + k] probabilities to HBM in float32 and reads
 them back (2.8 MB per frame per ViT-B/16 block), and concatenates the context keys onto every
-frame's. Here a grid step holds one frame whole in VMEM, all heads (197 queries, 197 + 96 keys
-each): scores, softmax and products stay on chip, and the context keys are read once per clip,
-not copied per frame. The backward pass recomputes the probabilities from q and k (no residual but
-the inputs) and accumulates the context keys' and the bias's gradients over the frames of a
-clip in VMEM.
+frame's. Here a grid step holds one frame and a group of heads in VMEM (per head, 197 queries
+against 197 + 96 keys): scores, softmax and products stay on chip, and the context keys are read
+once per clip, not copied per frame. The backward pass recomputes the probabilities from q and
+k (no residual but the inputs) and accumulates the context keys' and the bias's gradients over
+the frames of a clip in VMEM.
 
-Softmax is shift invariant, so the local/global bias [heads, 2] enters as written (one
-constant per head on the frame's keys, another on the context keys); its gradient is the sum
-of the score gradients over each key group. Off TPU the same kernel runs through Pallas's
-interpreter (exact in float64: the tests compare it with the einsum form).
+The local/global bias [heads, 2] adds one constant per head to the scores of the frame's keys
+and another to those of the context keys; its gradient is the sum of the score gradients over
+each key group. Off TPU the same kernel runs through Pallas's interpreter (exact in float64:
+the tests compare it with the einsum form).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _params(*semantics):
     return pltpu.CompilerParams(dimension_semantics=semantics)
 
 
-def _forward_call(has_ctx: bool, has_bias: bool, interpret: bool, *args):
+def _forward_call(has_ctx: bool, has_bias: bool, *args):
     q, k = args[:2]
     k_ctx = args[3] if has_ctx else None
     ins, frame, _, grid = _specs(q, k, k_ctx, has_bias)
@@ -234,12 +234,12 @@ def _forward_call(has_ctx: bool, has_bias: bool, interpret: bool, *args):
         out_specs=frame(q.shape[-2]),
         compiler_params=_params("parallel", "parallel", "arbitrary"),
         cost_estimate=_cost(q, k, k_ctx, 2, [*args, out_shape]),
-        interpret=interpret,
+        interpret=_interpret(),
         name="tc_attention_fwd",
     )(*args)
 
 
-def _backward_call(has_ctx: bool, has_bias: bool, interpret: bool, *args):
+def _backward_call(has_ctx: bool, has_bias: bool, *args):
     q, k = args[:2]
     k_ctx = args[3] if has_ctx else None
     ins, frame, clip, grid = _specs(q, k, k_ctx, has_bias)
@@ -262,7 +262,7 @@ def _backward_call(has_ctx: bool, has_bias: bool, interpret: bool, *args):
         out_specs=out_specs,
         compiler_params=_params("parallel", "parallel", "arbitrary"),
         cost_estimate=_cost(q, k, k_ctx, 5, [*args, *outs]),
-        interpret=interpret,
+        interpret=_interpret(),
         name="tc_attention_bwd",
     )(*args)
 
@@ -270,13 +270,13 @@ def _backward_call(has_ctx: bool, has_bias: bool, interpret: bool, *args):
 def _forward(q, k, v, k_ctx, v_ctx, bias):
     has_ctx, has_bias = k_ctx is not None, bias is not None
     args = [a for a in (q, k, v, k_ctx, v_ctx, bias) if a is not None]
-    return _forward_call(has_ctx, has_bias, _interpret(), *args)
+    return _forward_call(has_ctx, has_bias, *args)
 
 
 def _backward(q, k, v, k_ctx, v_ctx, bias, do):
     has_ctx, has_bias = k_ctx is not None, bias is not None
     args = [a for a in (q, k, v, k_ctx, v_ctx, bias) if a is not None] + [do]
-    grads = _backward_call(has_ctx, has_bias, _interpret(), *args)
+    grads = _backward_call(has_ctx, has_bias, *args)
     dq, dk, dv, *rest = grads
     dk_ctx = dv_ctx = dbias = None
     if has_ctx:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -168,26 +169,48 @@ def is_hf_source(path: str) -> bool:
     return _MODEL_ID.fullmatch(path) is not None
 
 
-def resolve(source: str) -> str:
-    """The model directory: `source` itself, or the snapshot of that model id in the local HF
-    cache. Nothing is downloaded."""
+def hub_snapshot(
+    source: str,
+    error: type[Exception],
+    missing: str,
+    install: str,
+    failure: Callable[[str, Exception], str],
+    **download: Any,
+) -> str:
+    """`source` itself if it is a folder, else the snapshot folder of Hub repo id `source`
+    (`huggingface_hub.snapshot_download(source, **download)`). Errors are one `error` line:
+    "`source`: `missing`, and `failure(the cache folder looked in, what huggingface_hub
+    raised)`", or what to install without huggingface_hub."""
     if os.path.isdir(source):
         return source
     try:
         from huggingface_hub import constants, snapshot_download
     except ImportError as e:
-        raise ConversionError(
-            f"{source}: no such file or directory (looking it up as a Hugging Face model id needs "
-            "huggingface_hub: pip install 'tcclip-jax[hf]')"
+        raise error(
+            f"{source}: {missing} (reading it as a Hugging Face Hub repo id needs "
+            f"huggingface_hub: {install})"
         ) from e
-    where = os.path.join(constants.HF_HUB_CACHE, "models--" + source.replace("/", "--"))
     try:
-        return snapshot_download(source, local_files_only=True)
-    except (OSError, ValueError) as e:  # LocalEntryNotFoundError, HFValidationError.
-        raise ConversionError(
-            f"{source}: no such file or directory, and no such model in the local Hugging Face "
-            f"cache (looked in {where}; nothing is downloaded)"
-        ) from e
+        return snapshot_download(source, **download)
+    except Exception as e:  # noqa: BLE001 - offline, not cached, unknown repo, bad id: one line.
+        where = os.path.join(constants.HF_HUB_CACHE, "models--" + source.replace("/", "--"))
+        raise error(f"{source}: {missing}, and {failure(where, e)}") from None
+
+
+def resolve(source: str) -> str:
+    """The model directory: `source` itself, or the snapshot of that model id in the local HF
+    cache. Nothing is downloaded."""
+    return hub_snapshot(
+        source,
+        ConversionError,
+        "no such file or directory",
+        "pip install 'tcclip-jax[hf]'",
+        lambda where, _: (
+            f"no such model in the local Hugging Face cache (looked in {where}; nothing is "
+            "downloaded)"
+        ),
+        local_files_only=True,
+    )
 
 
 def read_json(path: str, error: type[Exception]) -> Any:

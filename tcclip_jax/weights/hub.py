@@ -29,7 +29,7 @@ from tcclip_jax.models.config import ModelConfig
 from tcclip_jax.models.params import check_params
 from tcclip_jax.runtime import storage
 from tcclip_jax.weights.checkpoint import MODEL_CONFIG_FILE, CheckpointError, check_new_directory
-from tcclip_jax.weights.hf import read_json, read_safetensors
+from tcclip_jax.weights.hf import hub_snapshot, read_json, read_safetensors
 from tcclip_jax.weights.layout import ConversionError
 from tcclip_jax.weights.pytorch import finetuned_params, released_state_dict
 
@@ -125,25 +125,17 @@ def source_name(source: str) -> str:
 def resolve(source: str) -> str:
     """The folder of `source`: itself, or the snapshot of Hub repo id `source` in the local
     Hugging Face cache, downloaded first unless there (or unless `HF_HUB_OFFLINE=1`)."""
-    if os.path.isdir(source):
-        return source
-    try:
-        from huggingface_hub import constants, snapshot_download
-    except ImportError as e:
-        raise CheckpointError(
-            f"{source}: no such folder (reading it as a Hugging Face Hub repo id needs "
-            f"huggingface_hub: {INSTALL})"
-        ) from e
-    try:
-        return snapshot_download(source, allow_patterns=list(FILES))
-    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no access, bad id: one line.
-        where = os.path.join(constants.HF_HUB_CACHE, "models--" + source.replace("/", "--"))
+
+    def failure(where: str, e: Exception) -> str:
+        from huggingface_hub import constants
+
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-        raise CheckpointError(
-            f"{source}: no such folder, and no such model on the Hugging Face Hub or in its cache "
-            f"{where}{offline}: {reason}"
-        ) from None
+        return f"no such model on the Hugging Face Hub or in its cache {where}{offline}: {reason}"
+
+    return hub_snapshot(
+        source, CheckpointError, "no such folder", INSTALL, failure, allow_patterns=list(FILES)
+    )
 
 
 def read_record(directory: str) -> tuple[ModelConfig, str]:
