@@ -115,9 +115,14 @@ def test_missing_and_empty_files_name_the_file_and_list_line(tmp_path):
 
 def test_garbage_and_truncated_files_are_reported(tmp_path):
     reader = VideoFileReader(str(tmp_path))
-    (tmp_path / "junk.mp4").write_bytes(os.urandom(3000))
+    # Seeded: about 1 in 150 random draws probes as a lyrics (.lrc) file.
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
     with pytest.raises(VideoReadError, match=r"junk.mp4: cannot open as a video.*list.txt:7"):
         reader.read(entry("junk.mp4"), np.arange)
+    # A file FFmpeg can open that holds no video (here lyrics text) says so.
+    (tmp_path / "words.mp4").write_bytes(b"[00:01.00]la la la\n" * 20)
+    with pytest.raises(VideoReadError, match=r"words.mp4: no video stream \(listed at list.txt:7"):
+        reader.read(entry("words.mp4"), np.arange)
     encode_video(str(tmp_path / "whole.mkv"), textured_frames(30))
     data = (tmp_path / "whole.mkv").read_bytes()
     (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
