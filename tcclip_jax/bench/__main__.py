@@ -49,7 +49,8 @@ from tcclip_jax.bench.steps import Reporter, class_tokens, matmul_rate, prepare_
 from tcclip_jax.bench.timing import timed
 from tcclip_jax.data.normalize import normalize_on_device
 from tcclip_jax.models import ARCH_NAMES, ModelConfig, VideoCLIP, arch_config
-from tcclip_jax.ops.token_merging import MERGE_FORMS, choose_form
+from tcclip_jax.models.vision import TCTransformer
+from tcclip_jax.ops.token_merging import MERGE_FORMS
 from tcclip_jax.runtime import allocator, cli
 
 
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak, peak_source = peak_flops(device, args.dtype)
     matmul = matmul_rate(args.dtype)
     report = Reporter(peak, show_rss=device.platform == "cpu", matmul_flops=matmul)
-    merge_note = f", TC summarisation {choose_form(cfg.merge)}" if cfg.is_temporal else ""
+    merge_note = f", TC summarisation {TCTransformer(cfg).merge_form}" if cfg.is_temporal else ""
     print(
         f"backend {device.platform} ({jax.device_count()} x {device.device_kind}), jax "
         f"{jax.__version__}; {args.model} {args.arch} depth {cfg.vision_layers}/"

@@ -44,7 +44,6 @@ from tcclip_jax.models import ModelConfig, VideoCLIP
 from tcclip_jax.models.vision import TCTransformer
 from tcclip_jax.ops import platform
 from tcclip_jax.ops.attention import choose
-from tcclip_jax.ops.token_merging import choose_form
 from tcclip_jax.runtime import sharding
 from tcclip_jax.runtime.errors import UserError
 from tcclip_jax.train.build import optimizer, sharded_train_step, video_model
@@ -228,10 +227,16 @@ def _cost(stage) -> dict:
     return cost[0] if isinstance(cost, list) else cost  # older jax: one dict per computation.
 
 
-def _countable(model: VideoCLIP) -> VideoCLIP:
-    """The model with the explicit attention, for counting its FLOPs on a CPU lowering: the
-    same maths as a kernel's, with no interpreter loop (whose body XLA counts once)."""
-    return model.clone(config=model.config.replace(attention="explicit"))
+def _countable(model: VideoCLIP, target: str) -> VideoCLIP:
+    """The model as compiled for the `target` platform, for counting its FLOPs on a CPU
+    lowering: the explicit attention, and the summarisation the target runs, TC's matching
+    kernel counted as the dense form (the same products, with no interpreter loop, whose body
+    XLA counts once)."""
+    cfg = model.config
+    with platform.traced_for(target):
+        merge = TCTransformer(cfg).merge_form
+    merge = "dense" if merge == "pallas" else merge
+    return model.clone(config=cfg.replace(attention="explicit", merge=merge))
 
 
 def _abstract(tree, shardings):
@@ -301,7 +306,7 @@ class StepBuilder:
     def model_flops(self, per_chip_batch: int, micro_batches: int) -> float:
         """Per chip per step: XLA's count of one global micro-batch without loops, lowered for
         one host CPU (the count is of the program before partitioning; see above)."""
-        model = _countable(self.model.clone(remat=False, scan=False))
+        model = _countable(self.model.clone(remat=False, scan=False), self.devices[0].platform)
         mesh = sharding.create_mesh(jax.devices("cpu")[:1])
         step, shardings = self._step(model, mesh)
         lowered = step.trace(*self._inputs(shardings, per_chip_batch, 1, mesh)).lower()
@@ -342,7 +347,7 @@ class StepBuilder:
         with platform.traced_for(self.devices[0].platform):
             compiled = step.trace(*inputs).lower().compile()
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-        flat = _countable(model.clone(scan=False))
+        flat = _countable(model.clone(scan=False), self.devices[0].platform)
         cpu_mesh = sharding.create_mesh(jax.devices("cpu")[:1])
         unrolled = self._eval_step(flat, cpu_mesh, videos_per_chip * self.chips)
         flops = float(_cost(unrolled[0].trace(*unrolled[1]).lower())["flops"]) / self.chips
@@ -520,7 +525,7 @@ def run(
     mesh = jax.sharding.use_abstract_mesh(builder.mesh.abstract_mesh)  # as the steps trace
     with platform.traced_for(devices[0].platform), mesh:
         attention = choose(cfg.attention, jnp.dtype(config.dtype), builder.attention_shapes)
-        merge = choose_form(cfg.merge)
+        merge = TCTransformer(cfg).merge_form
     print(
         f"{topology or gpu}: {len(devices)} x {devices[0].device_kind}; {cfg.model} ViT "
         f"{cfg.vision_patch_size}px x {cfg.vision_layers} blocks, {cfg.num_frames} frames, "

@@ -155,7 +155,7 @@ class TCBlock(nn.Module):
         new_context = None
         if self.summarize:
             attention = jax.lax.stop_gradient(aux["cls_attention"])
-            if self.merge_form == "dense":  # no sort and no gather
+            if self.merge_form != "gather":  # no sort and no gather
                 seed_index = checkpoint_name(top_k_indices(attention, self.num_seeds), CHOICES)
                 seeds = lambda a: select_rows(a[:, :, 1:], seed_index)
             else:
@@ -218,7 +218,7 @@ class TCTransformer(nn.Module):
             num_seeds=cfg.seeds_per_frame,
             num_context=cfg.context_tokens,
             merge_r=cfg.merge_r,
-            merge_form=choose_form(cfg.merge),
+            merge_form=self.merge_form,
             cls_only=i == cfg.vision_layers,
             attention=choose(cfg.attention, self.dtype, self.attention_shapes),
             dtype=self.dtype,
@@ -231,6 +231,12 @@ class TCTransformer(nn.Module):
         n = cfg.num_patches + 1
         keys = n + (cfg.context_tokens if cfg.context_layers else 0)
         return n, keys, cfg.vision_heads, cfg.vision_width // cfg.vision_heads
+
+    @property
+    def merge_form(self) -> str:
+        """The TC summarisation traced now (`ops.token_merging.choose_form`)."""
+        cfg = self.config
+        return choose_form(cfg.merge, cfg.num_frames * cfg.seeds_per_frame, cfg.vision_width)
 
     def runs(self) -> list[list[int]]:
         """Consecutive blocks of the same kind, split after the VP block (whose context tokens

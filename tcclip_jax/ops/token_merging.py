@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from tcclip_jax.ops import platform
+from tcclip_jax.ops import platform, tc_matching
 
-MERGE_FORMS = ("gather", "dense")
+MERGE_FORMS = ("gather", "dense", "pallas")
 # One-hot products must not round their other operand (on TPU, default precision is one bfloat16
 # pass): a 0/1 matrix times float32 values is exact at the highest precision.
 _EXACT = jax.lax.Precision.HIGHEST
@@ -122,12 +122,19 @@ def bipartite_soft_matching(
     return fn(x, sizes)
 
 
-def choose_form(form: str | None) -> str:
-    """`form`, or for None the one for the platform traced for: "gather" on a CPU, "dense"
-    elsewhere."""
+def choose_form(form: str | None, num_tokens: int = 0, width: int = 0) -> str:
+    """`form`, or for None the one for the platform traced for: "gather" on a CPU; on a TPU
+    TC's kernel ("pallas") where a clip's `num_tokens` x `width` tokens fit its VMEM and the
+    batch can be split (one device, or a mesh in context), else "dense"; "dense" elsewhere."""
     if form is not None:
         return form
-    return "gather" if platform.current() == "cpu" else "dense"
+    where = platform.current()
+    if where == "cpu":
+        return "gather"
+    splittable = not jax.sharding.get_abstract_mesh().empty or jax.device_count() == 1
+    if where == "tpu" and splittable and tc_matching.fits(num_tokens, width, 4):
+        return "pallas"
+    return "dense"
 
 
 def merge_to_k(
@@ -142,8 +149,8 @@ def merge_to_k(
     stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
     if sizes is None:
         sizes = jnp.ones(x.shape[:-1], stat_dtype)
-    if form == "dense":
-        return _merge_dense(x, k, r, sizes.astype(stat_dtype))
+    if form in ("dense", "pallas"):
+        return _merge_dense(x, k, r, sizes.astype(stat_dtype), kernel=form == "pallas")
     if form != "gather":
         raise ValueError(f"merge form {form!r} is not one of {MERGE_FORMS}")
     out = x.astype(stat_dtype)  # no rounding to a 16-bit dtype between steps
@@ -200,10 +207,8 @@ def matching_positions(tokens: jax.Array, r: int) -> jax.Array:
     return jnp.concatenate([interleaved, pos_a[..., nb:]], axis=-1)  # [..., M]
 
 
-def _merge_dense(
-    x: jax.Array, k: int, r: int, sizes: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`merge_to_k` in closed form: the matching on values, then one product."""
+def _dense_assignment(x: jax.Array, k: int, r: int, sizes: jax.Array) -> jax.Array:
+    """`merge_to_k`'s assignment: the matching on values, by comparisons and one-hot products."""
     stat_dtype = sizes.dtype
     tokens = jax.lax.stop_gradient(x).astype(stat_dtype)
     weights = jax.lax.stop_gradient(sizes)
@@ -221,6 +226,25 @@ def _merge_dense(
         # assignment <- position[assignment], as a masked sum.
         now = _one_hot(assignment, m, jnp.int32)  # [..., M0, M]
         assignment = (now * position[..., None, :]).sum(axis=-1, dtype=jnp.int32)
+    return assignment
+
+
+def _kernel_assignment(x: jax.Array, k: int, r: int, sizes: jax.Array) -> jax.Array:
+    """`_dense_assignment` by TC's Pallas matching kernel (`ops.tc_matching`)."""
+    m0, schedule = x.shape[-2], merge_schedule(x.shape[-2], k, r)
+    if not schedule:
+        return jnp.broadcast_to(jnp.arange(m0, dtype=jnp.int32), x.shape[:-1])
+    flat = x.reshape(-1, m0, x.shape[-1])
+    flat = tc_matching.matching_assignment(flat, sizes.reshape(-1, m0), schedule)
+    return flat.reshape(x.shape[:-1])
+
+
+def _merge_dense(
+    x: jax.Array, k: int, r: int, sizes: jax.Array, kernel: bool = False
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`merge_to_k` in closed form: the assignment on values, then one product."""
+    stat_dtype = sizes.dtype
+    assignment = (_kernel_assignment if kernel else _dense_assignment)(x, k, r, sizes)
     assignment = checkpoint_name(assignment, CHOICES)
     members = _one_hot(assignment, k, stat_dtype) * sizes[..., None]  # [..., M0, k]
     counts = members.sum(axis=-2)

@@ -12,6 +12,7 @@ from flax import traverse_util
 from model_helpers import cross_entropy_step, random_params
 
 from tcclip_jax.models import VideoCLIP
+from tcclip_jax.models.vision import TCTransformer
 from tcclip_jax.ops import platform
 
 # Runs [1, 2] (plain blocks) and [4, 5] (context blocks after the first summary block 3)
@@ -28,17 +29,19 @@ def float64_runs(tiny):
     with jax.enable_x64(True):
         params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), random_params(cfg, 1))
         clips = jnp.asarray(clips, jnp.float64)
-        for merge, options in (("gather", ()), ("dense", (("remat", True), ("scan", True)))):
+        remat_scan = (("remat", True), ("scan", True))
+        for merge, options in (("gather", ()), ("dense", remat_scan), ("pallas", remat_scan)):
             model = VideoCLIP(cfg.replace(merge=merge), jnp.float64, **dict(options))
             out[merge, options] = cross_entropy_step(model)(params, clips, tokens, labels)
     return out
 
 
-def test_dense_merge_gives_the_gather_forms_step(float64_runs):
-    """The unrolled gather form against the scanned, rematerialised dense form (the op-level
-    equality of the two forms, unrolled, is tests/ops/test_token_merging.py's)."""
+@pytest.mark.parametrize("merge", ["dense", "pallas"])
+def test_dense_merge_and_kernel_give_the_gather_forms_step(float64_runs, merge):
+    """The unrolled gather form against the scanned, rematerialised dense form and TC's
+    matching kernel (the op-level equality of the forms, unrolled, is tests/ops')."""
     (_, (logits, video)), grads = float64_runs["gather", ()]
-    (_, (logits_d, video_d)), grads_d = float64_runs["dense", (("remat", True), ("scan", True))]
+    (_, (logits_d, video_d)), grads_d = float64_runs[merge, (("remat", True), ("scan", True))]
     np.testing.assert_allclose(logits_d, logits, rtol=1e-12, atol=1e-12)
     for key in ("seed_index", "assignment"):
         np.testing.assert_array_equal(video_d[key], video[key])
@@ -74,12 +77,15 @@ def test_rematerialised_backward_redoes_the_matching_only_for_gather(tiny, merge
 
 
 @pytest.mark.parametrize(
-    "traced_for, want", [("cpu", "gather"), ("tpu", "dense"), ("gpu", "dense")]
+    "traced_for, want", [("cpu", "gather"), ("tpu", "pallas"), ("gpu", "dense")]
 )
 def test_the_platform_picks_the_form(tiny, traced_for, want):
     cfg, params, clips, tokens, _ = tiny
-    # Lowered here for the CPU: the einsum attention (a TPU's Pallas kernel needs a TPU's
-    # lowering).
+    with platform.traced_for(traced_for):
+        assert TCTransformer(cfg).merge_form == want
+    if want == "pallas":  # TC's kernels need a TPU's lowering (tests/ops, tests/bench)
+        return
+    # Lowered here for the CPU: the einsum attention.
     cfg = cfg.replace(attention="explicit")
     apply = lambda p: VideoCLIP(cfg).apply({"params": p}, clips, tokens)
     with platform.traced_for(traced_for):
