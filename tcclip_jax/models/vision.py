@@ -157,11 +157,14 @@ class TCBlock(nn.Module):
             attention = jax.lax.stop_gradient(aux["cls_attention"])
             if self.merge_form != "gather":  # no sort and no gather
                 seed_index = checkpoint_name(top_k_indices(attention, self.num_seeds), CHOICES)
-                seeds = lambda a: select_rows(a[:, :, 1:], seed_index)
+                # Rows of the whole token array, past the CLS row: slicing it off first makes
+                # XLA:TPU stage the frame tokens into VMEM again (160 MB per ViT-B/16 block at
+                # 4 clips).
+                seeds = lambda a: select_rows(a, seed_index + 1)
             else:
                 _, seed_index = jax.lax.top_k(attention, self.num_seeds)  # [B, T, n_s]
                 seed_index = checkpoint_name(seed_index, CHOICES)
-                seeds = lambda a: jnp.take_along_axis(a[:, :, 1:], seed_index[..., None], axis=2)
+                seeds = lambda a: jnp.take_along_axis(a, seed_index[..., None] + 1, axis=2)
             # The seeds' post-attention tokens [B, T, n_s, W] (with `cls_only`, from their own
             # queries).
             seed_tokens = seeds(x_in) + attend(seeds(h))[0] if self.cls_only else seeds(x)
