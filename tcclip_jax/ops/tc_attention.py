@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-from jax.sharding import PartitionSpec
 
 from tcclip_jax.ops import platform
+from tcclip_jax.runtime import sharding
 
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
@@ -327,13 +327,5 @@ def tc_attention(
     """
     if (k_ctx is None) != (v_ctx is None):
         raise ValueError("k_ctx and v_ctx come together")
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return _attention(q, k, v, k_ctx, v_ctx, bias)
     # XLA cannot split a Mosaic kernel: each device runs it on its own clips.
-    clips, whole = PartitionSpec(mesh.axis_names), PartitionSpec()
-    specs = tuple(
-        None if a is None else whole if a is bias else clips for a in (q, k, v, k_ctx, v_ctx, bias)
-    )
-    run = jax.shard_map(_attention, mesh=mesh, in_specs=specs, out_specs=clips, check_vma=False)
-    return run(q, k, v, k_ctx, v_ctx, bias)
+    return sharding.per_device(_attention, q, k, v, k_ctx, v_ctx, bias, whole=(5,))

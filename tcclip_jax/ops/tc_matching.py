@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-from jax.sharding import PartitionSpec
 
 from tcclip_jax.ops import platform
+from tcclip_jax.runtime import sharding
 
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _NN = (((1,), (0,)), ((), ()))  # a @ b
@@ -142,8 +142,10 @@ def _call(xa, xb, wa, wb, schedule: tuple[int, ...]) -> jax.Array:
     m0 = na + nb
     spec = lambda *shape: pl.BlockSpec((1, *shape), lambda i: (i, 0, 0))
     flops, m = 0, m0
-    for r in schedule:
-        flops += 2 * (m + 1) // 2 * (m // 2) * width + 2 * (m - r) * m * width
+    for i, r in enumerate(schedule):
+        flops += 2 * ((m + 1) // 2) * (m // 2) * width  # scores
+        if i < len(schedule) - 1:
+            flops += 2 * (m - r) * m * width  # the next step's halves
         m -= r
     out_shape = jax.ShapeDtypeStruct((b, 1, m0), jnp.int32)
     return pl.pallas_call(
@@ -176,9 +178,4 @@ def matching_assignment(x: jax.Array, sizes: jax.Array, schedule: tuple[int, ...
     x = jax.lax.stop_gradient(x)
     sizes = jax.lax.stop_gradient(sizes).astype(stat)
     args = (x[:, 0::2], x[:, 1::2], sizes[:, None, 0::2], sizes[:, None, 1::2])
-    run = functools.partial(_call, schedule=schedule)
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.size > 1:
-        clips = PartitionSpec(mesh.axis_names)
-        run = jax.shard_map(run, mesh=mesh, in_specs=clips, out_specs=clips, check_vma=False)
-    return run(*args)
+    return sharding.per_device(functools.partial(_call, schedule=schedule), *args)

@@ -30,7 +30,7 @@ def create_mesh(devices: list | None = None) -> Mesh:
 
 def traced_under(mesh: Mesh, fn: Callable) -> Callable:
     """`fn` traced with `mesh` in context (inside jit too): ops that XLA cannot split, TC's
-    Pallas attention kernel, split the batch themselves over it (`shard_map`)."""
+    Pallas kernels, split the batch themselves over it (`per_device`)."""
 
     @functools.wraps(fn)
     def traced(*args, **kwargs):
@@ -38,6 +38,21 @@ def traced_under(mesh: Mesh, fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return traced
+
+
+def per_device(fn: Callable, *args: Any, whole: tuple[int, ...] = ()) -> Any:
+    """`fn(*args)`, or with a mesh of several devices in context, `fn` on each device's share of
+    the batch (the leading axis of every argument but those at the positions `whole`, passed
+    whole; None stays None): for kernels XLA cannot partition (Mosaic)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(*args)
+    batch = PartitionSpec(mesh.axis_names)
+    specs = tuple(
+        None if a is None else PartitionSpec() if i in whole else batch for i, a in enumerate(args)
+    )
+    run = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=batch, check_vma=False)
+    return run(*args)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -9,6 +9,8 @@ every tolerance allows. A user's runs keep XLA's default level.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
@@ -22,3 +24,14 @@ def xla_flags(devices: int | None = None) -> str:
     if devices is not None:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
     return " ".join(flags)
+
+
+def run_on_devices(code: str, devices: int, *paths: str) -> subprocess.CompletedProcess:
+    """Python `code` in a CPU process with `devices` simulated devices, importing from `paths`
+    and the test helpers."""
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([*paths, here, env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )

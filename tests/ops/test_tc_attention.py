@@ -13,14 +13,12 @@ import importlib.util
 import itertools
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from xla_env import xla_flags
+from xla_env import run_on_devices
 
 from tcclip_jax.ops import platform
 from tcclip_jax.ops import tc_attention as kernel
@@ -198,12 +196,6 @@ print("ok", grads[0].sharding.spec, grads[5].sharding.spec)
 def test_each_device_runs_the_kernel_on_its_own_clips():
     """Batch split over 4 devices: the kernel runs per device on its clip (no all-gather),
     and values and gradients (the bias's summed over all clips) equal the unsplit reference."""
-    env = {**os.environ, "XLA_FLAGS": xla_flags(4), "JAX_PLATFORMS": "cpu"}
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = [here, os.path.join(here, "..", "helpers"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    done = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = run_on_devices(SHARDED, 4, os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.startswith("ok P('data',)"), done.stdout

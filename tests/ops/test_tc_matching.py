@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from xla_env import xla_flags
+from xla_env import run_on_devices
 
 from tcclip_jax.ops import platform, tc_matching
-from tcclip_jax.ops.token_merging import choose_form, merge_schedule, merge_to_k
+from tcclip_jax.ops.token_merging import choose_form, merge_to_k
 
 
 def gaussian(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -70,19 +68,6 @@ def test_kernel_equals_the_gather_form_in_float64(tokens, shape, k, r, with_size
         np.testing.assert_allclose(np.asarray(kgrad), np.asarray(ggrad), rtol=1e-13, atol=1e-15)
         if tokens == "basis":  # the ties were exact: only equal vectors merged
             np.testing.assert_array_equal(np.asarray(kx).max(axis=-1), 1.0)
-
-
-def test_the_matching_alone_carries_no_gradient():
-    x = jnp.asarray(gaussian(3, (2, 20, 4)), jnp.float32)
-    schedule = merge_schedule(20, 5, 4)
-    grad = jax.grad(
-        lambda xx: (
-            tc_matching.matching_assignment(xx, jnp.ones((2, 20)), schedule)
-            .astype(jnp.float32)
-            .sum()
-        )
-    )(x)
-    assert not np.asarray(grad).any()
 
 
 def test_vmem_bound_decides_the_form_on_a_tpu():
@@ -155,12 +140,6 @@ print("ok", grad.sharding.spec)
 def test_each_device_matches_its_own_clips():
     """Batch split over 4 devices: each runs the kernel on its clip (no all-gather), and the
     values and gradients equal the gather form's on one device."""
-    env = {**os.environ, "XLA_FLAGS": xla_flags(4), "JAX_PLATFORMS": "cpu"}
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = [here, os.path.join(here, "..", "helpers"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    done = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = run_on_devices(SHARDED, 4, os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.startswith("ok P('data',"), done.stdout
