@@ -112,24 +112,19 @@ class TCBlock(nn.Module):
             spec = f"{q_axes},{'BTKNH' if fused else 'BTNKH'}->BTNQK"
             precision = stat if exact else None
             logits = jnp.einsum(spec, q, k, preferred_element_type=precision)
-            if pallas and k_ctx is not None:  # the context keys' scores after the frame's
-                ctx = jnp.einsum(
-                    f"{q_axes},BNKH->BTNQK", q, k_ctx, preferred_element_type=precision
-                )
-                logits = jnp.concatenate([logits, ctx], axis=-1)
             if bias is not None:
                 logits = logits + bias.astype(logits.dtype)
             return softmax(logits, self.dtype)
 
-        def attend(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def attend(rows: jax.Array, cls: bool = True) -> tuple[jax.Array, jax.Array | None]:
             """Attention output [B, T, R, W] of the queries of `rows` ([B, T, R, W],
-            LayerNormed) over all keys of their frame, and the CLS query's (the first row's)
-            probabilities [B, T, heads, N (+ k)] in >= float32."""
+            LayerNormed) over all keys of their frame, and (with `cls`) the CLS query's (the
+            first row's) probabilities [B, T, heads, N (+ k)] in >= float32."""
             q = attn.q(rows)  # [B, T, R, heads, H]
-            if pallas:
-                out = tc_attention(head_major(q), k, v, k_ctx, v_ctx, table)
-                cls_row = probabilities(q[:, :, :1], token_major=True, exact=True)
-                return attn.out(head_major(out)), cls_row[:, :, :, 0]
+            if pallas:  # the CLS row from the kernel's own scores (no second read of the keys)
+                out = tc_attention(head_major(q), k, v, k_ctx, v_ctx, table, cls_row=cls)
+                out, cls_row = out if cls else (out, None)
+                return attn.out(head_major(out)), cls_row
             if fused:
                 out = fused_attention(q, k, v, bias, self.attention)
                 return attn.out(out), probabilities(q[:, :, :1], exact=True)[:, :, :, 0]
@@ -167,7 +162,10 @@ class TCBlock(nn.Module):
                 seeds = lambda a: jnp.take_along_axis(a, seed_index[..., None] + 1, axis=2)
             # The seeds' post-attention tokens [B, T, n_s, W] (with `cls_only`, from their own
             # queries).
-            seed_tokens = seeds(x_in) + attend(seeds(h))[0] if self.cls_only else seeds(x)
+            if self.cls_only:
+                seed_tokens = seeds(x_in) + attend(seeds(h), cls=False)[0]
+            else:
+                seed_tokens = seeds(x)
             new_context, assignment = self.merge_seeds(seed_tokens)
             aux.update(seed_index=seed_index, assignment=assignment)
 

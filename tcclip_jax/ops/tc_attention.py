@@ -5,9 +5,11 @@ The explicit form writes every block's [Q, N + k] probabilities to HBM in float3
 them back (2.8 MB per frame per ViT-B/16 block), and concatenates the context keys onto every
 frame's. Here a grid step holds one frame and a group of heads in VMEM (per head, 197 queries
 against 197 + 96 keys): scores, softmax and products stay on chip, and the context keys are read
-once per clip, not copied per frame. The backward pass recomputes the probabilities from q and
-k (no residual but the inputs) and accumulates the context keys' and the bias's gradients over
-the frames of a clip in VMEM.
+once per clip, not copied per frame. On request the forward pass also returns the first
+query's probabilities (the CLS row that picks TC's seeds) from the scores it computes anyway:
+XLA would otherwise read the keys again for them. The backward pass recomputes the
+probabilities from q and k (no residual but the inputs) and accumulates the context keys' and
+the bias's gradients over the frames of a clip in VMEM.
 
 The local/global bias [heads, 2] adds one constant per head to the scores of the frame's keys
 and another to those of the context keys; its gradient is the sum of the score gradients over
@@ -96,7 +98,7 @@ def _sum_products(pairs, dtype, stat, dims=None):
 
 
 def _forward_kernel(*refs, has_ctx: bool, has_bias: bool):
-    q_ref, k_refs, v_refs, bias_ref, (o_ref,) = _split(refs, has_ctx, has_bias)
+    q_ref, k_refs, v_refs, bias_ref, (o_ref, *row_refs) = _split(refs, has_ctx, has_bias)
     dtype, stat = q_ref.dtype, _stat(q_ref.dtype)
     first = pl.program_id(1) * q_ref.shape[2]  # the head group's first head
     for h in range(q_ref.shape[2]):  # the group's heads, unrolled
@@ -106,6 +108,9 @@ def _forward_kernel(*refs, has_ctx: bool, has_bias: bool):
         o_ref[0, 0, h] = _sum_products(zip(probs, values, strict=True), dtype, stat).astype(
             o_ref.dtype
         )
+        # The first query's row per key group (row_refs empty unless asked for).
+        for row_ref, p in zip(row_refs, probs[: len(row_refs)], strict=True):
+            row_ref[0, 0, h] = p[:1].astype(row_ref.dtype)
 
 
 def _backward_kernel(*refs, has_ctx: bool, has_bias: bool):
@@ -221,19 +226,26 @@ def _params(*semantics):
     return pltpu.CompilerParams(dimension_semantics=semantics)
 
 
-def _forward_call(has_ctx: bool, has_bias: bool, *args):
+def _forward_call(has_ctx: bool, has_bias: bool, cls_row: bool, *args):
+    """The output [B, T, heads, Q, H]; with `cls_row`, also the first query's probabilities
+    over each key group ([B, T, heads, 1, K_g] in >= float32)."""
     q, k = args[:2]
     k_ctx = args[3] if has_ctx else None
     ins, frame, _, grid = _specs(q, k, k_ctx, has_bias)
-    out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    outs, out_specs = [jax.ShapeDtypeStruct(q.shape, q.dtype)], [frame(q.shape[-2])]
+    if cls_row:
+        stat, g = _stat(q.dtype), ins[0].block_shape[2]
+        for n in [k.shape[-2]] + ([k_ctx.shape[-2]] if has_ctx else []):
+            outs.append(jax.ShapeDtypeStruct((*q.shape[:3], 1, n), stat))
+            out_specs.append(pl.BlockSpec((1, 1, g, 1, n), lambda b, h, t: (b, t, h, 0, 0)))
     return pl.pallas_call(
         functools.partial(_forward_kernel, has_ctx=has_ctx, has_bias=has_bias),
-        out_shape=out_shape,
+        out_shape=outs,
         grid=grid,
         in_specs=ins,
-        out_specs=frame(q.shape[-2]),
+        out_specs=out_specs,
         compiler_params=_params("parallel", "parallel", "arbitrary"),
-        cost_estimate=_cost(q, k, k_ctx, 2, [*args, out_shape]),
+        cost_estimate=_cost(q, k, k_ctx, 2, [*args, *outs]),
         interpret=_interpret(),
         name="tc_attention_fwd",
     )(*args)
@@ -267,10 +279,13 @@ def _backward_call(has_ctx: bool, has_bias: bool, *args):
     )(*args)
 
 
-def _forward(q, k, v, k_ctx, v_ctx, bias):
+def _forward(q, k, v, k_ctx, v_ctx, bias, cls_row):
     has_ctx, has_bias = k_ctx is not None, bias is not None
     args = [a for a in (q, k, v, k_ctx, v_ctx, bias) if a is not None]
-    return _forward_call(has_ctx, has_bias, *args)
+    out, *rows = _forward_call(has_ctx, has_bias, cls_row, *args)
+    if not cls_row:
+        return out
+    return out, jnp.concatenate(rows, axis=-1)[:, :, :, 0]  # [B, T, heads, N (+ k)]
 
 
 def _backward(q, k, v, k_ctx, v_ctx, bias, do):
@@ -291,17 +306,18 @@ def _backward(q, k, v, k_ctx, v_ctx, bias, do):
     return dq, dk, dv, dk_ctx, dv_ctx, dbias
 
 
-@jax.custom_vjp
-def _attention(q, k, v, k_ctx, v_ctx, bias):
-    return _forward(q, k, v, k_ctx, v_ctx, bias)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attention(q, k, v, k_ctx, v_ctx, bias, cls_row):
+    return _forward(q, k, v, k_ctx, v_ctx, bias, cls_row)
 
 
-def _attention_fwd(q, k, v, k_ctx, v_ctx, bias):
-    return _forward(q, k, v, k_ctx, v_ctx, bias), (q, k, v, k_ctx, v_ctx, bias)
+def _attention_fwd(q, k, v, k_ctx, v_ctx, bias, cls_row):
+    return _forward(q, k, v, k_ctx, v_ctx, bias, cls_row), (q, k, v, k_ctx, v_ctx, bias)
 
 
-def _attention_bwd(residuals, do):
-    return _backward(*residuals, do)
+def _attention_bwd(cls_row, residuals, cotangent):
+    # The CLS row carries no gradient (`tc_attention` stops it): only the output's counts.
+    return _backward(*residuals, cotangent[0] if cls_row else cotangent)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -314,18 +330,22 @@ def tc_attention(
     k_ctx: jax.Array | None = None,
     v_ctx: jax.Array | None = None,
     bias: jax.Array | None = None,
-) -> jax.Array:
+    cls_row: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Softmax attention of pre-scaled queries over each frame's keys and its clip's context keys.
 
     q: [B, T, heads, Q, H]; k, v: [B, T, heads, N, H]; k_ctx, v_ctx: [B, heads, k, H] (shared by
     the clip's frames) or None; bias: [heads, 2] (added to the scores of the frame's keys,
-    column 0, and of the context keys, column 1) or None. Returns [B, T, heads, Q, H].
-    Differentiable in every argument. Traced under a mesh (`jax.set_mesh`,
-    `jax.sharding.use_abstract_mesh`), the batch is split over all its axes and each device
-    runs the kernel on its clips; without one, a program for several devices fails to compile
-    (XLA does not partition Mosaic kernels).
+    column 0, and of the context keys, column 1) or None. Returns [B, T, heads, Q, H]; with
+    `cls_row`, also the first query's probabilities [B, T, heads, N (+ k)] in >= float32, as
+    a value without gradient (TC picks its seeds from them). Differentiable in every argument.
+    Traced under a mesh (`jax.set_mesh`, `jax.sharding.use_abstract_mesh`), the batch is split
+    over all its axes and each device runs the kernel on its clips; without one, a program for
+    several devices fails to compile (XLA does not partition Mosaic kernels).
     """
     if (k_ctx is None) != (v_ctx is None):
         raise ValueError("k_ctx and v_ctx come together")
     # XLA cannot split a Mosaic kernel: each device runs it on its own clips.
-    return sharding.per_device(_attention, q, k, v, k_ctx, v_ctx, bias, whole=(5,))
+    run = lambda *args: _attention(*args, cls_row)
+    out = sharding.per_device(run, q, k, v, k_ctx, v_ctx, bias, whole=(5,))
+    return (out[0], jax.lax.stop_gradient(out[1])) if cls_row else out

@@ -25,8 +25,9 @@ from tcclip_jax.ops import tc_attention as kernel
 from tcclip_jax.ops.tc_attention import head_group, tc_attention
 
 
-def reference(q, k, v, k_ctx=None, v_ctx=None, bias=None):
-    """Softmax over [the frame's keys, the context keys broadcast to every frame] + bias."""
+def reference(q, k, v, k_ctx=None, v_ctx=None, bias=None, probabilities=False):
+    """Softmax over [the frame's keys, the context keys broadcast to every frame] + bias (or,
+    with `probabilities`, the softmax itself [B, T, heads, Q, N (+ k)])."""
     b, t = q.shape[:2]
     if k_ctx is not None:
         frames = lambda c: jnp.broadcast_to(c[:, None], (b, t, *c.shape[1:]))
@@ -37,7 +38,8 @@ def reference(q, k, v, k_ctx=None, v_ctx=None, bias=None):
         n = k.shape[-2] - (0 if k_ctx is None else k_ctx.shape[-2])
         is_global = jnp.arange(k.shape[-2]) >= n
         logits = logits + jnp.where(is_global, bias[:, None, 1:], bias[:, None, :1])
-    return jnp.einsum("BTNQK,BTNKH->BTNQH", jax.nn.softmax(logits, axis=-1), v)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return probs if probabilities else jnp.einsum("BTNQK,BTNKH->BTNQH", probs, v)
 
 
 def operands(num_q, context: bool, bias: bool, seed=0, b=2, t=3, heads=4, n=7, k=5, dim=8):
@@ -78,6 +80,28 @@ def test_kernel_equals_the_einsum_attention_in_float64(num_q, context, bias):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13, err_msg=names[i])
 
 
+@pytest.mark.parametrize("context, bias", [(True, True), (True, False), (False, False)])
+def test_the_cls_row_comes_from_the_kernel_without_a_gradient(context, bias):
+    """`cls_row=True`: the first query's probabilities over the frame's and the context keys
+    (TC's seed scores) equal the softmax's first row in float64; the output and every gradient
+    are those without it, and the row itself carries no gradient."""
+    with jax.enable_x64(True):
+        args = operands(6, context, bias, seed=3)
+        which = tuple(i for i, a in enumerate(args) if a is not None)
+        out, row = tc_attention(*args, cls_row=True)
+        assert row.shape == (2, 3, 4, 7 + (5 if context else 0)) and row.dtype == jnp.float64
+        np.testing.assert_allclose(row, reference(*args, probabilities=True)[:, :, :, 0],
+                                   rtol=1e-13, atol=1e-15)  # fmt: skip
+        np.testing.assert_allclose(out, reference(*args), rtol=1e-13, atol=1e-14)
+        loss = lambda *a: jnp.sum(jnp.sin(tc_attention(*a, cls_row=True)[0]))
+        got = jax.grad(loss, which)(*args)
+        want = jax.grad(lambda *a: jnp.sum(jnp.sin(reference(*a))), which)(*args)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+        row_grads = jax.grad(lambda *a: jnp.sum(tc_attention(*a, cls_row=True)[1]), which)(*args)
+        assert all(not np.any(g) for g in row_grads)
+
+
 @pytest.mark.parametrize("group", [1, 2])
 def test_heads_split_into_groups_give_the_same_values_and_gradients(monkeypatch, group):
     """Where a frame's heads do not fit VMEM together, the grid steps over head groups: the
@@ -93,8 +117,11 @@ def test_heads_split_into_groups_give_the_same_values_and_gradients(monkeypatch,
         loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
         got = jax.value_and_grad(loss(tc_attention), range(6))(*args)
         want = jax.value_and_grad(loss(reference), range(6))(*args)
+        row = tc_attention(*args, cls_row=True)[1]
+        want_row = reference(*args, probabilities=True)[:, :, :, 0]
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(row, want_row, rtol=1e-13, atol=1e-15)
 
 
 def test_a_head_that_does_not_fit_vmem_is_refused_with_one_line(monkeypatch):
@@ -139,8 +166,8 @@ def test_context_keys_and_values_come_together():
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu")
 def test_kernel_compiles_for_a_tpu_without_the_probabilities_in_hbm():
     """ViT-B/16's TC block (197 queries, 197 + 96 keys, 12 heads of 64) for a v5e, bfloat16,
-    forward and backward: Mosaic accepts the kernel, and no [197, 293] (or [197, 197], or
-    [197, 96]) array of scores or probabilities exists outside it."""
+    forward (with the CLS row) and backward: Mosaic accepts the kernel, and no [197, 293] (or
+    [197, 197], or [197, 96]) array of scores or probabilities exists outside it."""
     from tcclip_jax.bench.ahead_of_time import tpu_devices
 
     device = tpu_devices("v5e:2x2")[0]
@@ -155,10 +182,16 @@ def test_kernel_compiles_for_a_tpu_without_the_probabilities_in_hbm():
         spec(b, heads, k, dim),
         spec(heads, 2, dtype=jnp.float32),
     )
-    loss = lambda *a: jnp.sum(tc_attention(*a).astype(jnp.float32))
+
+    def loss(*a):  # with the CLS row TC's seeds are picked from, as the model runs it
+        out, row = tc_attention(*a, cls_row=True)
+        return jnp.sum(out.astype(jnp.float32)), row
+
+    step = jax.value_and_grad(loss, range(6), has_aux=True)
     with platform.traced_for("tpu"):
-        compiled = jax.jit(jax.value_and_grad(loss, range(6))).trace(*args).lower().compile()
+        compiled = jax.jit(step).trace(*args).lower().compile()
     hlo = compiled.as_text()
+    assert "f32[1,16,12,1,197]" in hlo and "f32[1,16,12,1,96]" in hlo  # the rows, from Mosaic
     assert hlo.count('custom_call_target="tpu_custom_call"') == 2  # forward, backward
     scores = re.compile(r"\[[\d,]*197,(197|293|96)\]")
     assert not scores.search(hlo), scores.search(hlo).group(0)
