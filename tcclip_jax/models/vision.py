@@ -122,8 +122,10 @@ class TCBlock(nn.Module):
             first row's) probabilities [B, T, heads, N (+ k)] in >= float32."""
             q = attn.q(rows)  # [B, T, R, heads, H]
             if pallas:  # the CLS row from the kernel's own scores (no second read of the keys)
-                out = tc_attention(head_major(q), k, v, k_ctx, v_ctx, table, cls_row=cls)
-                out, cls_row = out if cls else (out, None)
+                operands = (head_major(q), k, v, k_ctx, v_ctx, table)
+                if not cls:
+                    return attn.out(head_major(tc_attention(*operands))), None
+                out, cls_row = tc_attention(*operands, cls_row=True)
                 return attn.out(head_major(out)), cls_row
             if fused:
                 out = fused_attention(q, k, v, bias, self.attention)

@@ -108,9 +108,9 @@ def _forward_kernel(*refs, has_ctx: bool, has_bias: bool):
         o_ref[0, 0, h] = _sum_products(zip(probs, values, strict=True), dtype, stat).astype(
             o_ref.dtype
         )
-        # The first query's row per key group (row_refs empty unless asked for).
-        for row_ref, p in zip(row_refs, probs[: len(row_refs)], strict=True):
-            row_ref[0, 0, h] = p[:1].astype(row_ref.dtype)
+        if row_refs:  # the first query's row, per key group
+            for row_ref, p in zip(row_refs, probs, strict=True):
+                row_ref[0, 0, h] = p[:1].astype(row_ref.dtype)
 
 
 def _backward_kernel(*refs, has_ctx: bool, has_bias: bool):

@@ -222,13 +222,20 @@ want, want_grads = jax.value_and_grad(loss(reference), range(6))(*args)
 np.testing.assert_allclose(value, want, rtol=1e-13)
 for g, w in zip(grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+rows = jax.jit(lambda *a: tc_attention(*a, cls_row=True)[1], in_shardings=shardings)
+with jax.set_mesh(mesh):
+    row = rows(*args)
+want_row = reference(*args, probabilities=True)[:, :, :, 0]
+np.testing.assert_allclose(row, want_row, rtol=1e-13, atol=1e-15)
+assert row.sharding.spec == P("data"), row.sharding.spec
 print("ok", grads[0].sharding.spec, grads[5].sharding.spec)
 """
 
 
 def test_each_device_runs_the_kernel_on_its_own_clips():
     """Batch split over 4 devices: the kernel runs per device on its clip (no all-gather),
-    and values and gradients (the bias's summed over all clips) equal the unsplit reference."""
+    and values, gradients (the bias's summed over all clips) and the CLS row equal the unsplit
+    reference."""
     done = run_on_devices(SHARDED, 4, os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.startswith("ok P('data',)"), done.stdout
