@@ -11,8 +11,10 @@ FLOPs: XLA counts a `while` body (a `lax.scan`: gradient accumulation, scanned v
 once, so the compiled program's own count is too low wherever it loops. The model FLOPs printed
 are XLA's count of the same step lowered without loops (one micro-batch, blocks unrolled, before
 partitioning), times the micro-batches, divided by the chips; the roofline time is
-max(FLOPs / bf16 peak, HBM bytes / bandwidth) with the bytes of the compiled program (a loop
-body counted once: a lower bound where it loops).
+max(FLOPs / bf16 peak, HBM bytes / bandwidth). The HBM bytes are counted from the compiled
+program's memory spaces (`bench.hbm_traffic`: what crosses HBM, each loop body times its trip
+count); XLA's own `bytes accessed`, which charges VMEM operands and prefetches as HBM traffic and
+counts a loop body once, is printed beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 from tcclip_jax.apps.inference import prompt_tokens
 from tcclip_jax.bench.chips import Chip, chip
 from tcclip_jax.bench.gpus import gpu_devices
+from tcclip_jax.bench.hbm_traffic import hbm_traffic
 from tcclip_jax.bench.steps import class_names
 from tcclip_jax.config.resolve import resolve_paths, run_model_config
 from tcclip_jax.data.classes import load_class_names
@@ -139,7 +142,8 @@ class Compiled:
     micro_batches: int
     memory: object  # jax.stages.Compiled.memory_analysis()
     model_flops: float  # per chip per step (see the module docstring).
-    hbm_bytes_accessed: float  # per chip, the compiled program's count.
+    hbm_bytes_accessed: float  # per chip, XLA's cost analysis (0: not reported).
+    hbm_traffic: float  # per chip, counted from the program's memory spaces (0: not counted).
     compile_seconds: float  # wall time of tracing, lowering and compiling.
     compile_cpu_seconds: float  # process CPU time of the same (steadier on a shared host).
     census: dict[str, int]
@@ -163,7 +167,7 @@ class Compiled:
     def roofline_seconds(self, figures: Chip) -> float:
         return max(
             self.model_flops / figures.bfloat16_flops,
-            self.hbm_bytes_accessed / figures.hbm_bandwidth,
+            (self.hbm_traffic or self.hbm_bytes_accessed) / figures.hbm_bandwidth,
         )
 
 
@@ -386,6 +390,8 @@ class StepBuilder:
             model_flops=flops,
             # XLA:GPU's compile-only devices report no cost analysis (0: unknown).
             hbm_bytes_accessed=float((_cost(compiled) or {}).get("bytes accessed", 0.0)),
+            # Memory spaces are TPU layouts; XLA:GPU's HLO has none to read.
+            hbm_traffic=hbm_traffic(hlo)[0] if self.devices[0].platform == "tpu" else 0.0,
             compile_seconds=seconds,
             compile_cpu_seconds=cpu,
             census=census(hlo),
@@ -471,8 +477,9 @@ def describe(result: Compiled, kind: str, figures: Chip) -> str:
             f"{fits}",
             f"  per chip per step: {_flop(result.model_flops)} (model, loops unrolled), "
             + (
-                f"{result.hbm_bytes_accessed / 1e9:.1f} GB HBM traffic (compiled program)"
-                if result.hbm_bytes_accessed
+                f"{result.hbm_traffic / 1e9:.1f} GB HBM traffic (compiled program, loops per "
+                f"trip; XLA's bytes accessed {result.hbm_bytes_accessed / 1e9:.1f} GB)"
+                if result.hbm_traffic
                 else "HBM traffic not reported by this compiler"
             )
             + f"; roofline {1e3 * result.roofline_seconds(figures):.0f} ms at "

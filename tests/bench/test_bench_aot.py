@@ -64,6 +64,13 @@ def test_tiny_fsdp_step_compiles_for_tpu_and_fits(fsdp_step):
     assert 0 < result.hbm_used < figures.hbm_bytes and result.fits(figures)
     assert result.census["all-gather"] > 0 and result.census["reduce-scatter"] > 0
     assert result.model_flops > 0 and result.roofline_seconds(figures) > 0
+    # HBM traffic counted from the program's memory spaces, with XLA's own count beside it.
+    assert result.hbm_traffic > 0 and result.hbm_bytes_accessed > 0
+    report = ahead_of_time.describe(result, "TPU v5 lite", figures)
+    assert (
+        f"{result.hbm_traffic / 1e9:.1f} GB HBM traffic (compiled program, loops per trip; "
+        f"XLA's bytes accessed {result.hbm_bytes_accessed / 1e9:.1f} GB)"
+    ) in report
     # TC's seeds and context tokens are picked and merged without sorts, gathers or scatters
     # (TC's matching kernel, the default on TPUs): none left from the vision tower's files.
     places = {p for counts in result.sources.values() for p in counts}
