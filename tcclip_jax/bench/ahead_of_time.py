@@ -167,7 +167,7 @@ class Compiled:
     def roofline_seconds(self, figures: Chip) -> float:
         return max(
             self.model_flops / figures.bfloat16_flops,
-            (self.hbm_traffic or self.hbm_bytes_accessed) / figures.hbm_bandwidth,
+            self.hbm_traffic / figures.hbm_bandwidth,
         )
 
 

@@ -14,7 +14,8 @@ through a (dynamic) slice as the slice, an in-place dynamic-update-slice as the 
 `while` body times its known trip count. A fusion is counted at its boundary (what it reads and
 writes), not inside: it is XLA's unit of memory traffic. What it cannot see: how often a
 Pallas kernel (a custom call) reads its operands (counted once, as the kernels' own cost
-estimates declare), and a loop whose trip count is not a constant (counted once and reported).
+estimates declare), and a loop whose trip count is not a constant (counted once; `hbm_traffic`
+returns how many there were).
 """
 
 from __future__ import annotations
@@ -180,9 +181,9 @@ class _Counter:
             return sum(_hbm(self.shapes.get(o, "")) for o in operands)
         if i.op == "fusion":
             return self._fusion(i)
-        if i.op in _SLICERS:
+        if i.op in _SLICERS:  # reads the slice from its source, wherever it writes it
             source = arrays(self.shapes.get(i.operands[0], ""))
-            read = _hbm(i.shape) if source and source[0].in_hbm else 0
+            read = sum(a.bytes for a in arrays(i.shape)) if source and source[0].in_hbm else 0
             return read + _hbm(i.shape)
         if i.op == "dynamic-update-slice":
             update = self.shapes.get(i.operands[1], "")

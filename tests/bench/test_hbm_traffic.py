@@ -23,13 +23,18 @@ needs_libtpu = pytest.mark.skipif(
 MiB = 2**20
 
 
-def compiled(fn, *shapes, donate: bool = False) -> tuple[float, int, float]:
-    """(our count, loops of unknown trip count, XLA's bytes accessed) of `fn` compiled for one
-    v5e chip on abstract float32 inputs of `shapes`."""
+def v5e_program(fn, *inputs: tuple, donate: bool = False):
+    """`fn` compiled for one v5e chip on abstract inputs given as (shape, dtype)."""
     device = ahead_of_time.tpu_devices("v5e:2x2")[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
-    args = [jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding) for s in shapes]
-    program = jax.jit(fn, donate_argnums=0 if donate else ()).trace(*args).lower().compile()
+    args = [jax.ShapeDtypeStruct(s, dtype, sharding=sharding) for s, dtype in inputs]
+    return jax.jit(fn, donate_argnums=0 if donate else ()).trace(*args).lower().compile()
+
+
+def compiled(fn, *shapes, donate: bool = False) -> tuple[float, int, float]:
+    """(our count, loops of unknown trip count, XLA's bytes accessed) of `fn` compiled for one
+    v5e chip on float32 inputs of `shapes`."""
+    program = v5e_program(fn, *((s, jnp.float32) for s in shapes), donate=donate)
     traffic, unknown = hbm_traffic(program.as_text())
     return traffic, unknown, ahead_of_time._cost(program)["bytes accessed"]
 
@@ -83,12 +88,8 @@ def test_a_prefetch_moves_its_array_once_and_vmem_operands_cost_nothing():
     HBM source and the VMEM copy). The HBM traffic is x, w (read by the first product) and w
     again (the prefetch for the second), and y."""
     m, d, f = 12608, 768, 3072
-    device = ahead_of_time.tpu_devices("v5e:2x2")[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    x = jax.ShapeDtypeStruct((m, d), jnp.bfloat16, sharding=sharding)
-    w = jax.ShapeDtypeStruct((d, f), jnp.float32, sharding=sharding)
     fn = lambda x, w: jax.nn.gelu(x @ w.astype(x.dtype)) @ w.T.astype(x.dtype)  # noqa: E731
-    program = jax.jit(fn).trace(x, w).lower().compile()
+    program = v5e_program(fn, ((m, d), jnp.bfloat16), ((d, f), jnp.float32))
     hlo = program.as_text()
     assert "copy-start" in hlo and re.search(rf"bf16\[{m},{f}\]{{[^}}]*S\(1\)}}", hlo)
     traffic, _ = hbm_traffic(hlo)
@@ -105,3 +106,18 @@ def test_memory_spaces_are_read_from_layouts():
         (4, False),
         (2, True),
     ]
+
+
+def test_a_slice_reads_its_bytes_from_hbm_wherever_it_writes_them():
+    """A dynamic-slice of an HBM array into VMEM reads the slice; into HBM it also writes it."""
+    module = """HloModule slices
+
+ENTRY %main (p: f32[16,1024]) -> f32[1,1024] {
+  %p = f32[16,1024]{1,0} parameter(0)
+  %i = s32[]{:S(2)} constant(3)
+  %z = s32[]{:S(2)} constant(0)
+  ROOT %s = f32[1,1024]{1,0%s} dynamic-slice(%p, %i, %z), dynamic_slice_sizes={1,1024}
+}
+"""
+    assert hbm_traffic(module.replace("0%s}", "0:S(1)}")) == (4096.0, 0)
+    assert hbm_traffic(module.replace("0%s}", "0}")) == (2 * 4096.0, 0)
