@@ -148,7 +148,11 @@ def tc_extras(cfg: ModelConfig, clip_shapes: dict[str, tuple[int, ...]]) -> dict
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("arch", ARCH_NAMES)
+@pytest.mark.parametrize(
+    "arch",
+    # ViT-L/14 at 336 px traces for ~10 s; ViT-L/14 runs the same code at 224 px.
+    [pytest.param(a, marks=pytest.mark.slow) if a.endswith("-336") else a for a in ARCH_NAMES],
+)
 def test_output_shapes(arch, kind):
     cfg = arch_config(arch, model=kind, num_frames=16)
     logits, video, _ = abstract_model(cfg)
@@ -313,7 +317,9 @@ def test_vision_gradient_ignores_the_video_conditioned_prompts(tiny, tiny_run):
 @pytest.mark.parametrize(
     "changes, scanned",
     [
-        ({}, False),  # two blocks: no run of two alike (remat: plain nn.remat).
+        # Two blocks: no run of two alike (remat: plain nn.remat, which the second case also
+        # runs on its unscanned blocks 3 and 6).
+        pytest.param({}, False, marks=pytest.mark.slow),
         # Runs [1, 2] (plain blocks) and [4, 5] (context blocks, after the first summary
         # block 3) scanned; VP reads block 6, the last (one text layer: it is not scanned).
         (
