@@ -56,6 +56,10 @@ class TCBlock(nn.Module):
     # The last block: only the CLS tokens (and the context tokens) are used after it, so only
     # the CLS queries and the seeds' queries are computed, and the FFN runs on those tokens.
     cls_only: bool = False
+    # A summarising block runs its FFN once over its frame tokens and its new context tokens
+    # together (the same per-token maths, the weights read once instead of twice), at the cost
+    # of copying the tokens into one array: `TCTransformer` asks for it in an unrolled stack.
+    shared_ffn: bool = False
     # "explicit" (einsums; every probability kept), or a fused kernel ("xla", "cudnn", TC's
     # "pallas"; only the CLS row's probabilities computed): `ops.attention`.
     attention: str = "explicit"
@@ -172,9 +176,15 @@ class TCBlock(nn.Module):
             aux.update(seed_index=seed_index, assignment=assignment)
 
         ln_2, mlp = layer_norm(self.dtype, "ln_2"), MLP(self.width, self.dtype, name="mlp")
-        x = x + mlp(ln_2(x))
-        if new_context is not None:
-            new_context = new_context + mlp(ln_2(new_context))
+        if new_context is not None and self.shared_ffn:
+            frames = x.reshape(b, -1, x.shape[-1])  # [B, T * N (T with cls_only), W]
+            both = jnp.concatenate([frames, new_context], axis=1)
+            both = both + mlp(ln_2(both))
+            x, new_context = both[:, : frames.shape[1]].reshape(x.shape), both[:, frames.shape[1] :]
+        else:
+            x = x + mlp(ln_2(x))
+            if new_context is not None:
+                new_context = new_context + mlp(ln_2(new_context))
         return x, new_context, aux
 
     def merge_seeds(self, seed_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -223,6 +233,9 @@ class TCTransformer(nn.Module):
             merge_r=cfg.merge_r,
             merge_form=self.merge_form,
             cls_only=i == cfg.vision_layers,
+            # Unrolled, each block's weights are read per product, and TC's own products are
+            # small; scanned or rematerialised, the copies cost more than the reads saved.
+            shared_ffn=not (self.scan or self.remat),
             attention=choose(cfg.attention, self.dtype, self.attention_shapes),
             dtype=self.dtype,
         )

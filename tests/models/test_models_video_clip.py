@@ -332,7 +332,8 @@ def test_vision_gradient_ignores_the_video_conditioned_prompts(tiny, tiny_run):
 def test_scanned_and_remat_blocks_give_same_logits_intermediates_and_grads(tiny, changes, scanned):
     """In float64, so that only the order of floating-point operations may differ: the scanned
     vision blocks, with or without rematerialisation, against the unrolled stack (computed once
-    for both)."""
+    for both; its summarising blocks run one FFN over frame and context tokens, `shared_ffn`,
+    the others one per token set)."""
     cfg, _, clips, tokens, labels = tiny
     cfg = cfg.replace(**changes)
     with jax.enable_x64(True):

@@ -125,18 +125,8 @@ def test_tc_block_matches_published_formulation(tiny, block, use_context, summar
         assert got_context is None
 
 
-@pytest.mark.parametrize(
-    "use_context, summarize, bias",
-    [
-        (True, True, True),  # TC-CLIP's last block.
-        (False, True, False),  # a one-block TC tower: plain attention, summarises.
-        (False, False, False),  # CLIP / ViFi-CLIP's last block.
-    ],
-)
-def test_last_block_computes_only_what_its_outputs_need(tiny, use_context, summarize, bias):
-    """`cls_only` (the last vision block) computes the CLS queries, the seeds' queries and the
-    FFN of the CLS and context tokens only: in float64, its outputs and all gradients equal the
-    full block's (sliced to the CLS tokens)."""
+def _block_case(tiny, use_context: bool, summarize: bool, bias: bool, **changes):
+    """(block fields, perturbed float64 params, x [B, T, N, W], context [B, k, W] or None)."""
     cfg, params, *_ = tiny
     p = dict(params["visual"]["transformer"]["resblocks_1"])
     if not bias:
@@ -159,9 +149,16 @@ def test_last_block_computes_only_what_its_outputs_need(tiny, use_context, summa
         num_context=k,
         merge_r=cfg.merge_r,
         dtype=jnp.float64,
+        **changes,
     )
-    full, last = TCBlock(**fields), TCBlock(**fields, cls_only=True)
-    weights = rng.standard_normal((t, w)), rng.standard_normal((k, w))
+    return fields, p, x, context
+
+
+def _assert_same_block(want: TCBlock, got: TCBlock, p: dict, x, context) -> None:
+    """In float64: `got`'s CLS tokens, context tokens, choices and every gradient (params, x,
+    context) of a loss on them equal `want`'s."""
+    rng = np.random.default_rng(4)
+    weights = rng.standard_normal((x.shape[1], x.shape[-1])), rng.standard_normal(x.shape[-1])
 
     def outputs(module, p, x, context):
         y, new_context, aux = module.apply({"params": p}, x, context)
@@ -174,24 +171,52 @@ def test_last_block_computes_only_what_its_outputs_need(tiny, use_context, summa
         grad = lambda m: jax.jit(
             jax.grad(functools.partial(outputs, m), argnums=(0, 1, 2), has_aux=True)
         )
-        (want_grads, (want_y, want_context, want_aux)) = grad(full)(p, x, context)
-        (got_grads, (got_y, got_context, got_aux)) = grad(last)(p, x, context)
-    assert got_y.shape == (b, t, 1, w)
+        (want_grads, (want_y, want_context, want_aux)) = grad(want)(p, x, context)
+        (got_grads, (got_y, got_context, got_aux)) = grad(got)(p, x, context)
     np.testing.assert_allclose(got_y, want_y, rtol=1e-12, atol=1e-12)
     assert got_aux.keys() == want_aux.keys()
     np.testing.assert_allclose(got_aux["cls_attention"], want_aux["cls_attention"], atol=1e-15)
-    if summarize:
+    if want.summarize:
         np.testing.assert_array_equal(got_aux["seed_index"], want_aux["seed_index"])
         np.testing.assert_array_equal(got_aux["assignment"], want_aux["assignment"])
         np.testing.assert_allclose(got_context, want_context, rtol=1e-12, atol=1e-12)
     else:
         assert got_context is None
     for path, g in traverse_util.flatten_dict(want_grads[0], sep="/").items():
-        got = traverse_util.flatten_dict(got_grads[0], sep="/")[path]
-        np.testing.assert_allclose(got, g, rtol=1e-10, atol=1e-12, err_msg=path)
+        got_grad = traverse_util.flatten_dict(got_grads[0], sep="/")[path]
+        np.testing.assert_allclose(got_grad, g, rtol=1e-10, atol=1e-12, err_msg=path)
     np.testing.assert_allclose(got_grads[1], want_grads[1], rtol=1e-10, atol=1e-12)
-    if use_context:
+    if context is not None:
         np.testing.assert_allclose(got_grads[2], want_grads[2], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "use_context, summarize, bias",
+    [
+        (True, True, True),  # TC-CLIP's last block.
+        (False, True, False),  # a one-block TC tower: plain attention, summarises.
+        (False, False, False),  # CLIP / ViFi-CLIP's last block.
+    ],
+)
+def test_last_block_computes_only_what_its_outputs_need(tiny, use_context, summarize, bias):
+    """`cls_only` (the last vision block) computes the CLS queries, the seeds' queries and the
+    FFN of the CLS and context tokens only: in float64, its outputs and all gradients equal the
+    full block's (sliced to the CLS tokens)."""
+    fields, p, x, context = _block_case(tiny, use_context, summarize, bias)
+    full, last = TCBlock(**fields), TCBlock(**fields, cls_only=True)
+    with jax.enable_x64(True):
+        cls_tokens = jax.eval_shape(lambda: last.apply({"params": p}, x, context)[0])
+    assert cls_tokens.shape == (*x.shape[:2], 1, x.shape[-1])
+    _assert_same_block(full, last, p, x, context)
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+@pytest.mark.parametrize("use_context", [True, False])
+def test_shared_ffn_equals_an_ffn_per_token_set(tiny, use_context, cls_only):
+    """`shared_ffn` (one FFN over the frame tokens and the new context tokens, as the unrolled
+    stack runs it) gives the two separate FFNs' outputs and gradients in float64."""
+    fields, p, x, context = _block_case(tiny, use_context, True, use_context, cls_only=cls_only)
+    _assert_same_block(TCBlock(**fields), TCBlock(**fields, shared_ffn=True), p, x, context)
 
 
 @pytest.mark.parametrize("patch", [2, 4])
