@@ -234,7 +234,8 @@ class TCTransformer(nn.Module):
             merge_form=self.merge_form,
             cls_only=i == cfg.vision_layers,
             # Unrolled, each block's weights are read per product, and TC's own products are
-            # small; scanned or rematerialised, the copies cost more than the reads saved.
+            # small; in the scanned, rematerialised step (docs/tpu.md, 16 clips per chip) the
+            # copies cost more than the reads saved.
             shared_ffn=not (self.scan or self.remat),
             attention=choose(cfg.attention, self.dtype, self.attention_shapes),
             dtype=self.dtype,

@@ -213,6 +213,8 @@ def test_the_page_in_chromium(site, tmp_path):
                 break
             except playwright.Error:
                 continue
+        else:
+            pytest.fail("the page's Video component never showed the uploaded video")
         page.get_by_role("button", name="Classify").click()
         status = page.get_by_label("Status")
         playwright.expect(status).to_have_value(re.compile("^10.0 s video"), timeout=60_000)

@@ -158,7 +158,8 @@ def _assert_same_block(want: TCBlock, got: TCBlock, p: dict, x, context) -> None
     """In float64: `got`'s CLS tokens, context tokens, choices and every gradient (params, x,
     context) of a loss on them equal `want`'s."""
     rng = np.random.default_rng(4)
-    weights = rng.standard_normal((x.shape[1], x.shape[-1])), rng.standard_normal(x.shape[-1])
+    w = x.shape[-1]
+    weights = rng.standard_normal((x.shape[1], w)), rng.standard_normal((want.num_context, w))
 
     def outputs(module, p, x, context):
         y, new_context, aux = module.apply({"params": p}, x, context)
